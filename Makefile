@@ -1,0 +1,32 @@
+# The two front-door commands: `make run` and `make test`. Both set up everything they need.
+SHELL := /bin/bash
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+export OPENBLAS_NUM_THREADS := 1
+
+.PHONY: run test install dynamodb-local-fetch lint clean
+
+$(STAMP): pyproject.toml constraints.txt
+	@echo "==> creating $(VENV) with pinned dependencies (constraints.txt)"
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[dev]'
+	@touch $(STAMP)
+
+install: $(STAMP)
+
+dynamodb-local-fetch: install
+	$(BIN)/recsys dynamodb-local fetch
+
+## run: the main job on the embedded defaults (DynamoDB Local, demo store, one nightly run, lookups)
+run: install
+	$(BIN)/recsys demo
+
+## test: the whole test suite (starts its own DynamoDB Local)
+test: dynamodb-local-fetch
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+clean:
+	-$(BIN)/recsys dynamodb-local stop
+	rm -rf var

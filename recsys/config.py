@@ -1,0 +1,186 @@
+"""The one settings object of recsys.
+
+Every knob is read from a ``RECSYS_*`` environment variable, with defaults that run the
+embedded set-up (a local lake under ``RECSYS_HOME``, the demo store, DynamoDB Local).
+The DAG's Params mirror the model and window knobs; :meth:`Settings.with_overrides`
+applies them for one run. Secrets never live here: AWS credentials come from the standard
+AWS chain (or dummy ones for DynamoDB Local).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+DEFAULT_EVENT_WEIGHTS: dict[str, float] = {
+    "View": 1.0,
+    "AddToCart": 4.0,
+    "ViewCart": 2.0,
+    "StartCheckout": 6.0,
+    "Purchase": 10.0,
+}
+DEFAULT_ENDPOINT = "http://127.0.0.1:8000"
+CANONICAL_COLUMNS = ("user_id", "item_id", "event_type", "event_ts")
+OPTIONAL_COLUMNS = ("event_id",)
+POPULAR_USER_ID = "__popular__"
+
+
+class ConfigError(ValueError):
+    """A RECSYS_* variable has a value that cannot be used."""
+
+
+def parse_mapping(text: str, variable: str) -> dict[str, str]:
+    """Parse ``a=b,c=d`` into a dict; raises ConfigError naming the variable."""
+    out: dict[str, str] = {}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        key, sep, value = part.partition("=")
+        if not sep or not key.strip() or not value.strip():
+            raise ConfigError(f"{variable}: expected 'name=value,name=value', got {part!r} in {text!r}")
+        out[key.strip()] = value.strip()
+    return out
+
+
+def _parse_weights(text: str) -> dict[str, float]:
+    weights: dict[str, float] = {}
+    for key, value in parse_mapping(text, "RECSYS_EVENT_WEIGHTS").items():
+        try:
+            weights[key] = float(value)
+        except ValueError:
+            raise ConfigError(f"RECSYS_EVENT_WEIGHTS: weight of {key!r} must be a number, got {value!r}") from None
+    if not weights:
+        raise ConfigError("RECSYS_EVENT_WEIGHTS: at least one event type is needed")
+    return weights
+
+
+@dataclass(frozen=True)
+class Settings:
+    home: Path
+    lake: str
+    source: str
+    source_columns: dict[str, str]
+    catalog: str | None
+    window_days: int = 70
+    holdout_days: int = 7
+    k: int = 20
+    event_weights: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_EVENT_WEIGHTS))
+    recency_half_life_days: float = 0.0
+    factors: int = 64
+    regularization: float = 0.05
+    alpha: float = 2.0
+    iterations: int = 15
+    random_state: int = 42
+    max_bad_share: float = 0.0
+    dynamodb_endpoint: str | None = DEFAULT_ENDPOINT
+    aws_region: str = "us-east-1"
+    table: str = "recsys_user_recommendations"
+    ttl_days: int = 14
+    publish_threads: int = 8
+    verify_sample: int = 200
+    cache_dir: Path = Path.home() / ".cache" / "recsys"
+
+    @property
+    def airflow_home(self) -> Path:
+        return self.home / "airflow"
+
+    @property
+    def demo_dir(self) -> Path:
+        return self.home / "demo"
+
+    @property
+    def dynamodb_local_dir(self) -> Path:
+        return self.home / "dynamodb-local"
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> "Settings":
+        """Build settings from ``RECSYS_*`` variables; raises ConfigError on a bad value."""
+        env = os.environ if env is None else env
+        home = Path(env.get("RECSYS_HOME") or "var").expanduser().resolve()
+        demo = home / "demo"
+        source_set = bool(env.get("RECSYS_SOURCE"))
+        source = env.get("RECSYS_SOURCE") or str(demo / "interactions")
+        # The demo catalog only describes the demo store: a store of your own has no
+        # catalog unless RECSYS_CATALOG names one (then every item counts as active).
+        catalog = env.get("RECSYS_CATALOG") or (None if source_set else str(demo / "catalog.parquet"))
+        endpoint_raw = env.get("RECSYS_DYNAMODB_ENDPOINT")
+        endpoint: str | None
+        if endpoint_raw is None:
+            endpoint = DEFAULT_ENDPOINT
+        elif endpoint_raw.strip() in ("", "aws"):
+            endpoint = None  # the real AWS endpoint of the region, standard credential chain
+        else:
+            endpoint = endpoint_raw.strip()
+        cache = env.get("RECSYS_CACHE") or os.path.join(
+            env.get("XDG_CACHE_HOME") or str(Path.home() / ".cache"), "recsys"
+        )
+        values: dict[str, Any] = dict(
+            home=home,
+            lake=env.get("RECSYS_LAKE") or str(home / "lake"),
+            source=source,
+            source_columns=parse_mapping(env.get("RECSYS_SOURCE_COLUMNS", ""), "RECSYS_SOURCE_COLUMNS"),
+            catalog=catalog,
+            dynamodb_endpoint=endpoint,
+            cache_dir=Path(cache),
+        )
+        if env.get("RECSYS_EVENT_WEIGHTS"):
+            values["event_weights"] = _parse_weights(env["RECSYS_EVENT_WEIGHTS"])
+        simple = {
+            "RECSYS_WINDOW_DAYS": "window_days",
+            "RECSYS_HOLDOUT_DAYS": "holdout_days",
+            "RECSYS_K": "k",
+            "RECSYS_RECENCY_HALF_LIFE_DAYS": "recency_half_life_days",
+            "RECSYS_FACTORS": "factors",
+            "RECSYS_REGULARIZATION": "regularization",
+            "RECSYS_ALPHA": "alpha",
+            "RECSYS_ITERATIONS": "iterations",
+            "RECSYS_MAX_BAD_SHARE": "max_bad_share",
+            "RECSYS_AWS_REGION": "aws_region",
+            "RECSYS_TABLE": "table",
+            "RECSYS_TTL_DAYS": "ttl_days",
+            "RECSYS_PUBLISH_THREADS": "publish_threads",
+            "RECSYS_VERIFY_SAMPLE": "verify_sample",
+        }
+        for variable, name in simple.items():
+            if env.get(variable):
+                values[name] = env[variable]
+        if not env.get("RECSYS_AWS_REGION") and env.get("AWS_DEFAULT_REGION"):
+            values["aws_region"] = env["AWS_DEFAULT_REGION"]
+        return cls._checked(values)
+
+    def with_overrides(self, overrides: Mapping[str, Any]) -> "Settings":
+        """A copy with the given fields replaced (e.g. from DAG Params); None values are ignored."""
+        values = dataclasses.asdict(self)
+        values.update({k: v for k, v in overrides.items() if v is not None and k in values})
+        return self._checked(values)
+
+    @classmethod
+    def _checked(cls, values: dict[str, Any]) -> "Settings":
+        """Coerce field types and check ranges; raises ConfigError naming the field."""
+        for f in dataclasses.fields(cls):
+            if f.name not in values:
+                continue
+            value = values[f.name]
+            try:
+                if f.type in ("int",):
+                    values[f.name] = int(value)
+                elif f.type in ("float",):
+                    values[f.name] = float(value)
+                elif f.type == "Path":
+                    values[f.name] = Path(value)
+            except (TypeError, ValueError):
+                raise ConfigError(f"setting {f.name}: expected {f.type}, got {value!r}") from None
+        settings = cls(**values)
+        if settings.window_days < 2:
+            raise ConfigError(f"window_days must be at least 2, got {settings.window_days}")
+        if not 1 <= settings.holdout_days < settings.window_days:
+            raise ConfigError(
+                f"holdout_days must be between 1 and window_days-1 ({settings.window_days - 1}), "
+                f"got {settings.holdout_days}"
+            )
+        if settings.k < 1:
+            raise ConfigError(f"k must be at least 1, got {settings.k}")
+        if not 0.0 <= settings.max_bad_share < 1.0:
+            raise ConfigError(f"max_bad_share must be in [0, 1), got {settings.max_bad_share}")
+        return settings

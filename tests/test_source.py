@@ -1,0 +1,113 @@
+"""Reading store files of any supported format and naming into canonical rows."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from recsys.config import ConfigError, Settings, parse_mapping
+from recsys.source import SourceError, register_catalog, register_source
+from recsys.sqlrun import connect
+
+UTC = dt.timezone.utc
+
+
+def canonical_rows(source: Path, mapping: dict[str, str] | None = None) -> list[dict]:
+    con = connect()
+    register_source(con, source, mapping or {})
+    return con.sql("select * from source_events order by event_ts, user_id").to_arrow_table().to_pylist()
+
+
+def test_csv_with_other_names_epoch_seconds_and_leading_zero_ids(tmp_path: Path) -> None:
+    (tmp_path / "events.csv").write_text(
+        "USER_ID,ITEM_ID,EVENT_TYPE,TIMESTAMP,DISCOUNT\n"
+        "007,i1,View,1591803788,No\n"
+        "42,i2,Purchase,1591803789,Yes\n"
+    )
+    rows = canonical_rows(
+        tmp_path, parse_mapping("user_id=USER_ID,item_id=ITEM_ID,event_type=EVENT_TYPE,event_ts=TIMESTAMP", "x")
+    )
+    assert [r["user_id"] for r in rows] == ["007", "42"]  # text ids keep their leading zeros
+    assert rows[0]["event_ts"] == dt.datetime(2020, 6, 10, 15, 43, 8, tzinfo=UTC)
+    assert rows[1]["event_type"] == "Purchase"
+    assert rows[0]["event_id"] is None
+
+
+def test_jsonl_iso_timestamps_with_offsets_become_utc_and_case_is_ignored(tmp_path: Path) -> None:
+    lines = [
+        {"User_Id": 5, "item_id": "x", "EVENT_TYPE": "View", "event_ts": "2026-03-01T01:30:00+02:00", "extra": 1},
+        {"User_Id": 6, "item_id": "y", "EVENT_TYPE": "View", "event_ts": "2026-03-01T00:30:00Z", "extra": 2},
+    ]
+    (tmp_path / "a.jsonl").write_text("\n".join(json.dumps(x) for x in lines) + "\n")
+    rows = canonical_rows(tmp_path)
+    assert [(r["user_id"], r["event_ts"]) for r in rows] == [
+        ("5", dt.datetime(2026, 2, 28, 23, 30, tzinfo=UTC)),
+        ("6", dt.datetime(2026, 3, 1, 0, 30, tzinfo=UTC)),
+    ]
+
+
+def test_parquet_and_csv_in_one_folder_with_epoch_milliseconds(tmp_path: Path) -> None:
+    pq.write_table(
+        pa.table({"user_id": ["u1"], "item_id": ["i1"], "event_type": ["View"],
+                  "event_ts": pa.array([dt.datetime(2026, 3, 2, 10, tzinfo=UTC)], pa.timestamp("us", tz="UTC")),
+                  "event_id": ["e1"]}),
+        tmp_path / "a.parquet",
+    )
+    (tmp_path / "b.csv").write_text("user_id,item_id,event_type,event_ts\nu2,i2,View,1772445600000\n")
+    rows = canonical_rows(tmp_path)
+    assert [(r["user_id"], r["event_ts"], r["event_id"]) for r in rows] == [
+        ("u1", dt.datetime(2026, 3, 2, 10, tzinfo=UTC), "e1"),
+        ("u2", dt.datetime(2026, 3, 2, 10, tzinfo=UTC), None),
+    ]
+
+
+def test_missing_column_names_file_column_and_fix(tmp_path: Path) -> None:
+    (tmp_path / "events.csv").write_text("user_id,product,event_type,event_ts\nu1,i1,View,1\n")
+    with pytest.raises(SourceError) as err:
+        canonical_rows(tmp_path)
+    message = str(err.value)
+    assert "events.csv" in message and "'item_id'" in message and "RECSYS_SOURCE_COLUMNS" in message
+    assert "product" in message  # the columns that were found
+
+
+def test_mapping_to_absent_column_says_so(tmp_path: Path) -> None:
+    (tmp_path / "events.csv").write_text("user_id,item_id,event_type,event_ts\nu1,i1,View,1\n")
+    with pytest.raises(SourceError, match="mapped from 'WHEN'"):
+        canonical_rows(tmp_path, {"event_ts": "WHEN"})
+
+
+def test_empty_or_unknown_source_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(SourceError, match="does not exist"):
+        canonical_rows(tmp_path / "nope")
+    (tmp_path / "notes.txt").write_text("hello")
+    with pytest.raises(SourceError, match="holds no .parquet"):
+        canonical_rows(tmp_path)
+
+
+def test_catalog_active_defaults_true_and_columns_are_case_insensitive(tmp_path: Path) -> None:
+    (tmp_path / "items.csv").write_text("ITEM_ID,CATEGORY,ACTIVE\ni1,shoes,false\ni2,hats,\n")
+    con = connect()
+    assert register_catalog(con, tmp_path / "items.csv") == 2
+    rows = con.sql("select * from catalog order by item_id").fetchall()
+    assert rows == [("i1", None, "shoes", False), ("i2", None, "hats", True)]
+
+
+def test_settings_from_env_defaults_and_errors(tmp_path: Path) -> None:
+    s = Settings.from_env({"RECSYS_HOME": str(tmp_path)})
+    assert s.lake == str(tmp_path / "lake")
+    assert s.catalog == str(tmp_path / "demo" / "catalog.parquet")
+    assert s.dynamodb_endpoint == "http://127.0.0.1:8000"
+    own = Settings.from_env({"RECSYS_HOME": str(tmp_path), "RECSYS_SOURCE": "/data", "RECSYS_DYNAMODB_ENDPOINT": ""})
+    assert own.catalog is None and own.dynamodb_endpoint is None
+    assert Settings.from_env({"RECSYS_WINDOW_DAYS": "30"}).window_days == 30
+    with pytest.raises(ConfigError, match="window_days"):
+        Settings.from_env({"RECSYS_WINDOW_DAYS": "many"})
+    with pytest.raises(ConfigError, match="holdout_days"):
+        Settings.from_env({"RECSYS_WINDOW_DAYS": "5", "RECSYS_HOLDOUT_DAYS": "5"})
+    with pytest.raises(ConfigError, match="RECSYS_EVENT_WEIGHTS"):
+        Settings.from_env({"RECSYS_EVENT_WEIGHTS": "View=1,Buy"})
