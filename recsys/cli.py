@@ -1,0 +1,219 @@
+"""The ``recsys`` command line: datagen, run, lookup, demo, dynamodb-local.
+
+This is the edge where settings meet the user: it prints results and turns errors into
+one clear line and a non-zero exit status.
+"""
+
+from __future__ import annotations
+
+import os
+
+# Before numpy loads anywhere: implicit brings its own threads, BLAS threads under them thrash.
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
+import argparse
+import datetime as dt
+import json
+import logging
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+from recsys.config import ConfigError, Settings
+
+log = logging.getLogger("recsys")
+REPO_ROOT = Path(__file__).resolve().parents[1]
+DAGS_FOLDER = Path(os.environ.get("RECSYS_DAGS_FOLDER") or REPO_ROOT / "dags")
+DAG_ID = "recsys_nightly"
+
+
+def configure_airflow(settings: Settings) -> dict[str, str]:
+    """Point Airflow at the project's DAGs and a metadata DB under RECSYS_HOME (unless set)."""
+    settings.airflow_home.mkdir(parents=True, exist_ok=True)
+    values = {
+        "AIRFLOW_HOME": str(settings.airflow_home),
+        "AIRFLOW__CORE__DAGS_FOLDER": str(DAGS_FOLDER),
+        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        "AIRFLOW__CORE__UNIT_TEST_MODE": "False",
+    }
+    for key, value in values.items():
+        os.environ.setdefault(key, value)
+    return {key: os.environ[key] for key in values}
+
+
+def migrate_airflow_db(settings: Settings) -> None:
+    """Create or upgrade the Airflow metadata database (idempotent)."""
+    env = {**os.environ, **configure_airflow(settings)}
+    airflow = Path(sys.executable).with_name("airflow")
+    started = time.perf_counter()
+    done = subprocess.run(
+        [str(airflow), "db", "migrate"], env=env, capture_output=True, text=True, check=False
+    )
+    if done.returncode != 0:
+        raise RuntimeError(f"'airflow db migrate' failed ({done.returncode}):\n{done.stderr[-2000:]}")
+    log.info("Airflow metadata database ready in %.1f s (AIRFLOW_HOME=%s)", time.perf_counter() - started, env["AIRFLOW_HOME"])
+
+
+def load_dag() -> Any:
+    """Import the DAG file the scheduler would parse; raises when it has import errors."""
+    from airflow.dag_processing.dagbag import DagBag
+
+    bag = DagBag(dag_folder=str(DAGS_FOLDER))
+    if bag.import_errors:
+        raise RuntimeError(f"DAG import errors: {bag.import_errors}")
+    dag = bag.get_dag(DAG_ID)
+    if dag is None:
+        raise RuntimeError(f"DAG {DAG_ID!r} not found in {DAGS_FOLDER}")
+    return dag
+
+
+def latest_source_date(settings: Settings) -> dt.date:
+    """The UTC date of the newest event in the source; raises SourceError when it is empty."""
+    from recsys.source import SourceError, register_source
+    from recsys.sqlrun import connect
+
+    con = connect()
+    register_source(con, settings.source, settings.source_columns)
+    row = con.sql("SELECT CAST(max(event_ts) AS DATE) FROM source_events").fetchall()[0]
+    if not row or row[0] is None:
+        raise SourceError(f"event source {settings.source} has no events with a readable event_ts")
+    return row[0]  # type: ignore[no-any-return]
+
+
+def run_dag(settings: Settings, day: dt.date, conf: dict[str, Any] | None = None) -> Any:
+    """Run the nightly DAG for ``day`` with Airflow's ``dag.test()``; returns the DagRun."""
+    configure_airflow(settings)
+    migrate_airflow_db(settings)
+    dag = load_dag()
+    logical = dt.datetime.combine(day, dt.time(), tzinfo=dt.timezone.utc)
+    log.info("running %s for %s (lake %s, table %s)", DAG_ID, day, settings.lake, settings.table)
+    return dag.test(logical_date=logical, run_conf=conf or {})
+
+
+def failed_tasks(dag_run: Any) -> list[str]:
+    """Task ids of the run that did not succeed (for the exit message)."""
+    return [ti.task_id for ti in dag_run.get_task_instances() if str(ti.state) not in ("success", "TaskInstanceState.SUCCESS")]
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    settings = Settings.from_env()
+    day = latest_source_date(settings) if args.date == "latest" else dt.date.fromisoformat(args.date)
+    conf = json.loads(args.conf) if args.conf else {}
+    started = time.perf_counter()
+    dag_run = run_dag(settings, day, conf)
+    seconds = time.perf_counter() - started
+    state = str(getattr(dag_run, "state", "unknown"))
+    if not state.endswith("success"):
+        print(f"recsys run {day}: FAILED after {seconds:.0f} s ({state}); tasks not done: {failed_tasks(dag_run)}. "
+              f"See the task errors above.", file=sys.stderr)
+        return 1
+    print(f"recsys run {day}: published and verified in {seconds:.0f} s")
+    return 0
+
+
+def cmd_lookup(args: argparse.Namespace) -> int:
+    from recsys import dynamodb
+
+    settings = Settings.from_env()
+    client = dynamodb.make_client(settings, timeout=args.timeout)
+    result = dynamodb.get_recommendations(client, settings.table, args.user_id, limit=args.limit)
+    if args.json:
+        print(json.dumps(result))
+    else:
+        print(_format_lookup(result))
+    return 0
+
+
+def _format_lookup(result: dict[str, Any]) -> str:
+    source = "their own list" if result["source"] == "user" else "the popular list (unknown user)"
+    lines = [f"user {result['user_id']}: {len(result['items'])} items from {source}, "
+             f"model {result['model_version']}, generated {result['generated_at']}"]
+    lines += [f"  {i:>2}. {item['item_id']}  {item['score']:.4f}" for i, item in enumerate(result["items"], 1)]
+    return "\n".join(lines)
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """The front door: DynamoDB Local, demo data, one nightly run, two lookups."""
+    from recsys import dynamodb, dynamodb_local, lake
+    from recsys.datagen import generate_store
+
+    settings = Settings.from_env()
+    print(f"==> [1/4] DynamoDB Local at {settings.dynamodb_endpoint}")
+    print(dynamodb_local.start(settings))
+    marker = settings.demo_dir / "interactions"
+    if marker.exists() and any(marker.iterdir()) and not args.regenerate:
+        print(f"==> [2/4] demo store already in {settings.demo_dir} (make clean or --regenerate to rebuild)")
+    else:
+        print(f"==> [2/4] generating the demo store in {settings.demo_dir}")
+        summary = generate_store(settings.demo_dir)
+        print(f"    {summary}")
+    day = latest_source_date(settings)
+    print(f"==> [3/4] nightly DAG {DAG_ID} for {day} (the latest day of the data)")
+    started = time.perf_counter()
+    dag_run = run_dag(settings, day)
+    seconds = time.perf_counter() - started
+    if not str(dag_run.state).endswith("success"):
+        print(f"DAG run FAILED after {seconds:.0f} s; tasks not done: {failed_tasks(dag_run)}", file=sys.stderr)
+        return 1
+    print(f"    DAG run succeeded in {seconds:.0f} s")
+    recs = lake.read_partition(settings.lake, "recommendations", day)
+    known = next(u for u in recs["user_id"].to_pylist() if not u.startswith("__"))
+    print("==> [4/4] what the storefront gets")
+    client = dynamodb.make_client(settings)
+    for user in (known, "someone-new-" + day.isoformat()):
+        print(_format_lookup(dynamodb.get_recommendations(client, settings.table, user, limit=args.limit)))
+    metrics = lake.read_json(lake.partition_dir(settings.lake, "models", day) / "metrics.json")
+    k = metrics["k"]
+    print(f"hold-out NDCG@{k}: model {metrics['model']['ndcg_at_k']:.4f} vs popularity "
+          f"{metrics['popularity']['ndcg_at_k']:.4f}; MAP@{k}: {metrics['model']['map_at_k']:.4f} vs "
+          f"{metrics['popularity']['map_at_k']:.4f}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from recsys.datagen import add_datagen_parser
+    from recsys.dynamodb_local import add_dynamodb_local_parser
+
+    parser = argparse.ArgumentParser(prog="recsys", description=__doc__)
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+    add_datagen_parser(sub)
+    add_dynamodb_local_parser(sub)
+
+    run = sub.add_parser("run", help="one nightly run for a date, through Airflow's dag.test()")
+    run.add_argument("--date", required=True, help="YYYY-MM-DD, or 'latest' for the newest day in the source")
+    run.add_argument("--conf", help="JSON of DAG Params for this run, e.g. '{\"factors\": 128}'")
+    run.set_defaults(func=cmd_run)
+
+    lookup = sub.add_parser("lookup", help="what the storefront gets for a user (GetItem, falls back to __popular__)")
+    lookup.add_argument("user_id")
+    lookup.add_argument("--json", action="store_true", help="print JSON")
+    lookup.add_argument("--limit", type=int, default=20)
+    lookup.add_argument("--timeout", type=float, default=2.0, help="seconds for connect and read")
+    lookup.set_defaults(func=cmd_lookup)
+
+    demo = sub.add_parser("demo", help="start DynamoDB Local, make demo data, run the DAG, show lookups")
+    demo.add_argument("--regenerate", action="store_true", help="rebuild the demo store even if present")
+    demo.add_argument("--limit", type=int, default=5, help="items to show per lookup")
+    demo.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    try:
+        return int(args.func(args) or 0)
+    except (ConfigError, ValueError, LookupError, RuntimeError, FileNotFoundError) as exc:
+        print(f"recsys {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

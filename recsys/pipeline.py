@@ -1,0 +1,427 @@
+"""The stages of one nightly run, each a function of (settings, run date) that the DAG calls.
+
+Every stage reads the lake and writes only its own partition ``dt=D`` (atomically), and
+returns a small dict for XCom: counts, paths, timings — never the data.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from recsys import lake
+from recsys.config import POPULAR_USER_ID, Settings
+
+log = logging.getLogger(__name__)
+
+RECOMMENDATIONS_SCHEMA = pa.schema(
+    [("user_id", pa.string()), ("rank", pa.int16()), ("item_id", pa.string()), ("score", pa.float32())]
+)
+INTERACTIONS_SCHEMA = pa.schema(
+    [
+        ("user_id", pa.string()),
+        ("item_id", pa.string()),
+        ("event_type", pa.string()),
+        ("event_ts", pa.timestamp("us", tz="UTC")),
+        ("event_id", pa.string()),
+    ]
+)
+
+
+class EmptyDayError(ValueError):
+    """The run date has no events in the source."""
+
+
+class QualityGateError(RuntimeError):
+    """The new model is not good enough to serve."""
+
+
+@dataclass(frozen=True)
+class Window:
+    """The time ranges of one run: training days, hold-out days, and the run date itself."""
+
+    day: dt.date
+    start: dt.datetime  # first instant of the window
+    split: dt.datetime  # first instant of the hold-out days
+    end: dt.datetime  # first instant after the run date
+
+    @classmethod
+    def of(cls, settings: Settings, day: dt.date) -> "Window":
+        end = dt.datetime.combine(day + dt.timedelta(days=1), dt.time(), tzinfo=dt.timezone.utc)
+        return cls(
+            day=day,
+            start=end - dt.timedelta(days=settings.window_days),
+            split=end - dt.timedelta(days=settings.holdout_days),
+            end=end,
+        )
+
+    @property
+    def days(self) -> list[dt.date]:
+        return lake.days_between(self.start.date(), self.day)
+
+    def sql_params(self, settings: Settings) -> dict[str, Any]:
+        return {
+            "start": self.start,
+            "split": self.split,
+            "end": self.end,
+            "half_life_days": float(settings.recency_half_life_days),
+        }
+
+
+def _connect(settings: Settings) -> Any:
+    from recsys.sqlrun import connect
+
+    return connect(temp_dir=settings.home / "duckdb-tmp")
+
+
+# --------------------------------------------------------------------------- extract
+
+
+def extract(settings: Settings, day: dt.date) -> dict[str, Any]:
+    """Copy the run date's events (and any window day missing from the lake) into the lake.
+
+    Returns {"days": [...], "rows": n, "duplicates_dropped": n}. Raises EmptyDayError when
+    the run date has no events, SourceError when the source cannot be read.
+    """
+    from recsys.source import register_source
+    from recsys.sqlrun import run_sql
+
+    window = Window.of(settings, day)
+    todo = [d for d in window.days if d == day or not lake.partition_exists(settings.lake, "interactions", d)]
+    con = _connect(settings)
+    register_source(con, settings.source, settings.source_columns)
+    started = time.perf_counter()
+    rows = duplicates = 0
+    written: list[str] = []
+    # Contiguous runs of missing days, at most a week per query: one scan per chunk, bounded memory.
+    for chunk in _chunks(todo, max_days=7):
+        chunk_start = dt.datetime.combine(chunk[0], dt.time(), tzinfo=dt.timezone.utc)
+        chunk_end = dt.datetime.combine(chunk[-1] + dt.timedelta(days=1), dt.time(), tzinfo=dt.timezone.utc)
+        table = run_sql(con, "interactions", {"start": chunk_start, "end": chunk_end})
+        first = pc.equal(table["occurrence"], 1)
+        duplicates += table.num_rows - pc.sum(first).as_py() if table.num_rows else 0
+        table = table.filter(first)
+        dates = table["event_date"]
+        for d in chunk:
+            part = table.filter(pc.equal(dates, pa.scalar(d, pa.date32()))).select(INTERACTIONS_SCHEMA.names)
+            part = part.cast(INTERACTIONS_SCHEMA)
+            if d == day and part.num_rows == 0:
+                raise EmptyDayError(
+                    f"the run date {day} has no events in {settings.source} "
+                    f"(between {chunk_start.isoformat()} and {chunk_end.isoformat()}); "
+                    "expected at least one row. Is the source complete for that day?"
+                )
+            lake.write_partition(settings.lake, "interactions", d, part)
+            rows += part.num_rows
+            written.append(d.isoformat())
+    seconds = time.perf_counter() - started
+    log.info(
+        "extract: %d day(s), %d rows in %.1f s (%.0f rows/s), %d duplicate event_id(s) dropped",
+        len(written), rows, seconds, rows / max(seconds, 1e-9), duplicates,
+    )
+    return {"days": written, "rows": rows, "duplicates_dropped": duplicates, "seconds": round(seconds, 2)}
+
+
+def _chunks(days: list[dt.date], max_days: int) -> list[list[dt.date]]:
+    """Split sorted days into runs of consecutive days, each at most ``max_days`` long."""
+    chunks: list[list[dt.date]] = []
+    for d in days:
+        if chunks and (d - chunks[-1][-1]).days == 1 and len(chunks[-1]) < max_days:
+            chunks[-1].append(d)
+        else:
+            chunks.append([d])
+    return chunks
+
+
+# --------------------------------------------------------------------------- validate
+
+
+def validate(settings: Settings, day: dt.date, days: list[str]) -> dict[str, Any]:
+    """Run the GX suite over the partitions extract wrote (always including the run date)."""
+    from recsys.validate import validate_partitions
+
+    wanted = sorted({dt.date.fromisoformat(d) for d in days} | {day})
+    return validate_partitions(settings, wanted)
+
+
+# --------------------------------------------------------------------------- aggregate
+
+
+def _register_window(con: Any, settings: Settings, window: Window) -> int:
+    """Views window_interactions, event_weights and catalog for one run; returns partitions found."""
+    from recsys.source import register_catalog
+    from recsys.sqlrun import register_parquet
+
+    paths = [
+        lake.partition_file(settings.lake, "interactions", d)
+        for d in window.days
+        if lake.partition_exists(settings.lake, "interactions", d)
+    ]
+    register_parquet(con, "window_interactions", paths)
+    weights = pa.table(
+        {
+            "event_type": pa.array(list(settings.event_weights), pa.string()),
+            "weight": pa.array(list(settings.event_weights.values()), pa.float64()),
+        }
+    )
+    con.register("event_weights", weights)
+    register_catalog(con, settings.catalog)
+    return len(paths)
+
+
+def aggregate(settings: Settings, day: dt.date) -> dict[str, Any]:
+    """Confidence per (user, item) over the window and its training part, hold-out truth and
+    popularity, into ``lake/confidence/dt=D/``; returns row counts."""
+    from recsys.sqlrun import run_sql
+
+    window = Window.of(settings, day)
+    con = _connect(settings)
+    started = time.perf_counter()
+    partitions = _register_window(con, settings, window)
+    params = window.sql_params(settings)
+    outputs = {
+        lake.DATA_FILE: run_sql(con, "confidence", params),
+        "train.parquet": run_sql(con, "confidence", {**params, "end": window.split}),
+        "holdout.parquet": run_sql(con, "holdout_relevant", params),
+        "popular.parquet": run_sql(con, "popular_items", params),
+        "popular_train.parquet": run_sql(con, "popular_items", {**params, "end": window.split}),
+    }
+    with lake.replace_partition(settings.lake, "confidence", day) as tmp:
+        for name, table in outputs.items():
+            pq.write_table(table, tmp / name, compression="zstd")
+    seconds = time.perf_counter() - started
+    counts = {name.removesuffix(".parquet"): t.num_rows for name, t in outputs.items()}
+    log.info(
+        "aggregate: %d day partition(s) of the window -> %s in %.1f s", partitions, counts, seconds
+    )
+    return {"partitions": partitions, "rows": counts, "seconds": round(seconds, 2)}
+
+
+# --------------------------------------------------------------------------- train + evaluate
+
+
+def _inactive_items(settings: Settings, item_ids: pa.Array) -> np.ndarray:
+    """Column indexes of the items the catalog marks inactive."""
+    from recsys.source import register_catalog
+    from recsys.sqlrun import connect
+
+    con = connect()
+    register_catalog(con, settings.catalog)
+    inactive = con.sql("SELECT item_id FROM catalog WHERE NOT active").to_arrow_table()["item_id"]
+    if len(inactive) == 0:
+        return np.zeros(0, dtype=np.int32)
+    index = pc.index_in(inactive, value_set=item_ids)
+    return np.asarray(pc.drop_null(index).to_numpy(), dtype=np.int32)
+
+
+def _popularity_vector(popular: pa.Table, item_ids: pa.Array) -> np.ndarray:
+    """Popularity score per matrix column (higher = more popular; 0 for items not ranked)."""
+    scores = np.zeros(len(item_ids), dtype=np.float32)
+    index = pc.index_in(popular["item_id"], value_set=item_ids)
+    keep = pc.is_valid(index)
+    cols = pc.filter(index, keep).to_numpy()
+    ranks = pc.filter(popular["popularity_rank"], keep).to_numpy()
+    scores[cols] = (len(item_ids) + 1 - ranks).astype(np.float32)
+    return scores
+
+
+def evaluate_holdout(settings: Settings, day: dt.date, params: Any) -> dict[str, Any]:
+    """Train on the window minus its hold-out days and score the hold-out, against popularity.
+
+    Lists are made the way they are served (seen and inactive items filtered). Users are the
+    hold-out users the training part knows; new users would get the popular list either way.
+    """
+    from recsys.metrics import evaluate_lists
+    from recsys.model import build_user_item_matrix, recommend_als, recommend_popular, train_als
+
+    folder = lake.partition_dir(settings.lake, "confidence", day)
+    train = build_user_item_matrix(pq.read_table(folder / "train.parquet"))
+    holdout = pq.read_table(folder / "holdout.parquet")
+    # Item space: training items first, then items only the hold-out has (still relevant, never hit).
+    extra = pc.filter(
+        pc.unique(holdout["item_id"]), pc.invert(pc.is_in(pc.unique(holdout["item_id"]), value_set=train.item_ids))
+    )
+    all_items = pa.concat_arrays([train.item_ids, extra.sort()])
+    relevant = build_user_item_matrix(holdout, item_ids=all_items, user_ids=train.user_ids).matrix
+    rows = np.flatnonzero(np.diff(relevant.indptr) > 0)
+    cold = int(pc.count_distinct(holdout["user_id"]).as_py()) - len(rows)
+    k = settings.k
+    exclude = _inactive_items(settings, train.item_ids)
+    model = train_als(train.matrix, params)
+    seen = train.matrix[rows]
+    als_ids, _ = recommend_als(model.user_factors[rows], model.item_factors, seen, k, exclude)
+    popularity = _popularity_vector(pq.read_table(folder / "popular_train.parquet"), train.item_ids)
+    pop_ids, _ = recommend_popular(popularity, seen, k, exclude)
+    truth = relevant[rows]
+    n_items = len(train.item_ids) - len(exclude)
+    metrics = {
+        "model": evaluate_lists(als_ids, truth, k, n_items),
+        "popularity": evaluate_lists(pop_ids, truth, k, n_items),
+        "holdout_users_cold": cold,
+        "train_users": train.shape[0],
+        "train_items": train.shape[1],
+        "train_nonzeros": int(train.matrix.nnz),
+    }
+    log.info(
+        "hold-out (%d warm users, %d cold): model ndcg@%d=%.4f map@%d=%.4f | popularity ndcg@%d=%.4f map@%d=%.4f",
+        len(rows), cold, k, metrics["model"]["ndcg_at_k"], k, metrics["model"]["map_at_k"],
+        k, metrics["popularity"]["ndcg_at_k"], k, metrics["popularity"]["map_at_k"],
+    )
+    return metrics
+
+
+def train(settings: Settings, day: dt.date) -> dict[str, Any]:
+    """Evaluate on the hold-out, gate, train on the whole window and write ``lake/models/dt=D/``.
+
+    Returns {"model_version", "metrics"}. Raises QualityGateError when the model does not
+    beat the popularity baseline.
+    """
+    from recsys.model import ALSParams, build_user_item_matrix, fingerprint, save_model, train_als
+
+    started = time.perf_counter()
+    params = ALSParams(
+        factors=settings.factors,
+        regularization=settings.regularization,
+        alpha=settings.alpha,
+        iterations=settings.iterations,
+        random_state=settings.random_state,
+    )
+    metrics = evaluate_holdout(settings, day, params)
+    model_ndcg, pop_ndcg = metrics["model"]["ndcg_at_k"], metrics["popularity"]["ndcg_at_k"]
+    if metrics["model"]["users_evaluated"] and model_ndcg <= pop_ndcg:
+        raise QualityGateError(
+            f"quality gate for {day}: the model's hold-out NDCG@{settings.k} {model_ndcg:.4f} does not beat "
+            f"the popularity baseline's {pop_ndcg:.4f} over {metrics['model']['users_evaluated']} users; "
+            "nothing is published and the storefront keeps its current lists"
+        )
+    full = build_user_item_matrix(lake.read_partition(settings.lake, "confidence", day))
+    model = train_als(full.matrix, params)
+    version = f"{day.isoformat()}-{fingerprint(params.as_dict(), full.matrix.indptr, full.matrix.indices, full.matrix.data)}"
+    seconds = time.perf_counter() - started
+    with lake.replace_partition(settings.lake, "models", day) as tmp:
+        save_model(model, tmp / "model.npz")
+        pq.write_table(pa.table({"user_id": full.user_ids}), tmp / "users.parquet")
+        pq.write_table(pa.table({"item_id": full.item_ids}), tmp / "items.parquet")
+        lake.write_json(tmp / "params.json", {"model_version": version, "als": params.as_dict(), "k": settings.k,
+                                              "window_days": settings.window_days,
+                                              "holdout_days": settings.holdout_days,
+                                              "event_weights": settings.event_weights})
+        lake.write_json(tmp / "metrics.json", {"model_version": version, "run_date": day.isoformat(),
+                                               "k": settings.k, **metrics, "seconds": round(seconds, 2)})
+    log.info("train: model %s written in %.1f s", version, seconds)
+    return {"model_version": version, "metrics": metrics}
+
+
+# --------------------------------------------------------------------------- recommend
+
+
+def recommend(settings: Settings, day: dt.date) -> dict[str, Any]:
+    """Top-k for every user of the window plus the ``__popular__`` list -> ``lake/recommendations/dt=D/``."""
+    from recsys.model import build_user_item_matrix, recommend_als
+
+    started = time.perf_counter()
+    models = lake.partition_dir(settings.lake, "models", day)
+    users = pq.read_table(models / "users.parquet")["user_id"].combine_chunks()
+    items = pq.read_table(models / "items.parquet")["item_id"].combine_chunks()
+    version = lake.read_json(models / "params.json")["model_version"]
+    factors = np.load(models / "model.npz")
+    seen = build_user_item_matrix(
+        lake.read_partition(settings.lake, "confidence", day), item_ids=items, user_ids=users
+    ).matrix
+    exclude = _inactive_items(settings, items)
+    ids, scores = recommend_als(factors["user_factors"], factors["item_factors"], seen, settings.k, exclude)
+    table = _lists_table(users, items, ids, scores)
+    popular = pq.read_table(lake.partition_dir(settings.lake, "confidence", day) / "popular.parquet")
+    top = popular.slice(0, settings.k)
+    users_per_item = top["users"].to_numpy().astype(np.float32)
+    popular_rows = pa.table(
+        {
+            "user_id": pa.array([POPULAR_USER_ID] * top.num_rows, pa.string()),
+            "rank": pa.array(np.arange(1, top.num_rows + 1), pa.int16()),
+            "item_id": top["item_id"].cast(pa.string()),
+            # share of the most popular item's users: 1.0 for the first, falling after
+            "score": pa.array(users_per_item / max(1.0, float(users_per_item.max(initial=1.0))), pa.float32()),
+        },
+        schema=RECOMMENDATIONS_SCHEMA,
+    )
+    table = pa.concat_tables([table, popular_rows])
+    short = int(np.sum((ids >= 0).sum(axis=1) < settings.k))
+    lake.write_partition(
+        settings.lake, "recommendations", day, table, extra_files={"_meta.json": {"model_version": version}}
+    )
+    seconds = time.perf_counter() - started
+    log.info(
+        "recommend: %d users, %d rows, %d user(s) with fewer than %d items, popular list of %d, %.1f s",
+        len(users), table.num_rows, short, settings.k, top.num_rows, seconds,
+    )
+    return {"users": len(users), "rows": table.num_rows, "short_lists": short, "model_version": version,
+            "seconds": round(seconds, 2)}
+
+
+def _lists_table(users: pa.Array, items: pa.Array, ids: np.ndarray, scores: np.ndarray) -> pa.Table:
+    """Long (user_id, rank, item_id, score) rows from (n_users, k) id and score arrays."""
+    n, k = ids.shape
+    valid = ids >= 0
+    user_index = np.repeat(np.arange(n), k)[valid.ravel()]
+    ranks = np.tile(np.arange(1, k + 1, dtype=np.int16), n)[valid.ravel()]
+    return pa.table(
+        {
+            "user_id": users.take(pa.array(user_index)),
+            "rank": pa.array(ranks, pa.int16()),
+            "item_id": items.take(pa.array(ids[valid].astype(np.int64))),
+            "score": pa.array(scores[valid].astype(np.float32), pa.float32()),
+        },
+        schema=RECOMMENDATIONS_SCHEMA,
+    )
+
+
+# --------------------------------------------------------------------------- publish + verify
+
+
+def publish(settings: Settings, day: dt.date, is_backfill: bool = False) -> dict[str, Any]:
+    """Write the run's lists to DynamoDB (creating the table when missing); backfills skip."""
+    from recsys import dynamodb
+
+    if is_backfill:
+        log.info("publish: %s is a backfill run; lake partitions rebuilt, nothing published", day)
+        return {"published": False, "reason": "backfill"}
+    folder = lake.partition_dir(settings.lake, "recommendations", day)
+    version = lake.read_json(folder / "_meta.json")["model_version"]
+    recs = lake.read_partition(settings.lake, "recommendations", day)
+    client = dynamodb.make_client(settings)
+    dynamodb.ensure_table(client, settings.table)
+    generated_at = dt.datetime.now(dt.timezone.utc).replace(microsecond=0)
+    expires_at = int((generated_at + dt.timedelta(days=settings.ttl_days)).timestamp())
+    stats = dynamodb.publish_recommendations(
+        client,
+        settings.table,
+        recs,
+        model_version=version,
+        generated_at=generated_at,
+        expires_at=expires_at,
+        threads=settings.publish_threads,
+    )
+    return {"published": True, "model_version": version, **stats}
+
+
+def verify(settings: Settings, day: dt.date, published: dict[str, Any]) -> dict[str, Any]:
+    """Read back a sample of users and ``__popular__``; raises when any is missing or stale."""
+    from recsys import dynamodb
+
+    if not published.get("published"):
+        log.info("verify: nothing was published for %s, nothing to verify", day)
+        return {"verified": False}
+    recs = lake.read_partition(settings.lake, "recommendations", day)
+    client = dynamodb.make_client(settings)
+    result = dynamodb.verify_publication(
+        client, settings.table, recs, model_version=published["model_version"], sample=settings.verify_sample
+    )
+    return {"verified": True, **result}
