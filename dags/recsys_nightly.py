@@ -4,7 +4,8 @@
 Turns one day of storefront events into a fresh top-20 list for every user in DynamoDB.
 
 `extract` → `validate` (Great Expectations) → `aggregate` (DuckDB, `sql/*.sql`) →
-`train` (hold-out evaluation against popularity, quality gate, final ALS) → `recommend` →
+`tune` (one mapped task per candidate setting, scored on the held-out newest days) →
+`train` (the best candidate, gated against popularity, retrained on the whole window) → `recommend` →
 `publish` (DynamoDB; skipped for backfill runs) → `verify`.
 
 Each task reads and writes only its own lake partition `dt=<run date>`, so a rerun of a
@@ -27,13 +28,6 @@ DEFAULT_ARGS = {
 }
 
 
-def _ctx():  # type: ignore[no-untyped-def]
-    from recsys import runtime
-
-    context = get_current_context()
-    return runtime.settings_for(context), runtime.resolve_run_date(context), context
-
-
 @dag(
     dag_id="recsys_nightly",
     schedule="@daily",
@@ -53,59 +47,70 @@ def _ctx():  # type: ignore[no-untyped-def]
         "alpha": Param(None, type=["null", "number"], minimum=0, description="Confidence scaling: alpha * log1p(weight sum)"),
         "iterations": Param(None, type=["null", "integer"], minimum=1, description="ALS iterations"),
         "recency_half_life_days": Param(None, type=["null", "number"], minimum=0, description="Older events count less (0 = off)"),
+        "tuning_grid": Param(None, type=["null", "string"], description="Candidates tried each night, e.g. factors=32,64;alpha=2,10 (empty: no tuning)"),
     },
 )
 def recsys_nightly() -> None:
+    # Each task is one call: the stage functions live in recsys.pipeline.
     @task
     def extract() -> dict:
-        from recsys import pipeline
+        from recsys.runtime import run_stage
 
-        settings, day, _ = _ctx()
-        return pipeline.extract(settings, day)
+        return run_stage("extract")
 
     @task
     def validate(extracted: dict) -> dict:
-        from recsys import pipeline
+        from recsys.runtime import run_stage
 
-        settings, day, _ = _ctx()
-        return pipeline.validate(settings, day, extracted["days"])
+        return run_stage("validate", extracted["days"])
 
     @task
     def aggregate(validated: dict) -> dict:
-        from recsys import pipeline
+        from recsys.runtime import run_stage
 
-        settings, day, _ = _ctx()
-        return pipeline.aggregate(settings, day)
+        return run_stage("aggregate")
 
     @task
-    def train(aggregated: dict) -> dict:
+    def candidates(aggregated: dict) -> list[dict]:
+        from recsys.runtime import settings_for
+
         from recsys import pipeline
 
-        settings, day, _ = _ctx()
-        return pipeline.train(settings, day)
+        return pipeline.tuning_candidates(settings_for(get_current_context()))
+
+    @task
+    def tune(candidate: dict) -> dict:
+        from recsys.runtime import run_stage
+
+        return run_stage("tune", candidate)
+
+    @task
+    def train(results: list[dict]) -> dict:
+        from recsys.runtime import run_stage
+
+        return run_stage("train", list(results))
 
     @task
     def recommend(trained: dict) -> dict:
-        from recsys import pipeline
+        from recsys.runtime import run_stage
 
-        settings, day, _ = _ctx()
-        return pipeline.recommend(settings, day)
+        return run_stage("recommend")
 
     @task
     def publish(recommended: dict) -> dict:
-        from recsys import pipeline, runtime
+        from recsys.runtime import run_stage
 
-        settings, day, context = _ctx()
-        return pipeline.publish(settings, day, is_backfill=runtime.is_backfill(context))
+        return run_stage("publish")
 
     @task
     def verify(published: dict) -> dict:
-        from recsys import pipeline
+        from recsys.runtime import run_stage
 
-        settings, day, _ = _ctx()
-        return pipeline.verify(settings, day, published)
+        return run_stage("verify", published)
 
-    verify(publish(recommend(train(aggregate(validate(extract()))))))
+    aggregated = aggregate(validate(extract()))
+    results = tune.expand(candidate=candidates(aggregated))
+    verify(publish(recommend(train(results))))
 
 
 recsys_nightly()

@@ -26,6 +26,8 @@ DEFAULT_ENDPOINT = "http://127.0.0.1:8000"
 CANONICAL_COLUMNS = ("user_id", "item_id", "event_type", "event_ts")
 OPTIONAL_COLUMNS = ("event_id",)
 POPULAR_USER_ID = "__popular__"
+TUNABLE: dict[str, type] = {"factors": int, "regularization": float, "alpha": float, "iterations": int}
+DEFAULT_TUNING_GRID = "factors=32,64,128;alpha=2,10"
 
 
 class ConfigError(ValueError):
@@ -41,6 +43,24 @@ def parse_mapping(text: str, variable: str) -> dict[str, str]:
             raise ConfigError(f"{variable}: expected 'name=value,name=value', got {part!r} in {text!r}")
         out[key.strip()] = value.strip()
     return out
+
+
+def parse_grid(text: str) -> dict[str, list[float | int]]:
+    """Parse a tuning grid ``factors=32,64;alpha=2,10`` into {name: [values]}.
+
+    Raises ConfigError naming the grid when a name is not tunable or a value not a number.
+    """
+    grid: dict[str, list[float | int]] = {}
+    for part in filter(None, (p.strip() for p in text.split(";"))):
+        name, sep, values = part.partition("=")
+        name = name.strip()
+        if not sep or name not in TUNABLE:
+            raise ConfigError(f"tuning grid {text!r}: expected 'name=v1,v2;...' with names among {sorted(TUNABLE)}, got {part!r}")
+        try:
+            grid[name] = [TUNABLE[name](v) for v in values.split(",") if v.strip()]
+        except ValueError:
+            raise ConfigError(f"tuning grid {text!r}: values of {name} must be numbers, got {values!r}") from None
+    return grid
 
 
 def _parse_weights(text: str) -> dict[str, float]:
@@ -72,6 +92,7 @@ class Settings:
     alpha: float = 2.0
     iterations: int = 15
     random_state: int = 42
+    tuning_grid: str = DEFAULT_TUNING_GRID
     max_bad_share: float = 0.0
     dynamodb_endpoint: str | None = DEFAULT_ENDPOINT
     aws_region: str = "us-east-1"
@@ -135,6 +156,7 @@ class Settings:
             "RECSYS_REGULARIZATION": "regularization",
             "RECSYS_ALPHA": "alpha",
             "RECSYS_ITERATIONS": "iterations",
+            "RECSYS_TUNING_GRID": "tuning_grid",
             "RECSYS_MAX_BAD_SHARE": "max_bad_share",
             "RECSYS_AWS_REGION": "aws_region",
             "RECSYS_TABLE": "table",
@@ -145,6 +167,8 @@ class Settings:
         for variable, name in simple.items():
             if env.get(variable):
                 values[name] = env[variable]
+        if "RECSYS_TUNING_GRID" in env:  # empty = no tuning: the settings' own ALS parameters
+            values["tuning_grid"] = env["RECSYS_TUNING_GRID"]
         if not env.get("RECSYS_AWS_REGION") and env.get("AWS_DEFAULT_REGION"):
             values["aws_region"] = env["AWS_DEFAULT_REGION"]
         return cls._checked(values)
@@ -181,6 +205,7 @@ class Settings:
             )
         if settings.k < 1:
             raise ConfigError(f"k must be at least 1, got {settings.k}")
+        parse_grid(settings.tuning_grid)
         if not 0.0 <= settings.max_bad_share < 1.0:
             raise ConfigError(f"max_bad_share must be in [0, 1), got {settings.max_bad_share}")
         return settings

@@ -233,72 +233,156 @@ def _popularity_vector(popular: pa.Table, item_ids: pa.Array) -> np.ndarray:
     return scores
 
 
-def evaluate_holdout(settings: Settings, day: dt.date, params: Any) -> dict[str, Any]:
-    """Train on the window minus its hold-out days and score the hold-out, against popularity.
+@dataclass
+class Holdout:
+    """What every hold-out evaluation of one run shares: the training matrix and the truth."""
 
-    Lists are made the way they are served (seen and inactive items filtered). Users are the
-    hold-out users the training part knows; new users would get the popular list either way.
-    """
-    from recsys.metrics import evaluate_lists
-    from recsys.model import build_user_item_matrix, recommend_als, recommend_popular, train_als
+    train: Any  # UserItemMatrix of the training days
+    rows: np.ndarray  # training-matrix rows of the users with hold-out truth
+    truth: Any  # csr (len(rows) x items incl. hold-out-only items): what each should have found
+    exclude: np.ndarray  # inactive item columns, never recommended
+    popularity: np.ndarray  # popularity score per training item
+    cold_users: int  # hold-out users the training days do not know (served __popular__)
+
+    @property
+    def seen(self) -> Any:
+        return self.train.matrix[self.rows]
+
+    @property
+    def eligible_items(self) -> int:
+        return int(self.train.shape[1] - len(self.exclude))
+
+
+def load_holdout(settings: Settings, day: dt.date) -> Holdout:
+    """The training matrix and hold-out truth written by aggregate for ``day``."""
+    from recsys.model import build_user_item_matrix
 
     folder = lake.partition_dir(settings.lake, "confidence", day)
     train = build_user_item_matrix(pq.read_table(folder / "train.parquet"))
     holdout = pq.read_table(folder / "holdout.parquet")
     # Item space: training items first, then items only the hold-out has (still relevant, never hit).
-    extra = pc.filter(
-        pc.unique(holdout["item_id"]), pc.invert(pc.is_in(pc.unique(holdout["item_id"]), value_set=train.item_ids))
-    )
+    holdout_items = pc.unique(holdout["item_id"])
+    extra = pc.filter(holdout_items, pc.invert(pc.is_in(holdout_items, value_set=train.item_ids)))
     all_items = pa.concat_arrays([train.item_ids, extra.sort()])
     relevant = build_user_item_matrix(holdout, item_ids=all_items, user_ids=train.user_ids).matrix
     rows = np.flatnonzero(np.diff(relevant.indptr) > 0)
-    cold = int(pc.count_distinct(holdout["user_id"]).as_py()) - len(rows)
-    k = settings.k
-    exclude = _inactive_items(settings, train.item_ids)
-    model = train_als(train.matrix, params)
-    seen = train.matrix[rows]
-    als_ids, _ = recommend_als(model.user_factors[rows], model.item_factors, seen, k, exclude)
-    popularity = _popularity_vector(pq.read_table(folder / "popular_train.parquet"), train.item_ids)
-    pop_ids, _ = recommend_popular(popularity, seen, k, exclude)
-    truth = relevant[rows]
-    n_items = len(train.item_ids) - len(exclude)
-    metrics = {
-        "model": evaluate_lists(als_ids, truth, k, n_items),
-        "popularity": evaluate_lists(pop_ids, truth, k, n_items),
-        "holdout_users_cold": cold,
-        "train_users": train.shape[0],
-        "train_items": train.shape[1],
-        "train_nonzeros": int(train.matrix.nnz),
-    }
-    log.info(
-        "hold-out (%d warm users, %d cold): model ndcg@%d=%.4f map@%d=%.4f | popularity ndcg@%d=%.4f map@%d=%.4f",
-        len(rows), cold, k, metrics["model"]["ndcg_at_k"], k, metrics["model"]["map_at_k"],
-        k, metrics["popularity"]["ndcg_at_k"], k, metrics["popularity"]["map_at_k"],
+    return Holdout(
+        train=train,
+        rows=rows,
+        truth=relevant[rows],
+        exclude=_inactive_items(settings, train.item_ids),
+        popularity=_popularity_vector(pq.read_table(folder / "popular_train.parquet"), train.item_ids),
+        cold_users=int(pc.count_distinct(holdout["user_id"]).as_py()) - len(rows),
     )
-    return metrics
 
 
-def train(settings: Settings, day: dt.date) -> dict[str, Any]:
-    """Evaluate on the hold-out, gate, train on the whole window and write ``lake/models/dt=D/``.
+def score_params(settings: Settings, data: Holdout, params: Any) -> dict[str, Any]:
+    """Train ALS with ``params`` on the training days; metrics of its lists on the hold-out.
 
-    Returns {"model_version", "metrics"}. Raises QualityGateError when the model does not
-    beat the popularity baseline.
+    Lists are made the way they are served (seen and inactive items filtered).
     """
-    from recsys.model import ALSParams, build_user_item_matrix, fingerprint, save_model, train_als
+    from recsys.metrics import evaluate_lists
+    from recsys.model import recommend_als, train_als
+
+    model = train_als(data.train.matrix, params)
+    ids, _ = recommend_als(model.user_factors[data.rows], model.item_factors, data.seen, settings.k, data.exclude)
+    return evaluate_lists(ids, data.truth, settings.k, data.eligible_items)
+
+
+def score_popularity(settings: Settings, data: Holdout) -> dict[str, Any]:
+    """Metrics of the popularity baseline (most popular unseen active items) on the hold-out."""
+    from recsys.metrics import evaluate_lists
+    from recsys.model import recommend_popular
+
+    ids, _ = recommend_popular(data.popularity, data.seen, settings.k, data.exclude)
+    return evaluate_lists(ids, data.truth, settings.k, data.eligible_items)
+
+
+def _als_params(settings: Settings, overrides: dict[str, Any] | None = None) -> Any:
+    from recsys.model import ALSParams
+
+    values = {
+        "factors": settings.factors,
+        "regularization": settings.regularization,
+        "alpha": settings.alpha,
+        "iterations": settings.iterations,
+        "random_state": settings.random_state,
+    }
+    values.update(overrides or {})
+    return ALSParams(**values)
+
+
+def tuning_candidates(settings: Settings) -> list[dict[str, Any]]:
+    """The candidate settings of this run: the cartesian product of the tuning grid.
+
+    The grid is ``name=v1,v2;name=v1`` over ALS fields (factors, regularization, alpha,
+    iterations); fields it does not name keep their settings value. An empty grid is one
+    candidate: the settings themselves.
+    """
+    from itertools import product
+
+    from recsys.config import parse_grid
+
+    grid = parse_grid(settings.tuning_grid)
+    names = sorted(grid)
+    candidates = [dict(zip(names, values)) for values in product(*(grid[n] for n in names))] or [{}]
+    return [_als_params(settings, c).as_dict() for c in candidates]
+
+
+def tune(settings: Settings, day: dt.date, candidate: dict[str, Any]) -> dict[str, Any]:
+    """Score one candidate on the hold-out; writes ``lake/tuning/dt=D/<hash>.json`` and returns it."""
+    from recsys.model import fingerprint
 
     started = time.perf_counter()
-    params = ALSParams(
-        factors=settings.factors,
-        regularization=settings.regularization,
-        alpha=settings.alpha,
-        iterations=settings.iterations,
-        random_state=settings.random_state,
-    )
-    metrics = evaluate_holdout(settings, day, params)
+    params = _als_params(settings, candidate)
+    metrics = score_params(settings, load_holdout(settings, day), params)
+    result = {"params": params.as_dict(), "metrics": metrics, "seconds": round(time.perf_counter() - started, 2)}
+    folder = lake.partition_dir(settings.lake, "tuning", day)
+    folder.mkdir(parents=True, exist_ok=True)
+    lake.write_json(folder / f"candidate-{fingerprint(params.as_dict())}.json", result)
+    log.info("tune %s: ndcg@%d=%.4f map@%d=%.4f in %.1f s", params.as_dict(), settings.k,
+             metrics["ndcg_at_k"], settings.k, metrics["map_at_k"], result["seconds"])
+    return result
+
+
+def train(settings: Settings, day: dt.date, results: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    """Pick the best candidate on NDCG@k, gate it against popularity, train it on the whole
+    window and write ``lake/models/dt=D/`` (model.npz, params.json, metrics.json).
+
+    ``results`` are the tune tasks' outputs; without them the settings' own parameters are
+    scored here. Returns {"model_version", "metrics"}. Raises QualityGateError when the best
+    candidate does not beat the popularity baseline.
+    """
+    from recsys.model import build_user_item_matrix, fingerprint, save_model, train_als
+
+    started = time.perf_counter()
+    data = load_holdout(settings, day)
+    if not results:
+        params = _als_params(settings)
+        results = [{"params": params.as_dict(), "metrics": score_params(settings, data, params)}]
+    ranked = sorted(results, key=lambda r: -r["metrics"]["ndcg_at_k"])
+    best = ranked[0]
+    params = _als_params(settings, best["params"])
+    metrics = {
+        "model": best["metrics"],
+        "popularity": score_popularity(settings, data),
+        "grid": [{"params": r["params"], **{m: r["metrics"][m] for m in ("ndcg_at_k", "map_at_k", "recall_at_k")}}
+                 for r in ranked],
+        "holdout_users_cold": data.cold_users,
+        "train_users": data.train.shape[0],
+        "train_items": data.train.shape[1],
+        "train_nonzeros": int(data.train.matrix.nnz),
+    }
+    k = settings.k
     model_ndcg, pop_ndcg = metrics["model"]["ndcg_at_k"], metrics["popularity"]["ndcg_at_k"]
+    log.info(
+        "hold-out (%d warm users, %d cold): best %s ndcg@%d=%.4f map@%d=%.4f | popularity ndcg@%d=%.4f map@%d=%.4f",
+        len(data.rows), data.cold_users, params.as_dict(), k, model_ndcg, k, metrics["model"]["map_at_k"],
+        k, pop_ndcg, k, metrics["popularity"]["map_at_k"],
+    )
     if metrics["model"]["users_evaluated"] and model_ndcg <= pop_ndcg:
         raise QualityGateError(
-            f"quality gate for {day}: the model's hold-out NDCG@{settings.k} {model_ndcg:.4f} does not beat "
+            f"quality gate for {day}: the model's hold-out NDCG@{k} {model_ndcg:.4f} does not beat "
             f"the popularity baseline's {pop_ndcg:.4f} over {metrics['model']['users_evaluated']} users; "
             "nothing is published and the storefront keeps its current lists"
         )
@@ -310,14 +394,14 @@ def train(settings: Settings, day: dt.date) -> dict[str, Any]:
         save_model(model, tmp / "model.npz")
         pq.write_table(pa.table({"user_id": full.user_ids}), tmp / "users.parquet")
         pq.write_table(pa.table({"item_id": full.item_ids}), tmp / "items.parquet")
-        lake.write_json(tmp / "params.json", {"model_version": version, "als": params.as_dict(), "k": settings.k,
+        lake.write_json(tmp / "params.json", {"model_version": version, "als": params.as_dict(), "k": k,
                                               "window_days": settings.window_days,
                                               "holdout_days": settings.holdout_days,
                                               "event_weights": settings.event_weights})
         lake.write_json(tmp / "metrics.json", {"model_version": version, "run_date": day.isoformat(),
-                                               "k": settings.k, **metrics, "seconds": round(seconds, 2)})
+                                               "k": k, **metrics, "seconds": round(seconds, 2)})
     log.info("train: model %s written in %.1f s", version, seconds)
-    return {"model_version": version, "metrics": metrics}
+    return {"model_version": version, "ndcg_at_k": model_ndcg, "popularity_ndcg_at_k": pop_ndcg}
 
 
 # --------------------------------------------------------------------------- recommend

@@ -21,6 +21,7 @@ PARAM_FIELDS = (
     "alpha",
     "iterations",
     "recency_half_life_days",
+    "tuning_grid",
 )
 
 
@@ -54,3 +55,28 @@ def is_backfill(context: Mapping[str, Any]) -> bool:
     dag_run = context.get("dag_run")
     run_type = str(getattr(dag_run, "run_type", "") or "")
     return run_type.lower().endswith("backfill")
+
+
+def run_stage(name: str, *args: Any) -> Any:
+    """Run ``recsys.pipeline.<name>(settings, run_date, *args)`` for the current task.
+
+    Bad input, a failed quality gate or a missing partition cannot be fixed by retrying:
+    those fail the task at once (AirflowFailException) with the stage's own message, so
+    the run stops without burning its retries; anything else (a network fault, a full
+    disk) is left to Airflow's retries.
+    """
+    from airflow.sdk import get_current_context
+    from airflow.sdk.exceptions import AirflowFailException
+
+    from recsys import pipeline
+
+    context = get_current_context()
+    settings, day = settings_for(context), resolve_run_date(context)
+    log.info("stage %s for run date %s", name, day)
+    stage = getattr(pipeline, name)
+    try:
+        if name == "publish":
+            return stage(settings, day, *args, is_backfill=is_backfill(context))
+        return stage(settings, day, *args)
+    except (ValueError, LookupError, FileNotFoundError, pipeline.QualityGateError) as exc:
+        raise AirflowFailException(f"{name} failed for {day}: {type(exc).__name__}: {exc}") from exc

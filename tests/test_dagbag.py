@@ -38,7 +38,7 @@ def test_policy_for_every_dag(dagbag) -> None:  # type: ignore[no-untyped-def]
 
 def test_nightly_dag_shape(dagbag) -> None:  # type: ignore[no-untyped-def]
     dag = dagbag.get_dag("recsys_nightly")
-    order = ["extract", "validate", "aggregate", "train", "recommend", "publish", "verify"]
+    order = ["extract", "validate", "aggregate", "candidates", "tune", "train", "recommend", "publish", "verify"]
     for upstream, downstream in zip(order, order[1:]):
         assert dag.get_task(downstream).upstream_task_ids == {upstream}
     assert {"window_days", "factors", "run_date"} <= set(dag.params.keys())
