@@ -82,3 +82,22 @@ def test_resolve_run_date_in_every_kind_of_run() -> None:
     assert resolve_run_date({"params": {"run_date": "2026-01-02"}, "logical_date": midnight}) == dt.date(2026, 1, 2)
     assert is_backfill({"dag_run": _Run("backfill", midnight)})
     assert not is_backfill({"dag_run": manual})
+
+
+def test_tuning_candidates_are_the_grid_product_over_settings(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import pytest
+
+    from recsys.config import ConfigError, Settings
+    from recsys.pipeline import tuning_candidates
+
+    s = Settings.from_env({"RECSYS_HOME": str(tmp_path), "RECSYS_TUNING_GRID": "factors=8,16;alpha=1.5", "RECSYS_ITERATIONS": "3"})
+    assert tuning_candidates(s) == [
+        {"factors": 8, "regularization": 0.05, "alpha": 1.5, "iterations": 3, "random_state": 42},
+        {"factors": 16, "regularization": 0.05, "alpha": 1.5, "iterations": 3, "random_state": 42},
+    ]
+    none = Settings.from_env({"RECSYS_HOME": str(tmp_path), "RECSYS_TUNING_GRID": "", "RECSYS_FACTORS": "12"})
+    assert [c["factors"] for c in tuning_candidates(none)] == [12]
+    with pytest.raises(ConfigError, match="names among"):
+        Settings.from_env({"RECSYS_TUNING_GRID": "depth=3"})
+    with pytest.raises(ConfigError, match="must be numbers"):
+        Settings.from_env({"RECSYS_TUNING_GRID": "factors=lots"})

@@ -1,0 +1,553 @@
+"""The one DynamoDB module: client, table, the one writer, verification and the read path.
+
+Everything here speaks the low-level wire format (``{"S": ...}``, ``{"N": "0.25"}``)
+through a boto3 *client* passed in by the caller: building AttributeValue dicts directly
+is several times faster than the resource layer's Decimal serializer, and taking the
+client as an argument keeps the functions testable against DynamoDB Local.
+
+Item contract (table key ``user_id`` S)::
+
+    user_id        S   the storefront's user id; ``__popular__`` holds the cold-start list
+    items          L   of M {item_id S, score N}, best first
+    model_version  S   which model made the list
+    generated_at   S   ISO-8601 UTC
+    expires_at     N   epoch seconds; TTL removes users that stop being refreshed
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import os
+import random
+import time
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
+from urllib.parse import urlsplit
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from recsys.config import POPULAR_USER_ID, Settings
+
+log = logging.getLogger(__name__)
+
+KEY = "user_id"
+TTL_ATTRIBUTE = "expires_at"
+BATCH_WRITE_SIZE = 25  # DynamoDB's BatchWriteItem limit
+BATCH_GET_SIZE = 100  # DynamoDB's BatchGetItem limit
+MAX_KEY_BYTES = 2048  # DynamoDB's partition key limit
+RETRYABLE_CODES = frozenset(
+    {"ProvisionedThroughputExceededException", "ThrottlingException", "RequestLimitExceeded", "InternalServerError"}
+)
+LOCAL_HOSTS = frozenset({"localhost", "127.0.0.1", "::1", "0.0.0.0"})
+USERS_PER_CHUNK = 10_000  # users turned into Python objects at a time while building items
+
+Item = dict[str, Any]
+
+
+class PublicationError(RuntimeError):
+    """Recommendations could not be written, or what was read back does not match them."""
+
+
+class TableSchemaError(RuntimeError):
+    """An existing table does not have the key schema recsys writes."""
+
+
+# --------------------------------------------------------------------------- client + table
+
+
+def make_client(settings: Settings, *, timeout: float | None = None) -> Any:
+    """A boto3 DynamoDB client for ``settings.dynamodb_endpoint`` (None = real AWS).
+
+    For a local endpoint without AWS credentials in the environment it uses dummy
+    credentials (DynamoDB Local runs with ``-sharedDb``, so any key sees the same tables).
+    ``timeout`` sets connect and read timeouts in seconds (e.g. for the storefront path).
+    Client-side parameter validation is off (see below); the server still validates.
+    """
+    import boto3
+    from botocore.config import Config
+
+    config_args: dict[str, Any] = {
+        "region_name": settings.aws_region,
+        # botocore's client-side walk over every nested AttributeValue costs about two thirds
+        # of the CPU of a BatchWriteItem call; requests are built here and DynamoDB validates
+        # them anyway (a bad one fails with ValidationException).
+        "parameter_validation": False,
+        "max_pool_connections": max(10, settings.publish_threads + 2),
+        "retries": {"mode": "standard", "max_attempts": 3},
+    }
+    if timeout is not None:
+        config_args["connect_timeout"] = timeout
+        config_args["read_timeout"] = timeout
+    client_args: dict[str, Any] = {"config": Config(**config_args)}
+    endpoint = settings.dynamodb_endpoint
+    if endpoint is not None:
+        client_args["endpoint_url"] = endpoint
+        has_env_credentials = bool(os.environ.get("AWS_ACCESS_KEY_ID") and os.environ.get("AWS_SECRET_ACCESS_KEY"))
+        if urlsplit(endpoint).hostname in LOCAL_HOSTS and not has_env_credentials:
+            client_args["aws_access_key_id"] = "local"
+            client_args["aws_secret_access_key"] = "local"
+    # A session of its own: boto3's default session is not safe to share across threads.
+    return boto3.session.Session().client("dynamodb", **client_args)
+
+
+def _error_code(exc: BaseException) -> str:
+    response = getattr(exc, "response", None) or {}
+    return str(response.get("Error", {}).get("Code", ""))
+
+
+def ensure_table(client: Any, table: str) -> None:
+    """Create ``table`` (key user_id S, on-demand) when missing and enable TTL on expires_at.
+
+    Idempotent and safe to run from several tasks at once. Never deletes or changes an
+    existing table's keys: raises TableSchemaError when its key schema is not user_id (S, HASH).
+    """
+    try:
+        description = client.describe_table(TableName=table)["Table"]
+    except client.exceptions.ResourceNotFoundException:
+        try:
+            client.create_table(
+                TableName=table,
+                AttributeDefinitions=[{"AttributeName": KEY, "AttributeType": "S"}],
+                KeySchema=[{"AttributeName": KEY, "KeyType": "HASH"}],
+                BillingMode="PAY_PER_REQUEST",
+            )
+            log.info("created DynamoDB table %s (key %s S, on-demand)", table, KEY)
+        except client.exceptions.ResourceInUseException:
+            pass  # created by a concurrent task a moment ago
+        client.get_waiter("table_exists").wait(TableName=table, WaiterConfig={"Delay": 2, "MaxAttempts": 150})
+        description = client.describe_table(TableName=table)["Table"]
+    _check_key_schema(table, description)
+    if description.get("TableStatus") != "ACTIVE":
+        client.get_waiter("table_exists").wait(TableName=table, WaiterConfig={"Delay": 2, "MaxAttempts": 150})
+    _ensure_ttl(client, table)
+
+
+def _check_key_schema(table: str, description: Mapping[str, Any]) -> None:
+    types = {a["AttributeName"]: a["AttributeType"] for a in description.get("AttributeDefinitions", [])}
+    found = [(k["AttributeName"], k["KeyType"], types.get(k["AttributeName"], "?")) for k in description["KeySchema"]]
+    if found != [(KEY, "HASH", "S")]:
+        shown = ", ".join(f"{name} ({key_type}, {attr_type})" for name, key_type, attr_type in found)
+        raise TableSchemaError(
+            f"DynamoDB table {table} has key schema [{shown}], but recsys needs exactly [{KEY} (HASH, S)]; "
+            f"point RECSYS_TABLE at another table name (recsys never deletes or changes an existing table)"
+        )
+
+
+def _ensure_ttl(client: Any, table: str) -> None:
+    from botocore.exceptions import ClientError
+
+    ttl = client.describe_time_to_live(TableName=table).get("TimeToLiveDescription", {})
+    state, attribute = ttl.get("TimeToLiveStatus", "DISABLED"), ttl.get("AttributeName")
+    if state in ("ENABLED", "ENABLING"):
+        if attribute != TTL_ATTRIBUTE:
+            log.warning(
+                "table %s has TTL on %r, not %r: users that stop being refreshed will not expire",
+                table, attribute, TTL_ATTRIBUTE,
+            )
+        return
+    if state == "DISABLING":
+        log.warning("TTL of table %s is being disabled; enable it on %r once that is done", table, TTL_ATTRIBUTE)
+        return
+    try:
+        client.update_time_to_live(
+            TableName=table, TimeToLiveSpecification={"Enabled": True, "AttributeName": TTL_ATTRIBUTE}
+        )
+        log.info("enabled TTL on %s.%s", table, TTL_ATTRIBUTE)
+    except ClientError as exc:
+        # A concurrent task enabled it first.
+        if "already enabled" not in str(exc).lower():
+            raise
+
+
+# --------------------------------------------------------------------------- items
+
+
+def _format_number(value: float) -> str:
+    # Seven significant digits keep a score within 5e-7 relative (float32 carries about seven);
+    # DynamoDB rejects magnitudes below 1e-130.
+    return "0" if abs(value) < 1e-130 else f"{value:.7g}"
+
+
+def _grouped(recs: pa.Table) -> tuple[pa.Table, np.ndarray]:
+    """``recs`` sorted by (user_id, rank) and the row offsets where each user starts (plus the end).
+
+    Raises ValueError naming the column and count for null/empty/oversized ids, non-finite
+    scores and ranks repeated within a user.
+    """
+    missing = {"user_id", "rank", "item_id", "score"} - set(recs.column_names)
+    if missing:
+        raise ValueError(f"recommendations lack column(s) {sorted(missing)}; expected user_id, rank, item_id, score")
+    recs = recs.select(["user_id", "rank", "item_id", "score"])
+    for name in ("user_id", "rank", "item_id", "score"):
+        nulls = recs[name].null_count
+        if nulls:
+            raise ValueError(f"recommendations: {nulls} of {recs.num_rows} rows have a null {name}")
+    lengths = pc.binary_length(recs["user_id"])
+    empty = pc.sum(pc.equal(lengths, 0)).as_py() or 0
+    too_long = pc.sum(pc.greater(lengths, MAX_KEY_BYTES)).as_py() or 0
+    if empty or too_long:
+        raise ValueError(
+            f"recommendations: {empty} rows have an empty user_id and {too_long} a user_id over "
+            f"{MAX_KEY_BYTES} bytes (DynamoDB's key limit)"
+        )
+    bad_scores = recs.num_rows - int(np.isfinite(recs["score"].to_numpy()).sum())
+    if bad_scores:
+        raise ValueError(f"recommendations: {bad_scores} of {recs.num_rows} rows have a NaN or infinite score")
+
+    if recs.num_rows == 0:
+        return recs, np.zeros(1, dtype=np.int64)
+    if not _is_sorted(recs):
+        recs = recs.sort_by([("user_id", "ascending"), ("rank", "ascending")])
+    users = recs["user_id"].combine_chunks()
+    changed = pc.not_equal(users[1:], users[:-1]).to_numpy(zero_copy_only=False)
+    bounds = np.concatenate([[0], np.flatnonzero(changed) + 1, [recs.num_rows]]).astype(np.int64)
+    ranks = recs["rank"].to_numpy().astype(np.int64)
+    repeated = int(np.sum((np.diff(ranks) == 0) & ~changed))
+    if repeated:
+        raise ValueError(f"recommendations: {repeated} rows repeat a rank already given to the same user")
+    return recs, bounds
+
+
+def _is_sorted(recs: pa.Table) -> bool:
+    """True when rows are ordered by user_id, then rank (the usual case: skip the sort)."""
+    users = recs["user_id"].combine_chunks()
+    after, before = users[1:], users[:-1]
+    if pc.any(pc.less(after, before)).as_py():
+        return False
+    ranks = recs["rank"].to_numpy().astype(np.int64)
+    same_user = pc.equal(after, before).to_numpy(zero_copy_only=False)
+    return not bool(np.any(same_user & (np.diff(ranks) < 0)))
+
+
+def count_users(recs: pa.Table) -> int:
+    """How many items (one per distinct user) :func:`iter_items` yields for ``recs``."""
+    return int(pc.count_distinct(recs["user_id"]).as_py()) if recs.num_rows else 0
+
+
+def iter_items(
+    recs: pa.Table, *, model_version: str, generated_at: dt.datetime, expires_at: int
+) -> Iterator[Item]:
+    """Yield one DynamoDB item (AttributeValue dicts) per user of ``recs``, items best first.
+
+    ``recs`` has columns user_id, rank (1 = best), item_id, score in any row order.
+    Raises ValueError for nulls, empty or oversized user ids, non-finite scores or repeated ranks.
+    """
+    recs, bounds = _grouped(recs)
+    common = {
+        "model_version": {"S": model_version},
+        "generated_at": {"S": _iso_utc(generated_at)},
+        "expires_at": {"N": str(int(expires_at))},
+    }
+    for first in range(0, len(bounds) - 1, USERS_PER_CHUNK):
+        chunk_bounds = bounds[first : first + USERS_PER_CHUNK + 1]
+        offset, end = int(chunk_bounds[0]), int(chunk_bounds[-1])
+        rows = recs.slice(offset, end - offset)
+        users = rows["user_id"].to_pylist()
+        item_ids = rows["item_id"].to_pylist()
+        scores = [_format_number(s) for s in rows["score"].to_numpy().astype(np.float64).tolist()]
+        local = (chunk_bounds - offset).tolist()
+        for start, stop in zip(local[:-1], local[1:]):
+            yield {
+                KEY: {"S": users[start]},
+                "items": {
+                    "L": [
+                        {"M": {"item_id": {"S": item_id}, "score": {"N": score}}}
+                        for item_id, score in zip(item_ids[start:stop], scores[start:stop])
+                    ]
+                },
+                **common,
+            }
+
+
+def _iso_utc(moment: dt.datetime) -> str:
+    if moment.tzinfo is None:
+        raise ValueError(f"generated_at must be timezone-aware (UTC), got {moment!r}")
+    return moment.astimezone(dt.timezone.utc).isoformat().replace("+00:00", "Z")
+
+
+def _batches(items: Iterable[Item], size: int) -> Iterator[list[Item]]:
+    batch: list[Item] = []
+    for item in items:
+        batch.append(item)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+# --------------------------------------------------------------------------- the writer
+
+
+def backoff_delay(attempt: int, base: float, cap: float) -> float:
+    """Seconds to sleep before retry ``attempt`` (1, 2, ...): exponential with full jitter."""
+    return random.uniform(0.0, min(cap, base * 2 ** (attempt - 1)))
+
+
+def write_batch(
+    client: Any,
+    table: str,
+    items: Sequence[Item],
+    *,
+    backoff_base: float = 0.05,
+    backoff_cap: float = 5.0,
+    max_attempts: int = 10,
+    sleep: Callable[[float], None] = time.sleep,
+) -> int:
+    """Put up to 25 items with BatchWriteItem, retrying unprocessed items and throttling.
+
+    Returns the number of retries. Raises PublicationError after ``max_attempts`` attempts
+    that still leave items unwritten, or at once on a non-retryable error.
+    """
+    requests = [{"PutRequest": {"Item": item}} for item in items]
+    retries = 0
+    for attempt in range(1, max_attempts + 1):
+        try:
+            response = client.batch_write_item(RequestItems={table: requests})
+            requests = response.get("UnprocessedItems", {}).get(table, [])
+            reason = "unprocessed items"
+        except Exception as exc:
+            code = _error_code(exc)
+            if code not in RETRYABLE_CODES:
+                if code:
+                    raise PublicationError(f"writing to DynamoDB table {table} failed: {code}: {exc}") from exc
+                raise
+            reason = code
+        if not requests:
+            return retries
+        if attempt < max_attempts:
+            retries += 1
+            delay = backoff_delay(attempt, backoff_base, backoff_cap)
+            log.debug("table %s: %d items back (%s), retry %d in %.3f s", table, len(requests), reason, attempt, delay)
+            sleep(delay)
+    raise PublicationError(
+        f"DynamoDB table {table}: {len(requests)} of {len(items)} items in a batch were still not written after "
+        f"{max_attempts} attempts (last: {reason}); the table is throttling or failing. Rerun the publish task; "
+        f"for a provisioned table raise its write capacity or lower RECSYS_PUBLISH_THREADS"
+    )
+
+
+def publish_recommendations(
+    client: Any,
+    table: str,
+    recs: pa.Table,
+    *,
+    model_version: str,
+    generated_at: dt.datetime,
+    expires_at: int,
+    threads: int = 8,
+    log_every: float = 5.0,
+    backoff_base: float = 0.05,
+    backoff_cap: float = 5.0,
+    max_attempts: int = 10,
+) -> dict[str, Any]:
+    """Write one item per user of ``recs`` to ``table`` (overwriting what was there).
+
+    Batches of 25 go through BatchWriteItem from ``threads`` threads with at most
+    ``2 * threads`` batches in flight. Returns {"items", "seconds", "items_per_second",
+    "retries"}. Raises PublicationError when a batch cannot be written (see write_batch)
+    and ValueError when ``recs`` is malformed.
+    """
+    if threads < 1:
+        raise ValueError(f"threads must be at least 1, got {threads}")
+    total = count_users(recs)
+    items = iter_items(recs, model_version=model_version, generated_at=generated_at, expires_at=expires_at)
+    window = 2 * threads
+    written = retries = 0
+    started = last_log = time.perf_counter()
+    log.info("publish: %d users to DynamoDB table %s, model %s, %d threads", total, table, model_version, threads)
+
+    def collect(done: Iterable[Future[int]]) -> None:
+        nonlocal written, retries
+        for future in done:
+            retries += future.result()
+            written += futures.pop(future)
+
+    futures: dict[Future[int], int] = {}
+    with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="publish") as pool:
+        try:
+            for batch in _batches(items, BATCH_WRITE_SIZE):
+                if len(futures) >= window:
+                    done, _ = wait(futures, return_when=FIRST_COMPLETED)
+                    collect(done)
+                future = pool.submit(
+                    write_batch, client, table, batch,
+                    backoff_base=backoff_base, backoff_cap=backoff_cap, max_attempts=max_attempts,
+                )
+                futures[future] = len(batch)
+                now = time.perf_counter()
+                if now - last_log >= log_every:
+                    last_log = now
+                    log.info(
+                        "publish: %d / %d users written (%.0f%%), %.0f items/s, %d retries",
+                        written, total, 100.0 * written / max(total, 1), written / (now - started), retries,
+                    )
+            collect(wait(futures).done)
+        except BaseException:
+            pool.shutdown(wait=True, cancel_futures=True)
+            raise
+    seconds = time.perf_counter() - started
+    rate = written / seconds if seconds > 0 else 0.0
+    log.info(
+        "publish: %d items written to %s in %.1f s (%.0f items/s, %d retries), model %s",
+        written, table, seconds, rate, retries, model_version,
+    )
+    return {"items": written, "seconds": round(seconds, 3), "items_per_second": round(rate, 1), "retries": retries}
+
+
+# --------------------------------------------------------------------------- verification
+
+
+def batch_get(
+    client: Any,
+    table: str,
+    user_ids: Sequence[str],
+    *,
+    attributes: Sequence[str] = (KEY, "items", "model_version"),
+    consistent: bool = True,
+    backoff_base: float = 0.05,
+    backoff_cap: float = 5.0,
+    max_attempts: int = 10,
+) -> dict[str, Item]:
+    """Read ``user_ids`` with BatchGetItem (100 keys a call, unprocessed keys retried).
+
+    Returns {user_id: item} for the users found. Raises PublicationError when keys are
+    still unprocessed after ``max_attempts`` attempts.
+    """
+    names = {f"#a{i}": name for i, name in enumerate(attributes)}
+    found: dict[str, Item] = {}
+    unique = list(dict.fromkeys(user_ids))
+    for first in range(0, len(unique), BATCH_GET_SIZE):
+        request: dict[str, Any] = {
+            table: {
+                "Keys": [{KEY: {"S": user}} for user in unique[first : first + BATCH_GET_SIZE]],
+                "ProjectionExpression": ", ".join(names),
+                "ExpressionAttributeNames": names,
+                "ConsistentRead": consistent,
+            }
+        }
+        for attempt in range(1, max_attempts + 1):
+            try:
+                response = client.batch_get_item(RequestItems=request)
+            except Exception as exc:
+                if _error_code(exc) not in RETRYABLE_CODES:
+                    raise
+                response = {"UnprocessedKeys": request}
+            for item in response.get("Responses", {}).get(table, []):
+                found[item[KEY]["S"]] = item
+            request = response.get("UnprocessedKeys") or {}
+            if not request:
+                break
+            if attempt == max_attempts:
+                raise PublicationError(
+                    f"DynamoDB table {table}: {len(request[table]['Keys'])} keys still unread after "
+                    f"{max_attempts} BatchGetItem attempts"
+                )
+            time.sleep(backoff_delay(attempt, backoff_base, backoff_cap))
+    return found
+
+
+def verify_publication(
+    client: Any, table: str, recs: pa.Table, *, model_version: str, sample: int, seed: int = 0
+) -> dict[str, Any]:
+    """Read back ``__popular__`` and ``sample`` random users and compare them with ``recs``.
+
+    Each must exist, carry ``model_version`` and list the same item ids in the same order.
+    Returns {"checked", "sample", "popular_checked", "seconds"}; raises PublicationError
+    with the counts of missing, stale and different users and a few example ids.
+    """
+    started = time.perf_counter()
+    sorted_recs, bounds = _grouped(recs)
+    users = sorted_recs["user_id"].take(pa.array(bounds[:-1]))
+    popular_index = int(pc.index(users, POPULAR_USER_ID).as_py())
+    if popular_index < 0:
+        raise PublicationError(
+            f"recommendations have no {POPULAR_USER_ID!r} rows: unknown users would get nothing from table {table}; "
+            f"the recommend stage must add the popular list"
+        )
+    others = np.delete(np.arange(len(users), dtype=np.int64), popular_index)
+    chosen = np.random.default_rng(seed).choice(others, size=min(sample, len(others)), replace=False)
+    expected = {
+        str(users[i].as_py()): sorted_recs["item_id"].slice(int(bounds[i]), int(bounds[i + 1] - bounds[i])).to_pylist()
+        for i in [popular_index, *sorted(int(i) for i in chosen)]
+    }
+    found = batch_get(client, table, list(expected))
+    missing, stale, different = [], [], []
+    for user, item_ids in expected.items():
+        item = found.get(user)
+        if item is None:
+            missing.append(user)
+        elif item.get("model_version", {}).get("S") != model_version:
+            stale.append(user)
+        elif [x["M"]["item_id"]["S"] for x in item.get("items", {}).get("L", [])] != item_ids:
+            different.append(user)
+    seconds = time.perf_counter() - started
+    if missing or stale or different:
+        examples = (missing + stale + different)[:5]
+        raise PublicationError(
+            f"DynamoDB table {table} does not hold what was published (model {model_version}): of {len(expected)} "
+            f"users read back (incl. {POPULAR_USER_ID}), {len(missing)} missing, {len(stale)} with another "
+            f"model_version, {len(different)} with other items; e.g. {examples}. Rerun publish for this date"
+        )
+    log.info(
+        "verify: %d users read back from %s (incl. %s) match model %s, %.2f s",
+        len(expected), table, POPULAR_USER_ID, model_version, seconds,
+    )
+    return {"checked": len(expected), "sample": len(expected) - 1, "popular_checked": True, "seconds": round(seconds, 3)}
+
+
+# --------------------------------------------------------------------------- the storefront read path
+
+
+def get_recommendations(client: Any, table: str, user_id: str, limit: int = 20) -> dict[str, Any]:
+    """What the storefront shows ``user_id``: their list, or ``__popular__`` when unknown.
+
+    One GetItem (two on a miss). Returns {"user_id", "items": [{"item_id", "score"}],
+    "model_version", "generated_at", "source": "user" | "popular"}. Raises ValueError for
+    an empty id, one over 2,048 bytes UTF-8 or a limit below 1; LookupError when neither
+    the user nor ``__popular__`` is in the table (nothing published yet).
+    """
+    if not isinstance(user_id, str) or not user_id:
+        raise ValueError("user_id must be a non-empty string")
+    try:
+        size = len(user_id.encode("utf-8"))
+    except UnicodeEncodeError:
+        raise ValueError(f"user_id {user_id!r} is not valid Unicode text") from None
+    if size > MAX_KEY_BYTES:
+        raise ValueError(f"user_id is {size} bytes in UTF-8; DynamoDB keys are at most {MAX_KEY_BYTES} bytes")
+    if limit < 1:
+        raise ValueError(f"limit must be at least 1, got {limit}")
+
+    def read(key: str) -> Item | None:
+        try:
+            response = client.get_item(TableName=table, Key={KEY: {"S": key}})
+        except client.exceptions.ResourceNotFoundException:
+            raise LookupError(
+                f"DynamoDB table {table} does not exist: nothing has been published yet "
+                f"(run the nightly DAG, e.g. 'recsys run --date latest')"
+            ) from None
+        item: Item | None = response.get("Item")
+        return item
+
+    if user_id == POPULAR_USER_ID:
+        item, source = read(POPULAR_USER_ID), "popular"
+    else:
+        item, source = read(user_id), "user"
+        if item is None:
+            item, source = read(POPULAR_USER_ID), "popular"
+    if item is None:
+        raise LookupError(
+            f"DynamoDB table {table} has neither user {user_id!r} nor the fallback {POPULAR_USER_ID!r}: the table "
+            f"has not been published yet (run the nightly DAG, e.g. 'recsys run --date latest')"
+        )
+    entries = item.get("items", {}).get("L", [])[:limit]
+    return {
+        "user_id": user_id,
+        "items": [{"item_id": e["M"]["item_id"]["S"], "score": float(e["M"]["score"]["N"])} for e in entries],
+        "model_version": item.get("model_version", {}).get("S", ""),
+        "generated_at": item.get("generated_at", {}).get("S", ""),
+        "source": source,
+    }

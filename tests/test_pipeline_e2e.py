@@ -1,0 +1,169 @@
+"""The whole DAG through Airflow's dag.test(), on a small generated store, against DynamoDB Local."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import pytest
+
+from recsys import lake
+from recsys.config import POPULAR_USER_ID, Settings
+from recsys.datagen import generate_store
+
+END = dt.date(2026, 5, 31)
+SMALL = dict(users=3_000, items=300, events=60_000, days=35, seed=11, end_date=END, categories=10)
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("store") / "demo"
+    generate_store(out, **SMALL)  # type: ignore[arg-type]
+    return out
+
+
+@pytest.fixture
+def recsys_env(store: Path, dynamodb_endpoint: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Settings:
+    values = {
+        "RECSYS_HOME": str(tmp_path / "home"),
+        "RECSYS_SOURCE": str(store / "interactions"),
+        "RECSYS_CATALOG": str(store / "catalog.parquet"),
+        "RECSYS_WINDOW_DAYS": "28",
+        "RECSYS_DYNAMODB_ENDPOINT": dynamodb_endpoint,
+        "RECSYS_TABLE": f"recs_{uuid.uuid4().hex[:8]}",
+        "RECSYS_VERIFY_SAMPLE": "300",
+    }
+    for key, value in values.items():
+        monkeypatch.setenv(key, value)
+    return Settings.from_env()
+
+
+def scan(client: Any, table: str) -> dict[str, dict]:
+    items: dict[str, dict] = {}
+    kwargs: dict[str, Any] = {"TableName": table}
+    while True:
+        page = client.scan(**kwargs)
+        for item in page["Items"]:
+            items[item["user_id"]["S"]] = item
+        if "LastEvaluatedKey" not in page:
+            return items
+        kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+
+
+def lists_of(items: dict[str, dict]) -> dict[str, list[str]]:
+    return {user: [x["M"]["item_id"]["S"] for x in item["items"]["L"]] for user, item in items.items()}
+
+
+def run(settings: Settings, day: dt.date) -> Any:
+    from recsys.cli import run_dag
+
+    return run_dag(settings, day)
+
+
+def test_nightly_run_serves_every_user_and_reruns_identically(
+    recsys_env: Settings, dynamodb_client: Any, airflow_env: Path
+) -> None:
+    settings = recsys_env
+    dag_run = run(settings, END)
+    assert str(dag_run.state).endswith("success")
+
+    recs = lake.read_partition(settings.lake, "recommendations", END)
+    confidence = lake.read_partition(settings.lake, "confidence", END)
+    users = set(pc.unique(confidence["user_id"]).to_pylist())
+    per_user = recs.group_by("user_id").aggregate([("item_id", "list")]).to_pylist()
+    lists = {row["user_id"]: row["item_id_list"] for row in per_user}
+    assert set(lists) == users | {POPULAR_USER_ID}
+    assert all(len(items) == 20 and len(set(items)) == 20 for items in lists.values())
+
+    seen: dict[str, set[str]] = {}
+    for row in confidence.select(["user_id", "item_id"]).to_pylist():
+        seen.setdefault(row["user_id"], set()).add(row["item_id"])
+    assert all(not (set(lists[u]) & seen[u]) for u in users), "a list holds an item the user already touched"
+    catalog = pq.read_table(Path(settings.catalog or "")).to_pylist()
+    inactive = {r["item_id"] for r in catalog if not r["active"]}
+    assert inactive and not any(set(items) & inactive for items in lists.values())
+
+    metrics = json.loads((lake.partition_dir(settings.lake, "models", END) / "metrics.json").read_text())
+    assert metrics["model"]["ndcg_at_k"] > metrics["popularity"]["ndcg_at_k"]
+    assert metrics["model"]["users_evaluated"] > 100
+
+    served = scan(dynamodb_client, settings.table)
+    ranked = {
+        row["user_id"]: row
+        for row in recs.sort_by([("user_id", "ascending"), ("rank", "ascending")])
+        .group_by("user_id", use_threads=False)
+        .aggregate([("item_id", "list")])
+        .to_pylist()
+    }
+    assert lists_of(served) == {u: r["item_id_list"] for u, r in ranked.items()}
+    version = lake.read_json(lake.partition_dir(settings.lake, "recommendations", END) / "_meta.json")["model_version"]
+    assert {item["model_version"]["S"] for item in served.values()} == {version}
+    assert all(int(item["expires_at"]["N"]) > dt.datetime.now(dt.timezone.utc).timestamp() for item in served.values())
+
+    # A second run of the same date leaves the same partitions and the same served lists.
+    before = {name: lake.read_partition(settings.lake, name, END) for name in ("interactions", "confidence", "recommendations")}
+    assert str(run(settings, END).state).endswith("success")
+    for name, table in before.items():
+        assert lake.read_partition(settings.lake, name, END).equals(table), f"{name} changed on rerun"
+    again = scan(dynamodb_client, settings.table)
+    assert lists_of(again) == lists_of(served)
+    assert {item["model_version"]["S"] for item in again.values()} == {version}
+
+
+def test_broken_batch_fails_before_anything_is_served(
+    recsys_env: Settings, dynamodb_client: Any, airflow_env: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings = recsys_env
+    assert str(run(settings, END).state).endswith("success")
+    served = scan(dynamodb_client, settings.table)
+
+    # The next day arrives with an event type nobody configured, in 5 rows.
+    bad = tmp_path / "bad-source"
+    bad.mkdir()
+    next_day = END + dt.timedelta(days=1)
+    rows = ["user_id,item_id,event_type,event_ts"] + [
+        f"u00000{i},i0000{i},Teleport,{next_day.isoformat()}T10:0{i}:00Z" for i in range(5)
+    ]
+    (bad / "next-day.csv").write_text("\n".join(rows) + "\n")
+    os.symlink(Path(settings.source), bad / "history")
+    monkeypatch.setenv("RECSYS_SOURCE", str(bad))
+    dag_run = run(Settings.from_env(), next_day)
+    assert not str(dag_run.state).endswith("success")
+    states = {ti.task_id: str(ti.state) for ti in dag_run.get_task_instances()}
+    assert states["validate"].endswith("failed")
+    assert not any(states[t].endswith("success") for t in ("aggregate", "train", "recommend", "publish"))
+    assert not lake.partition_exists(settings.lake, "recommendations", next_day)
+    assert scan(dynamodb_client, settings.table) == served
+
+
+def test_command_line_run_and_lookup(store: Path, recsys_env: Settings, airflow_env: Path) -> None:
+    recsys = str(Path(sys.executable).with_name("recsys"))
+    env = os.environ.copy()
+    done = subprocess.run([recsys, "run", "--date", "latest"], env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert f"recsys run {END}: published and verified" in done.stdout
+
+    known = pq.read_table(store / "interactions" / f"events-{END.isoformat()}.parquet")["user_id"][0].as_py()
+    out = subprocess.run([recsys, "lookup", known, "--json"], env=env, capture_output=True, text=True, check=True)
+    result = json.loads(out.stdout)
+    assert set(result) == {"user_id", "items", "model_version", "generated_at", "source"}
+    assert result["source"] == "user" and result["user_id"] == known and len(result["items"]) == 20
+    assert result["model_version"].startswith(END.isoformat())
+
+    out = subprocess.run([recsys, "lookup", "nobody-at-all", "--json"], env=env, capture_output=True, text=True, check=True)
+    cold = json.loads(out.stdout)
+    assert cold["source"] == "popular" and len(cold["items"]) == 20
+    assert cold["items"] != result["items"]
+
+    # A date with no events is a clear failure, not a silent success.
+    done = subprocess.run([recsys, "run", "--date", "2030-01-01"], env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode != 0
+    assert "no events" in (done.stdout + done.stderr)
