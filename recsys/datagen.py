@@ -23,10 +23,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import logging
-import os
-import shutil
 import time
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,6 +32,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
+
+from recsys.lake import replace_dir
+from recsys.schemas import INTERACTIONS_SCHEMA
 
 log = logging.getLogger(__name__)
 
@@ -125,19 +125,11 @@ def generate_store(
     log.info("generated %d events for %d users in %.2f s (%.0f events/s)",
              len(table.user), users, generated, len(table.user) / max(generated, 1e-9))
 
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_dir.parent / f".tmp-{out_dir.name}-{uuid.uuid4().hex[:8]}"
-    (tmp / "interactions").mkdir(parents=True)
-    try:
-        _write_parquet_atomic(catalog_table(catalog), tmp / "catalog.parquet")
+    # The whole store is written aside and swapped in: a crash never leaves half a store.
+    with replace_dir(out_dir) as tmp:
+        (tmp / "interactions").mkdir()
+        pq.write_table(catalog_table(catalog), tmp / "catalog.parquet", compression="zstd")
         files = _write_daily_files(table, tmp / "interactions", first_date, days, users, items)
-        old = out_dir.parent / f".old-{out_dir.name}-{uuid.uuid4().hex[:8]}"
-        if out_dir.exists():
-            os.replace(out_dir, old)
-        os.replace(tmp, out_dir)
-        shutil.rmtree(old, ignore_errors=True)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
 
     seconds = time.perf_counter() - started
     summary: dict[str, Any] = {
@@ -512,15 +504,6 @@ def _bytes_to_strings(fixed: np.ndarray) -> pa.Array:
     return pa.Array.from_buffers(pa.string(), fixed.size, [None, offsets, pa.py_buffer(fixed.tobytes())])
 
 
-EVENTS_SCHEMA = pa.schema(
-    [
-        ("user_id", pa.string()),
-        ("item_id", pa.string()),
-        ("event_type", pa.string()),
-        ("event_ts", pa.timestamp("us", tz="UTC")),
-        ("event_id", pa.string()),
-    ]
-)
 
 
 def _write_daily_files(events: Events, folder: Path, first_date: dt.date, days: int, users: int, items: int) -> int:
@@ -541,24 +524,14 @@ def _write_daily_files(events: Events, folder: Path, first_date: dt.date, days: 
                 pa.array(events.ts_us[lo:hi], pa.int64()).cast(pa.timestamp("us", tz="UTC")),
                 _bytes_to_strings(events.event_id[lo:hi]),
             ],
-            schema=EVENTS_SCHEMA,
+            schema=INTERACTIONS_SCHEMA,
         )
         day = first_date + dt.timedelta(days=d)
-        _write_parquet_atomic(part, folder / f"events-{day.isoformat()}.parquet")
+        pq.write_table(part, folder / f"events-{day.isoformat()}.parquet", compression="zstd")
     seconds = time.perf_counter() - started
     log.info("wrote %d daily files, %d events in %.2f s (%.0f events/s)",
              days, events.ts_us.size, seconds, events.ts_us.size / max(seconds, 1e-9))
     return days
-
-
-def _write_parquet_atomic(table: pa.Table, path: Path) -> None:
-    """Write ``table`` to ``path`` through a hidden temporary name in the same folder."""
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        pq.write_table(table, tmp, compression="zstd")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 # --------------------------------------------------------------------------- CLI

@@ -47,7 +47,16 @@ def replace_partition(lake: str | Path, dataset: str, day: dt.date) -> Iterator[
 
     On an exception the temporary folder is removed and the old partition is untouched.
     """
-    final = partition_dir(lake, dataset, day)
+    with replace_dir(partition_dir(lake, dataset, day)) as tmp:
+        yield tmp
+
+
+@contextmanager
+def replace_dir(final: Path) -> Iterator[Path]:
+    """Yield an empty hidden folder beside ``final``; on success it replaces ``final`` whole.
+
+    On an exception the temporary folder is removed and ``final`` is untouched.
+    """
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = final.parent / f".tmp-{final.name}-{uuid.uuid4().hex[:8]}"
     tmp.mkdir()

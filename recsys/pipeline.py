@@ -19,21 +19,10 @@ import pyarrow.parquet as pq
 
 from recsys import lake
 from recsys.config import POPULAR_USER_ID, Settings
+from recsys.schemas import INTERACTIONS_SCHEMA, RECOMMENDATIONS_SCHEMA
 
 log = logging.getLogger(__name__)
 
-RECOMMENDATIONS_SCHEMA = pa.schema(
-    [("user_id", pa.string()), ("rank", pa.int16()), ("item_id", pa.string()), ("score", pa.float32())]
-)
-INTERACTIONS_SCHEMA = pa.schema(
-    [
-        ("user_id", pa.string()),
-        ("item_id", pa.string()),
-        ("event_type", pa.string()),
-        ("event_ts", pa.timestamp("us", tz="UTC")),
-        ("event_id", pa.string()),
-    ]
-)
 
 
 class EmptyDayError(ValueError):
