@@ -6,7 +6,8 @@ Turns one day of storefront events into a fresh top-20 list for every user in Dy
 `extract` → `validate` (Great Expectations) → `aggregate` (DuckDB, `sql/*.sql`) →
 `tune` (one mapped task per candidate setting, scored on the held-out newest days) →
 `train` (the best candidate, gated against popularity, retrained on the whole window) → `recommend` →
-`publish` (DynamoDB; skipped for backfill runs) → `verify`.
+`publish` (DynamoDB; skipped for backfill runs and for dates older than the one served,
+unless the `force_publish` Param is set) → `verify`.
 
 Each task reads and writes only its own lake partition `dt=<run date>`, so a rerun of a
 date replaces that date and nothing else. The run date is the data interval start; a manual
@@ -47,6 +48,7 @@ DEFAULT_ARGS = {
         "alpha": Param(None, type=["null", "number"], minimum=0, description="Confidence scaling: alpha * log1p(weight sum)"),
         "iterations": Param(None, type=["null", "integer"], minimum=1, description="ALS iterations"),
         "recency_half_life_days": Param(None, type=["null", "number"], minimum=0, description="Older events count less (0 = off)"),
+        "force_publish": Param(False, type="boolean", description="Publish even if the table serves a newer run date"),
         "tuning_grid": Param(None, type=["null", "string"], description="Candidates tried each night, e.g. factors=32,64;alpha=2,10 (empty: no tuning)"),
     },
 )

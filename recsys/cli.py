@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
+from recsys import lake
 from recsys.config import ConfigError, Settings
 
 log = logging.getLogger("recsys")
@@ -109,8 +110,21 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(f"recsys run {day}: FAILED after {seconds:.0f} s ({state}); tasks not done: {failed_tasks(dag_run)}. "
               f"See the task errors above.", file=sys.stderr)
         return 1
-    print(f"recsys run {day}: published and verified in {seconds:.0f} s")
+    served = served_now(settings)
+    built = lake.read_json(lake.partition_dir(settings.lake, "recommendations", day) / "_meta.json")["model_version"]
+    if not served or served["model_version"] != built:
+        print(f"recsys run {day}: lists built (model {built}) but NOT published: the table {settings.table} serves "
+              f"{served}. Publishing an older date needs --conf '{{\"force_publish\": true}}'.", file=sys.stderr)
+        return 3
+    print(f"recsys run {day}: published and verified in {seconds:.0f} s (model {built})")
     return 0
+
+
+def served_now(settings: Settings) -> dict[str, str] | None:
+    """What the serving table says it serves (its ``__meta__`` record)."""
+    from recsys import dynamodb
+
+    return dynamodb.read_served(dynamodb.make_client(settings), settings.table)
 
 
 def cmd_lookup(args: argparse.Namespace) -> int:
@@ -136,7 +150,7 @@ def _format_lookup(result: dict[str, Any]) -> str:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     """The front door: DynamoDB Local, demo data, one nightly run, two lookups."""
-    from recsys import dynamodb, dynamodb_local, lake
+    from recsys import dynamodb, dynamodb_local
     from recsys.datagen import generate_store
 
     settings = Settings.from_env()

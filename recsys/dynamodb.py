@@ -12,6 +12,10 @@ Item contract (table key ``user_id`` S)::
     model_version  S   which model made the list
     generated_at   S   ISO-8601 UTC
     expires_at     N   epoch seconds; TTL removes users that stop being refreshed
+
+The reserved item ``__meta__`` records what is being served (run_date, model_version,
+published_at); it is written after every user of a run, so it names a complete publication,
+and its conditional write refuses to move the served date backwards.
 """
 
 from __future__ import annotations
@@ -44,11 +48,17 @@ RETRYABLE_CODES = frozenset(
 LOCAL_HOSTS = frozenset({"localhost", "127.0.0.1", "::1", "0.0.0.0"})
 USERS_PER_CHUNK = 10_000  # users turned into Python objects at a time while building items
 
+META_KEY = "__meta__"  # reserved: what the table serves; never a user
+
 Item = dict[str, Any]
 
 
 class PublicationError(RuntimeError):
     """Recommendations could not be written, or what was read back does not match them."""
+
+
+class OlderRunError(RuntimeError):
+    """The table already serves lists of a newer run date than the one being published."""
 
 
 class TableSchemaError(RuntimeError):
@@ -499,6 +509,44 @@ def verify_publication(
     return {"checked": len(expected), "sample": len(expected) - 1, "popular_checked": True, "seconds": round(seconds, 3)}
 
 
+# --------------------------------------------------------------------------- what is served
+
+
+def read_served(client: Any, table: str) -> dict[str, str] | None:
+    """The ``__meta__`` record {"run_date", "model_version", "published_at"}, or None when
+    the table does not exist or nothing has been published to it yet."""
+    try:
+        item = client.get_item(TableName=table, Key={KEY: {"S": META_KEY}}, ConsistentRead=True).get("Item")
+    except client.exceptions.ResourceNotFoundException:
+        return None
+    if not item:
+        return None
+    return {name: item.get(name, {}).get("S", "") for name in ("run_date", "model_version", "published_at")}
+
+
+def mark_served(client: Any, table: str, *, run_date: dt.date, model_version: str, force: bool = False) -> None:
+    """Record that ``run_date``'s lists are served. Unless ``force``, the write is conditional:
+    raises OlderRunError when the table already serves a newer run date."""
+    item = {
+        KEY: {"S": META_KEY},
+        "run_date": {"S": run_date.isoformat()},
+        "model_version": {"S": model_version},
+        "published_at": {"S": _iso_utc(dt.datetime.now(dt.timezone.utc))},
+    }
+    kwargs: dict[str, Any] = {"TableName": table, "Item": item}
+    if not force:
+        kwargs["ConditionExpression"] = "attribute_not_exists(run_date) OR run_date <= :d"
+        kwargs["ExpressionAttributeValues"] = {":d": {"S": run_date.isoformat()}}
+    try:
+        client.put_item(**kwargs)
+    except client.exceptions.ConditionalCheckFailedException:
+        served = read_served(client, table) or {}
+        raise OlderRunError(
+            f"DynamoDB table {table} already serves run date {served.get('run_date')} (model "
+            f"{served.get('model_version')}); refusing to mark the older {run_date} as served"
+        ) from None
+
+
 # --------------------------------------------------------------------------- the storefront read path
 
 
@@ -520,6 +568,8 @@ def get_recommendations(client: Any, table: str, user_id: str, limit: int = 20) 
         raise ValueError(f"user_id is {size} bytes in UTF-8; DynamoDB keys are at most {MAX_KEY_BYTES} bytes")
     if limit < 1:
         raise ValueError(f"limit must be at least 1, got {limit}")
+    if user_id == META_KEY:
+        raise ValueError(f"user_id {META_KEY!r} is reserved for the table's own bookkeeping")
 
     def read(key: str) -> Item | None:
         try:

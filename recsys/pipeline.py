@@ -459,18 +459,31 @@ def _lists_table(users: pa.Array, items: pa.Array, ids: np.ndarray, scores: np.n
 # --------------------------------------------------------------------------- publish + verify
 
 
-def publish(settings: Settings, day: dt.date, is_backfill: bool = False) -> dict[str, Any]:
-    """Write the run's lists to DynamoDB (creating the table when missing); backfills skip."""
+def publish(settings: Settings, day: dt.date, is_backfill: bool = False, force: bool = False) -> dict[str, Any]:
+    """Write the run's lists to DynamoDB (creating the table when missing), then mark them served.
+
+    Backfill runs never publish. A run whose date is older than the date the table serves
+    (a late retry, a rerun of an old date) is skipped unless ``force``: the storefront never
+    goes back to older lists by accident. Returns {"published": bool, ...}.
+    """
     from recsys import dynamodb
 
     if is_backfill:
         log.info("publish: %s is a backfill run; lake partitions rebuilt, nothing published", day)
         return {"published": False, "reason": "backfill"}
+    client = dynamodb.make_client(settings)
+    dynamodb.ensure_table(client, settings.table)
+    served = dynamodb.read_served(client, settings.table)
+    if served and served["run_date"] > day.isoformat() and not force:
+        log.warning(
+            "publish: table %s serves run date %s (model %s), newer than %s: NOT published "
+            "(set the Param force_publish to replace newer lists with these)",
+            settings.table, served["run_date"], served["model_version"], day,
+        )
+        return {"published": False, "reason": "older than served", "served": served}
     folder = lake.partition_dir(settings.lake, "recommendations", day)
     version = lake.read_json(folder / "_meta.json")["model_version"]
     recs = lake.read_partition(settings.lake, "recommendations", day)
-    client = dynamodb.make_client(settings)
-    dynamodb.ensure_table(client, settings.table)
     generated_at = dt.datetime.now(dt.timezone.utc).replace(microsecond=0)
     expires_at = int((generated_at + dt.timedelta(days=settings.ttl_days)).timestamp())
     stats = dynamodb.publish_recommendations(
@@ -482,19 +495,27 @@ def publish(settings: Settings, day: dt.date, is_backfill: bool = False) -> dict
         expires_at=expires_at,
         threads=settings.publish_threads,
     )
+    dynamodb.mark_served(client, settings.table, run_date=day, model_version=version, force=force)
     return {"published": True, "model_version": version, **stats}
 
 
 def verify(settings: Settings, day: dt.date, published: dict[str, Any]) -> dict[str, Any]:
-    """Read back a sample of users and ``__popular__``; raises when any is missing or stale."""
+    """Read back a sample of users, ``__popular__`` and ``__meta__``; raises when any is
+    missing or stale."""
     from recsys import dynamodb
 
     if not published.get("published"):
-        log.info("verify: nothing was published for %s, nothing to verify", day)
+        log.info("verify: nothing was published for %s (%s), nothing to verify", day, published.get("reason"))
         return {"verified": False}
     recs = lake.read_partition(settings.lake, "recommendations", day)
     client = dynamodb.make_client(settings)
     result = dynamodb.verify_publication(
         client, settings.table, recs, model_version=published["model_version"], sample=settings.verify_sample
     )
-    return {"verified": True, **result}
+    served = dynamodb.read_served(client, settings.table) or {}
+    if served.get("model_version") != published["model_version"]:
+        raise dynamodb.PublicationError(
+            f"table {settings.table} marks model {served.get('model_version')} (run date {served.get('run_date')}) "
+            f"as served, not {published['model_version']} just published for {day}"
+        )
+    return {"verified": True, **result, "served": served}

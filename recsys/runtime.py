@@ -76,7 +76,8 @@ def run_stage(name: str, *args: Any) -> Any:
     stage = getattr(pipeline, name)
     try:
         if name == "publish":
-            return stage(settings, day, *args, is_backfill=is_backfill(context))
+            force = bool((context.get("params") or {}).get("force_publish"))
+            return stage(settings, day, *args, is_backfill=is_backfill(context), force=force)
         return stage(settings, day, *args)
     except (ValueError, LookupError, FileNotFoundError, pipeline.QualityGateError) as exc:
         raise AirflowFailException(f"{name} failed for {day}: {type(exc).__name__}: {exc}") from exc

@@ -515,3 +515,22 @@ def test_command_line_parser() -> None:
     assert args.action == "status" and callable(args.func)
     with pytest.raises(SystemExit):
         parser.parse_args(["dynamodb-local", "restart"])
+
+
+def test_served_marker_never_moves_backwards_unless_forced(dynamodb_client: Any) -> None:
+    from recsys.dynamodb import META_KEY, OlderRunError, ensure_table, get_recommendations, mark_served, read_served
+
+    table = f"meta_{uuid.uuid4().hex[:8]}"
+    assert read_served(dynamodb_client, table) is None  # no table yet
+    ensure_table(dynamodb_client, table)
+    assert read_served(dynamodb_client, table) is None  # nothing published yet
+    mark_served(dynamodb_client, table, run_date=dt.date(2026, 3, 5), model_version="v5")
+    mark_served(dynamodb_client, table, run_date=dt.date(2026, 3, 5), model_version="v5b")  # same date: a rerun
+    assert read_served(dynamodb_client, table)["model_version"] == "v5b"  # type: ignore[index]
+    with pytest.raises(OlderRunError, match="already serves run date 2026-03-05"):
+        mark_served(dynamodb_client, table, run_date=dt.date(2026, 3, 4), model_version="v4")
+    assert read_served(dynamodb_client, table)["run_date"] == "2026-03-05"  # type: ignore[index]
+    mark_served(dynamodb_client, table, run_date=dt.date(2026, 3, 4), model_version="v4", force=True)
+    assert read_served(dynamodb_client, table)["model_version"] == "v4"  # type: ignore[index]
+    with pytest.raises(ValueError, match="reserved"):
+        get_recommendations(dynamodb_client, table, META_KEY)

@@ -46,13 +46,15 @@ def recsys_env(store: Path, dynamodb_endpoint: str, tmp_path: Path, monkeypatch:
     return Settings.from_env()
 
 
-def scan(client: Any, table: str) -> dict[str, dict]:
+def scan(client: Any, table: str, with_meta: bool = False) -> dict[str, dict]:
+    """Every item of the table by user_id (the __meta__ record only when asked)."""
     items: dict[str, dict] = {}
     kwargs: dict[str, Any] = {"TableName": table}
     while True:
         page = client.scan(**kwargs)
         for item in page["Items"]:
-            items[item["user_id"]["S"]] = item
+            if with_meta or item["user_id"]["S"] != "__meta__":
+                items[item["user_id"]["S"]] = item
         if "LastEvaluatedKey" not in page:
             return items
         kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
@@ -107,6 +109,8 @@ def test_nightly_run_serves_every_user_and_reruns_identically(
     version = lake.read_json(lake.partition_dir(settings.lake, "recommendations", END) / "_meta.json")["model_version"]
     assert {item["model_version"]["S"] for item in served.values()} == {version}
     assert all(int(item["expires_at"]["N"]) > dt.datetime.now(dt.timezone.utc).timestamp() for item in served.values())
+    meta = scan(dynamodb_client, settings.table, with_meta=True)["__meta__"]
+    assert (meta["run_date"]["S"], meta["model_version"]["S"]) == (END.isoformat(), version)
 
     # A second run of the same date leaves the same partitions and the same served lists.
     before = {name: lake.read_partition(settings.lake, name, END) for name in ("interactions", "confidence", "recommendations")}
@@ -123,7 +127,7 @@ def test_broken_batch_fails_before_anything_is_served(
 ) -> None:
     settings = recsys_env
     assert str(run(settings, END).state).endswith("success")
-    served = scan(dynamodb_client, settings.table)
+    served = scan(dynamodb_client, settings.table, with_meta=True)
 
     # The next day arrives with an event type nobody configured, in 5 rows.
     bad = tmp_path / "bad-source"
@@ -141,7 +145,29 @@ def test_broken_batch_fails_before_anything_is_served(
     assert states["validate"].endswith("failed")
     assert not any(states[t].endswith("success") for t in ("aggregate", "train", "recommend", "publish"))
     assert not lake.partition_exists(settings.lake, "recommendations", next_day)
-    assert scan(dynamodb_client, settings.table) == served
+    assert scan(dynamodb_client, settings.table, with_meta=True) == served
+
+
+def test_an_older_date_never_replaces_newer_lists_unless_forced(
+    recsys_env: Settings, dynamodb_client: Any, airflow_env: Path
+) -> None:
+    from recsys.cli import run_dag
+
+    settings = recsys_env
+    assert str(run(settings, END).state).endswith("success")
+    served = scan(dynamodb_client, settings.table, with_meta=True)
+
+    older = END - dt.timedelta(days=1)
+    assert str(run(settings, older).state).endswith("success")  # lake rebuilt for that date ...
+    assert lake.partition_exists(settings.lake, "recommendations", older)
+    assert scan(dynamodb_client, settings.table, with_meta=True) == served  # ... the table untouched
+
+    forced = run_dag(settings, older, {"force_publish": True})
+    assert str(forced.state).endswith("success")
+    meta = scan(dynamodb_client, settings.table, with_meta=True)["__meta__"]
+    assert meta["run_date"]["S"] == older.isoformat()
+    older_version = lake.read_json(lake.partition_dir(settings.lake, "recommendations", older) / "_meta.json")
+    assert meta["model_version"]["S"] == older_version["model_version"] != served["__meta__"]["model_version"]["S"]
 
 
 def test_command_line_run_and_lookup(store: Path, recsys_env: Settings, airflow_env: Path) -> None:
@@ -150,6 +176,11 @@ def test_command_line_run_and_lookup(store: Path, recsys_env: Settings, airflow_
     done = subprocess.run([recsys, "run", "--date", "latest"], env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     assert f"recsys run {END}: published and verified" in done.stdout
+
+    # The day before is older than what is served: built, not published, and the exit says so.
+    older = subprocess.run([recsys, "run", "--date", (END - dt.timedelta(days=1)).isoformat()], env=env,
+                           capture_output=True, text=True, timeout=600)
+    assert older.returncode == 3 and "NOT published" in older.stderr
 
     known = pq.read_table(store / "interactions" / f"events-{END.isoformat()}.parquet")["user_id"][0].as_py()
     out = subprocess.run([recsys, "lookup", known, "--json"], env=env, capture_output=True, text=True, check=True)
