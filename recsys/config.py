@@ -107,6 +107,10 @@ class Settings:
         return self.home / "airflow"
 
     @property
+    def duckdb_temp_dir(self) -> Path:
+        return self.home / "duckdb-tmp"
+
+    @property
     def demo_dir(self) -> Path:
         return self.home / "demo"
 

@@ -58,7 +58,7 @@ def is_backfill(context: Mapping[str, Any]) -> bool:
 
 
 def run_stage(name: str, *args: Any) -> Any:
-    """Run ``recsys.pipeline.<name>(settings, run_date, *args)`` for the current task.
+    """Run the stage ``<name>(settings, run_date, *args)`` of recsys.ingest or recsys.pipeline.
 
     Bad input, a failed quality gate or a missing partition cannot be fixed by retrying:
     those fail the task at once (AirflowFailException) with the stage's own message, so
@@ -68,12 +68,12 @@ def run_stage(name: str, *args: Any) -> Any:
     from airflow.sdk import get_current_context
     from airflow.sdk.exceptions import AirflowFailException
 
-    from recsys import pipeline
+    from recsys import ingest, pipeline
 
     context = get_current_context()
     settings, day = settings_for(context), resolve_run_date(context)
     log.info("stage %s for run date %s", name, day)
-    stage = getattr(pipeline, name)
+    stage = getattr(ingest, name, None) or getattr(pipeline, name)
     try:
         if name == "publish":
             force = bool((context.get("params") or {}).get("force_publish"))

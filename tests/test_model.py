@@ -9,7 +9,8 @@ import pyarrow as pa
 import scipy.sparse as sp
 
 from recsys.model import ALSParams, build_user_item_matrix, recommend_als, recommend_popular, top_k_items, train_als
-from recsys.pipeline import _chunks, _lists_table
+from recsys.ingest import _chunks
+from recsys.pipeline import _lists_table
 from recsys.runtime import is_backfill, resolve_run_date
 
 
