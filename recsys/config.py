@@ -26,7 +26,14 @@ DEFAULT_ENDPOINT = "http://127.0.0.1:8000"
 CANONICAL_COLUMNS = ("user_id", "item_id", "event_type", "event_ts")
 OPTIONAL_COLUMNS = ("event_id",)
 POPULAR_USER_ID = "__popular__"
-TUNABLE: dict[str, type] = {"factors": int, "regularization": float, "alpha": float, "iterations": int}
+TUNABLE: dict[str, type] = {
+    "factors": int,
+    "regularization": float,
+    "alpha": float,
+    "iterations": int,
+    "weighting": str,
+}
+WEIGHTINGS = ("log", "bm25")
 DEFAULT_TUNING_GRID = "factors=32,64,128;alpha=2,10"
 
 
@@ -93,6 +100,12 @@ class Settings:
     iterations: int = 15
     random_state: int = 42
     tuning_grid: str = DEFAULT_TUNING_GRID
+    weighting: str = "log"
+    gate_min_lift: float = 0.05
+    gate_max_drop: float = 0.25
+    exclude_seen: str = "all"
+    purchase_event_types: tuple[str, ...] = ("Purchase",)
+    max_per_category: int = 0
     max_bad_share: float = 0.0
     dynamodb_endpoint: str | None = DEFAULT_ENDPOINT
     aws_region: str = "us-east-1"
@@ -161,6 +174,11 @@ class Settings:
             "RECSYS_ALPHA": "alpha",
             "RECSYS_ITERATIONS": "iterations",
             "RECSYS_TUNING_GRID": "tuning_grid",
+            "RECSYS_WEIGHTING": "weighting",
+            "RECSYS_GATE_MIN_LIFT": "gate_min_lift",
+            "RECSYS_GATE_MAX_DROP": "gate_max_drop",
+            "RECSYS_EXCLUDE_SEEN": "exclude_seen",
+            "RECSYS_MAX_PER_CATEGORY": "max_per_category",
             "RECSYS_MAX_BAD_SHARE": "max_bad_share",
             "RECSYS_AWS_REGION": "aws_region",
             "RECSYS_TABLE": "table",
@@ -171,6 +189,10 @@ class Settings:
         for variable, name in simple.items():
             if env.get(variable):
                 values[name] = env[variable]
+        if env.get("RECSYS_PURCHASE_EVENT_TYPES"):
+            values["purchase_event_types"] = tuple(
+                t.strip() for t in env["RECSYS_PURCHASE_EVENT_TYPES"].split(",") if t.strip()
+            )
         if "RECSYS_TUNING_GRID" in env:  # empty = no tuning: the settings' own ALS parameters
             values["tuning_grid"] = env["RECSYS_TUNING_GRID"]
         if not env.get("RECSYS_AWS_REGION") and env.get("AWS_DEFAULT_REGION"):
@@ -209,7 +231,14 @@ class Settings:
             )
         if settings.k < 1:
             raise ConfigError(f"k must be at least 1, got {settings.k}")
-        parse_grid(settings.tuning_grid)
+        grid = parse_grid(settings.tuning_grid)
+        for weighting in [settings.weighting, *grid.get("weighting", [])]:
+            if weighting not in WEIGHTINGS:
+                raise ConfigError(f"weighting must be one of {WEIGHTINGS}, got {weighting!r}")
+        if settings.exclude_seen not in ("all", "purchased"):
+            raise ConfigError(f"exclude_seen must be 'all' or 'purchased', got {settings.exclude_seen!r}")
+        if settings.max_per_category < 0:
+            raise ConfigError(f"max_per_category must be 0 (off) or more, got {settings.max_per_category}")
         if not 0.0 <= settings.max_bad_share < 1.0:
             raise ConfigError(f"max_bad_share must be in [0, 1), got {settings.max_bad_share}")
         return settings

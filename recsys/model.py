@@ -37,6 +37,7 @@ class ALSParams:
     alpha: float = 2.0
     iterations: int = 15
     random_state: int = 42
+    weighting: str = "log"  # how the confidence matrix is weighted: "log" or "bm25"
 
     def as_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -79,11 +80,24 @@ def build_user_item_matrix(
     return UserItemMatrix(matrix=matrix, user_ids=users, item_ids=items)
 
 
-def scale_confidence(matrix: sp.csr_matrix, alpha: float) -> sp.csr_matrix:
-    """ALS confidence ``alpha * log1p(x)``: repeated views saturate instead of dominating."""
-    scaled = matrix.copy()
-    scaled.data = (alpha * np.log1p(scaled.data)).astype(np.float32)
-    return scaled
+def scale_confidence(matrix: sp.csr_matrix, alpha: float, weighting: str = "log") -> sp.csr_matrix:
+    """The matrix ALS fits on.
+
+    ``log``: ``alpha * log1p(x)``, so repeated views saturate instead of dominating.
+    ``bm25``: ``alpha * BM25(x)`` over items (as documents), which also damps the items
+    everybody touches and long user histories. Raises ValueError for another weighting.
+    """
+    if weighting == "log":
+        scaled = matrix.copy()
+        scaled.data = (alpha * np.log1p(scaled.data)).astype(np.float32)
+        return scaled
+    if weighting == "bm25":
+        from implicit.nearest_neighbours import bm25_weight
+
+        weighted = bm25_weight(matrix.T.tocoo(), K1=100, B=0.8).T.tocsr()
+        weighted.data = (alpha * weighted.data).astype(np.float32)
+        return weighted.astype(np.float32)
+    raise ValueError(f"unknown weighting {weighting!r}; expected 'log' or 'bm25'")
 
 
 def train_als(matrix: sp.csr_matrix, params: ALSParams) -> "AlternatingLeastSquares":
@@ -102,7 +116,7 @@ def train_als(matrix: sp.csr_matrix, params: ALSParams) -> "AlternatingLeastSqua
             random_state=params.random_state,
             calculate_training_loss=False,
         )
-        model.fit(scale_confidence(matrix, params.alpha), show_progress=False)
+        model.fit(scale_confidence(matrix, params.alpha, params.weighting), show_progress=False)
     seconds = time.perf_counter() - started
     log.info(
         "ALS fit: %d users x %d items, %d non-zeros, %s in %.1f s",
@@ -189,3 +203,39 @@ def fingerprint(*parts: Any) -> str:
         else:
             digest.update(json.dumps(part, sort_keys=True, default=str).encode())
     return digest.hexdigest()[:8]
+
+
+def cap_per_category(
+    ids: np.ndarray, scores: np.ndarray, categories: np.ndarray, cap: int, k: int, batch_users: int = 10_000
+) -> tuple[np.ndarray, np.ndarray]:
+    """At most ``cap`` items of one category in each list: walk each (wider) list best first,
+    skip items whose category is already full, keep the first ``k``.
+
+    ``categories`` maps item index -> category code (-1: no category, never capped).
+    Returns (ids, scores) of shape (n, k), padded with -1 / -inf.
+    """
+    n, width = ids.shape
+    out_ids = np.full((n, k), -1, dtype=np.int32)
+    out_scores = np.full((n, k), -np.inf, dtype=np.float32)
+    before = np.tri(width, k=-1, dtype=bool)  # before[j, l]: position l comes before j
+    for start in range(0, n, batch_users):
+        block = ids[start : start + batch_users]
+        cats = np.where(block >= 0, categories[np.maximum(block, 0)], -1)
+        same = cats[:, :, None] == cats[:, None, :]
+        earlier_same = (same & before[None]).sum(axis=2)
+        keep = (block >= 0) & ((cats < 0) | (earlier_same < cap))
+        order = np.argsort(~keep, axis=1, kind="stable")[:, :k]
+        kept = np.take_along_axis(keep, order, axis=1)
+        chosen = np.take_along_axis(block, order, axis=1)
+        chosen_scores = np.take_along_axis(scores[start : start + batch_users], order, axis=1)
+        out_ids[start : start + len(block)] = np.where(kept, chosen, -1)
+        out_scores[start : start + len(block)] = np.where(kept, chosen_scores, -np.inf)
+    return out_ids, out_scores
+
+
+def similar_items(item_factors: np.ndarray, k: int, exclude_items: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+    """Item-to-item top-k by cosine similarity of the item factors (never the item itself)."""
+    norms = np.linalg.norm(item_factors, axis=1, keepdims=True)
+    normed = (item_factors / np.maximum(norms, 1e-12)).astype(np.float32)
+    itself = sp.identity(len(normed), dtype=np.float32, format="csr")
+    return top_k_items(normed, normed, itself, k, exclude_items)

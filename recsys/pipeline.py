@@ -72,6 +72,7 @@ def aggregate(settings: Settings, day: dt.date) -> dict[str, Any]:
         "holdout.parquet": run_sql(con, "holdout_relevant", params),
         "popular.parquet": run_sql(con, "popular_items", params),
         "popular_train.parquet": run_sql(con, "popular_items", {**params, "end": window.split}),
+        "popular_by_category.parquet": run_sql(con, "popular_by_category", params),
     }
     with lake.replace_partition(settings.lake, "confidence", day) as tmp:
         for name, table in outputs.items():
@@ -87,18 +88,55 @@ def aggregate(settings: Settings, day: dt.date) -> dict[str, Any]:
 # --------------------------------------------------------------------------- train + evaluate
 
 
-def _inactive_items(settings: Settings, item_ids: pa.Array) -> np.ndarray:
-    """Column indexes of the items the catalog marks inactive."""
-    from recsys.source import register_catalog
-    from recsys.sqlrun import connect
+@dataclass
+class ItemFilters:
+    """What the catalog says about the matrix columns: never-recommend items and categories."""
 
-    con = connect()
-    register_catalog(con, settings.catalog)
-    inactive = con.sql("SELECT item_id FROM catalog WHERE NOT active").to_arrow_table()["item_id"]
-    if len(inactive) == 0:
-        return np.zeros(0, dtype=np.int32)
-    index = pc.index_in(inactive, value_set=item_ids)
-    return np.asarray(pc.drop_null(index).to_numpy(), dtype=np.int32)
+    exclude: np.ndarray  # column indexes of inactive items
+    categories: np.ndarray  # category code per column (-1: unknown)
+
+    @classmethod
+    def load(cls, settings: Settings, item_ids: pa.Array) -> "ItemFilters":
+        from recsys.source import register_catalog
+        from recsys.sqlrun import connect
+
+        con = connect()
+        register_catalog(con, settings.catalog)
+        catalog = con.sql("SELECT item_id, category, active FROM catalog").to_arrow_table()
+        index = pc.index_in(catalog["item_id"], value_set=item_ids)
+        known = pc.is_valid(index)
+        inactive = pc.and_(known, pc.invert(pc.fill_null(catalog["active"], True)))
+        exclude = np.asarray(pc.filter(index, inactive).to_numpy(zero_copy_only=False), dtype=np.int32)
+        categories = np.full(len(item_ids), -1, dtype=np.int32)
+        with_category = pc.and_(known, pc.is_valid(catalog["category"]))
+        codes = pc.filter(catalog["category"], with_category).dictionary_encode().combine_chunks().indices
+        categories[pc.filter(index, with_category).to_numpy(zero_copy_only=False)] = codes.to_numpy(zero_copy_only=False)
+        return cls(exclude=np.unique(exclude), categories=categories)
+
+
+def serve_lists(
+    settings: Settings, user_factors: np.ndarray, item_factors: np.ndarray, seen: Any, filters: ItemFilters
+) -> tuple[np.ndarray, np.ndarray]:
+    """Top-k lists the way they are served: seen and inactive items out, category cap applied."""
+    from recsys.model import cap_per_category, recommend_als
+
+    cap = settings.max_per_category
+    width = settings.k * 3 if cap else settings.k
+    ids, scores = recommend_als(user_factors, item_factors, seen, width, filters.exclude)
+    if cap:
+        ids, scores = cap_per_category(ids, scores, filters.categories, cap, settings.k)
+    return ids, scores
+
+
+def seen_matrix(settings: Settings, confidence: pa.Table, user_ids: pa.Array, item_ids: pa.Array) -> Any:
+    """The user x item matrix of what a list must not repeat: every item the user touched
+    (exclude_seen=all) or only what they bought (exclude_seen=purchased)."""
+    from recsys.model import build_user_item_matrix
+
+    if settings.exclude_seen == "purchased":
+        confidence = confidence.filter(pc.greater(confidence["purchases"], 0))
+    pairs = confidence.select(["user_id", "item_id"])
+    return build_user_item_matrix(pairs, item_ids=item_ids, user_ids=user_ids).matrix
 
 
 def _popularity_vector(popular: pa.Table, item_ids: pa.Array) -> np.ndarray:
@@ -119,17 +157,14 @@ class Holdout:
     train: Any  # UserItemMatrix of the training days
     rows: np.ndarray  # training-matrix rows of the users with hold-out truth
     truth: Any  # csr (len(rows) x items incl. hold-out-only items): what each should have found
-    exclude: np.ndarray  # inactive item columns, never recommended
+    seen: Any  # csr (len(rows) x training items): what their lists must not repeat
+    filters: ItemFilters  # inactive items and categories of the training items
     popularity: np.ndarray  # popularity score per training item
     cold_users: int  # hold-out users the training days do not know (served __popular__)
 
     @property
-    def seen(self) -> Any:
-        return self.train.matrix[self.rows]
-
-    @property
     def eligible_items(self) -> int:
-        return int(self.train.shape[1] - len(self.exclude))
+        return int(self.train.shape[1] - len(self.filters.exclude))
 
 
 def load_holdout(settings: Settings, day: dt.date) -> Holdout:
@@ -137,7 +172,8 @@ def load_holdout(settings: Settings, day: dt.date) -> Holdout:
     from recsys.model import build_user_item_matrix
 
     folder = lake.partition_dir(settings.lake, "confidence", day)
-    train = build_user_item_matrix(pq.read_table(folder / "train.parquet"))
+    train_table = pq.read_table(folder / "train.parquet")
+    train = build_user_item_matrix(train_table)
     holdout = pq.read_table(folder / "holdout.parquet")
     # Item space: training items first, then items only the hold-out has (still relevant, never hit).
     holdout_items = pc.unique(holdout["item_id"])
@@ -149,7 +185,8 @@ def load_holdout(settings: Settings, day: dt.date) -> Holdout:
         train=train,
         rows=rows,
         truth=relevant[rows],
-        exclude=_inactive_items(settings, train.item_ids),
+        seen=seen_matrix(settings, train_table, train.user_ids, train.item_ids)[rows],
+        filters=ItemFilters.load(settings, train.item_ids),
         popularity=_popularity_vector(pq.read_table(folder / "popular_train.parquet"), train.item_ids),
         cold_users=int(pc.count_distinct(holdout["user_id"]).as_py()) - len(rows),
     )
@@ -161,19 +198,20 @@ def score_params(settings: Settings, data: Holdout, params: Any) -> dict[str, An
     Lists are made the way they are served (seen and inactive items filtered).
     """
     from recsys.metrics import evaluate_lists
-    from recsys.model import recommend_als, train_als
+    from recsys.model import train_als
 
     model = train_als(data.train.matrix, params)
-    ids, _ = recommend_als(model.user_factors[data.rows], model.item_factors, data.seen, settings.k, data.exclude)
+    ids, _ = serve_lists(settings, model.user_factors[data.rows], model.item_factors, data.seen, data.filters)
     return evaluate_lists(ids, data.truth, settings.k, data.eligible_items)
 
 
 def score_popularity(settings: Settings, data: Holdout) -> dict[str, Any]:
     """Metrics of the popularity baseline (most popular unseen active items) on the hold-out."""
     from recsys.metrics import evaluate_lists
-    from recsys.model import recommend_popular
 
-    ids, _ = recommend_popular(data.popularity, data.seen, settings.k, data.exclude)
+    item_vectors = data.popularity.reshape(-1, 1).astype(np.float32)
+    users = np.ones((len(data.rows), 1), dtype=np.float32)
+    ids, _ = serve_lists(settings, users, item_vectors, data.seen, data.filters)
     return evaluate_lists(ids, data.truth, settings.k, data.eligible_items)
 
 
@@ -186,6 +224,7 @@ def _als_params(settings: Settings, overrides: dict[str, Any] | None = None) -> 
         "alpha": settings.alpha,
         "iterations": settings.iterations,
         "random_state": settings.random_state,
+        "weighting": settings.weighting,
     }
     values.update(overrides or {})
     return ALSParams(**values)
@@ -224,6 +263,51 @@ def tune(settings: Settings, day: dt.date, candidate: dict[str, Any]) -> dict[st
     return result
 
 
+def champion_path(settings: Settings) -> Any:
+    """``lake/models/champion.json``: the model the storefront is being served (set by verify)."""
+    from pathlib import Path
+
+    return Path(settings.lake) / "models" / "champion.json"
+
+
+def check_gate(settings: Settings, day: dt.date, metrics: dict[str, Any]) -> dict[str, Any]:
+    """The quality gate: the model must beat popularity's hold-out NDCG@k by ``gate_min_lift``
+    (relative) and not fall more than ``gate_max_drop`` (relative) below the champion's score.
+
+    Returns the gate's figures; raises QualityGateError with them when the model fails.
+    """
+    k = settings.k
+    model_ndcg, pop_ndcg = metrics["model"]["ndcg_at_k"], metrics["popularity"]["ndcg_at_k"]
+    path = champion_path(settings)
+    champion = lake.read_json(path) if path.exists() else None
+    gate = {
+        "popularity_ndcg_at_k": pop_ndcg,
+        "required_over_popularity": pop_ndcg * (1 + settings.gate_min_lift),
+        "champion": champion,
+        "required_over_champion": champion["ndcg_at_k"] * (1 - settings.gate_max_drop) if champion else None,
+    }
+    problems = []
+    if metrics["model"]["users_evaluated"] and model_ndcg < gate["required_over_popularity"]:
+        problems.append(
+            f"NDCG@{k} {model_ndcg:.4f} is below popularity's {pop_ndcg:.4f} + {settings.gate_min_lift:.0%} "
+            f"= {gate['required_over_popularity']:.4f} (RECSYS_GATE_MIN_LIFT)"
+        )
+    if champion and model_ndcg < gate["required_over_champion"]:
+        problems.append(
+            f"NDCG@{k} {model_ndcg:.4f} is more than {settings.gate_max_drop:.0%} below the served champion "
+            f"{champion['model_version']}'s {champion['ndcg_at_k']:.4f} (RECSYS_GATE_MAX_DROP)"
+        )
+    if problems:
+        raise QualityGateError(
+            f"quality gate for {day} over {metrics['model']['users_evaluated']} hold-out users: "
+            + "; ".join(problems) + ". Nothing is published; the storefront keeps its current lists"
+        )
+    log.info("quality gate passed: NDCG@%d %.4f >= %.4f (popularity + lift)%s", k, model_ndcg,
+             gate["required_over_popularity"],
+             f", >= {gate['required_over_champion']:.4f} (champion - drop)" if champion else " (no champion yet)")
+    return gate
+
+
 def train(settings: Settings, day: dt.date, results: list[dict[str, Any]] | None = None) -> dict[str, Any]:
     """Pick the best candidate on NDCG@k, gate it against popularity, train it on the whole
     window and write ``lake/models/dt=D/`` (model.npz, params.json, metrics.json).
@@ -259,12 +343,7 @@ def train(settings: Settings, day: dt.date, results: list[dict[str, Any]] | None
         len(data.rows), data.cold_users, params.as_dict(), k, model_ndcg, k, metrics["model"]["map_at_k"],
         k, pop_ndcg, k, metrics["popularity"]["map_at_k"],
     )
-    if metrics["model"]["users_evaluated"] and model_ndcg <= pop_ndcg:
-        raise QualityGateError(
-            f"quality gate for {day}: the model's hold-out NDCG@{k} {model_ndcg:.4f} does not beat "
-            f"the popularity baseline's {pop_ndcg:.4f} over {metrics['model']['users_evaluated']} users; "
-            "nothing is published and the storefront keeps its current lists"
-        )
+    metrics["gate"] = check_gate(settings, day, metrics)
     full = build_user_item_matrix(lake.read_partition(settings.lake, "confidence", day))
     model = train_als(full.matrix, params)
     version = f"{day.isoformat()}-{fingerprint(params.as_dict(), full.matrix.indptr, full.matrix.indices, full.matrix.data)}"
@@ -287,46 +366,74 @@ def train(settings: Settings, day: dt.date, results: list[dict[str, Any]] | None
 
 
 def recommend(settings: Settings, day: dt.date) -> dict[str, Any]:
-    """Top-k for every user of the window plus the ``__popular__`` list -> ``lake/recommendations/dt=D/``."""
-    from recsys.model import build_user_item_matrix, recommend_als
+    """Every list the storefront reads, into ``lake/recommendations/dt=D/``.
+
+    Top-k for every user of the window (filtered as configured); ``__popular__`` for unknown
+    users; ``__popular__#<category>`` for each catalog category; ``item#<item_id>`` with the
+    item's most similar items (cosine of the model's item factors) for every item.
+    """
+    from recsys.model import similar_items
 
     started = time.perf_counter()
     models = lake.partition_dir(settings.lake, "models", day)
+    confidence_dir = lake.partition_dir(settings.lake, "confidence", day)
     users = pq.read_table(models / "users.parquet")["user_id"].combine_chunks()
     items = pq.read_table(models / "items.parquet")["item_id"].combine_chunks()
     version = lake.read_json(models / "params.json")["model_version"]
     factors = np.load(models / "model.npz")
-    seen = build_user_item_matrix(
-        lake.read_partition(settings.lake, "confidence", day), item_ids=items, user_ids=users
-    ).matrix
-    exclude = _inactive_items(settings, items)
-    ids, scores = recommend_als(factors["user_factors"], factors["item_factors"], seen, settings.k, exclude)
-    table = _lists_table(users, items, ids, scores)
-    popular = pq.read_table(lake.partition_dir(settings.lake, "confidence", day) / "popular.parquet")
-    top = popular.slice(0, settings.k)
-    users_per_item = top["users"].to_numpy().astype(np.float32)
-    popular_rows = pa.table(
-        {
-            "user_id": pa.array([POPULAR_USER_ID] * top.num_rows, pa.string()),
-            "rank": pa.array(np.arange(1, top.num_rows + 1), pa.int16()),
-            "item_id": top["item_id"].cast(pa.string()),
-            # share of the most popular item's users: 1.0 for the first, falling after
-            "score": pa.array(users_per_item / max(1.0, float(users_per_item.max(initial=1.0))), pa.float32()),
-        },
-        schema=RECOMMENDATIONS_SCHEMA,
+    seen = seen_matrix(settings, lake.read_partition(settings.lake, "confidence", day), users, items)
+    filters = ItemFilters.load(settings, items)
+    ids, scores = serve_lists(settings, factors["user_factors"], factors["item_factors"], seen, filters)
+    user_lists = _lists_table(users, items, ids, scores)
+    similar_ids, similar_scores = similar_items(factors["item_factors"], settings.k, filters.exclude)
+    item_keys = pc.binary_join_element_wise(pa.scalar("item#"), items, "")
+    similar = _lists_table(item_keys, items, similar_ids, similar_scores)
+    popular = _popular_lists(
+        settings, pq.read_table(confidence_dir / "popular.parquet"),
+        pq.read_table(confidence_dir / "popular_by_category.parquet"),
     )
-    table = pa.concat_tables([table, popular_rows])
+    table = pa.concat_tables([user_lists, popular, similar])
     short = int(np.sum((ids >= 0).sum(axis=1) < settings.k))
     lake.write_partition(
         settings.lake, "recommendations", day, table, extra_files={"_meta.json": {"model_version": version}}
     )
     seconds = time.perf_counter() - started
+    categories = popular.num_rows and int(pc.count_distinct(popular["user_id"]).as_py()) - 1
     log.info(
-        "recommend: %d users, %d rows, %d user(s) with fewer than %d items, popular list of %d, %.1f s",
-        len(users), table.num_rows, short, settings.k, top.num_rows, seconds,
+        "recommend: %d users (%d with fewer than %d items), %d similar-item lists, popular list + %d category "
+        "lists, %d rows in %.1f s",
+        len(users), short, settings.k, len(items), categories, table.num_rows, seconds,
     )
-    return {"users": len(users), "rows": table.num_rows, "short_lists": short, "model_version": version,
-            "seconds": round(seconds, 2)}
+    return {"users": len(users), "items": len(items), "category_lists": categories, "rows": table.num_rows,
+            "short_lists": short, "model_version": version, "seconds": round(seconds, 2)}
+
+
+def _popular_lists(settings: Settings, popular: pa.Table, by_category: pa.Table) -> pa.Table:
+    """``__popular__`` and ``__popular__#<category>`` rows; score = users / the top item's users."""
+    overall = popular.slice(0, settings.k)
+    keys = pa.array([POPULAR_USER_ID] * overall.num_rows, pa.string())
+    ranks = pa.array(np.arange(1, overall.num_rows + 1), pa.int16())
+    top = by_category.filter(pc.less_equal(by_category["category_rank"], settings.k))
+    category_keys = pc.binary_join_element_wise(pa.scalar(POPULAR_USER_ID + "#"), top["category"], "")
+    users = np.concatenate([overall["users"].to_numpy(), top["users"].to_numpy()]).astype(np.float32)
+    best = np.concatenate([np.full(overall.num_rows, users[: overall.num_rows].max(initial=1.0)),
+                           _first_of_group(top["users"].to_numpy(), top["category_rank"].to_numpy())])
+    return pa.table(
+        {
+            "user_id": pa.concat_arrays([keys, category_keys.combine_chunks()]),
+            "rank": pa.concat_arrays([ranks, top["category_rank"].cast(pa.int16()).combine_chunks()]),
+            "item_id": pa.concat_arrays([overall["item_id"].combine_chunks(), top["item_id"].combine_chunks()]),
+            "score": pa.array(users / np.maximum(best, 1.0), pa.float32()),
+        },
+        schema=RECOMMENDATIONS_SCHEMA,
+    )
+
+
+def _first_of_group(values: np.ndarray, ranks: np.ndarray) -> np.ndarray:
+    """For rows sorted by group then rank (rank 1 starts a group): each row's group's first value."""
+    starts = np.flatnonzero(ranks == 1)
+    group = np.cumsum(ranks == 1) - 1
+    return values[starts][group].astype(np.float32) if len(starts) else values.astype(np.float32)
 
 
 def _lists_table(users: pa.Array, items: pa.Array, ids: np.ndarray, scores: np.ndarray) -> pa.Table:
@@ -408,4 +515,9 @@ def verify(settings: Settings, day: dt.date, published: dict[str, Any]) -> dict[
             f"table {settings.table} marks model {served.get('model_version')} (run date {served.get('run_date')}) "
             f"as served, not {published['model_version']} just published for {day}"
         )
+    metrics = lake.read_json(lake.partition_dir(settings.lake, "models", day) / "metrics.json")
+    lake.write_json(champion_path(settings), {
+        "model_version": published["model_version"], "run_date": day.isoformat(),
+        "ndcg_at_k": metrics["model"]["ndcg_at_k"], "map_at_k": metrics["model"]["map_at_k"],
+    })
     return {"verified": True, **result, "served": served}

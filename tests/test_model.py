@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 
 import numpy as np
+import pytest
 import pyarrow as pa
 import scipy.sparse as sp
 
@@ -93,8 +94,8 @@ def test_tuning_candidates_are_the_grid_product_over_settings(tmp_path) -> None:
 
     s = Settings.from_env({"RECSYS_HOME": str(tmp_path), "RECSYS_TUNING_GRID": "factors=8,16;alpha=1.5", "RECSYS_ITERATIONS": "3"})
     assert tuning_candidates(s) == [
-        {"factors": 8, "regularization": 0.05, "alpha": 1.5, "iterations": 3, "random_state": 42},
-        {"factors": 16, "regularization": 0.05, "alpha": 1.5, "iterations": 3, "random_state": 42},
+        {"factors": 8, "regularization": 0.05, "alpha": 1.5, "iterations": 3, "random_state": 42, "weighting": "log"},
+        {"factors": 16, "regularization": 0.05, "alpha": 1.5, "iterations": 3, "random_state": 42, "weighting": "log"},
     ]
     none = Settings.from_env({"RECSYS_HOME": str(tmp_path), "RECSYS_TUNING_GRID": "", "RECSYS_FACTORS": "12"})
     assert [c["factors"] for c in tuning_candidates(none)] == [12]
@@ -102,3 +103,53 @@ def test_tuning_candidates_are_the_grid_product_over_settings(tmp_path) -> None:
         Settings.from_env({"RECSYS_TUNING_GRID": "depth=3"})
     with pytest.raises(ConfigError, match="must be numbers"):
         Settings.from_env({"RECSYS_TUNING_GRID": "factors=lots"})
+
+
+def test_cap_per_category_keeps_the_best_of_each_category_in_order() -> None:
+    from recsys.model import cap_per_category
+
+    categories = np.array([0, 0, 0, 1, 1, -1])  # item 5 has no category: never capped
+    ids = np.array([[0, 1, 2, 3, 5, 4], [2, 0, -1, -1, -1, -1]], dtype=np.int32)
+    scores = np.array([[6, 5, 4, 3, 2, 1], [2, 1, -np.inf, -np.inf, -np.inf, -np.inf]], dtype=np.float32)
+    capped, capped_scores = cap_per_category(ids, scores, categories, cap=2, k=4)
+    assert capped.tolist() == [[0, 1, 3, 5], [2, 0, -1, -1]]
+    assert capped_scores[0].tolist() == [6, 5, 3, 2] and np.isneginf(capped_scores[1, 2:]).all()
+
+
+def test_similar_items_are_nearest_by_cosine_and_never_the_item_itself() -> None:
+    from recsys.model import similar_items
+
+    factors = np.array([[1, 0], [0.9, 0.1], [0, 1], [0.1, 0.9], [-1, 0]], dtype=np.float32)
+    ids, scores = similar_items(factors, 2, np.array([4]))
+    assert ids[:4, 0].tolist() == [1, 0, 3, 2]
+    assert all(i not in row for i, row in enumerate(ids.tolist()))
+    assert 4 not in ids  # excluded (inactive) items are never similar items
+    assert scores[0, 0] == pytest.approx(0.9 / np.hypot(0.9, 0.1), rel=1e-5)
+
+
+def test_bm25_weighting_damps_items_everybody_touches() -> None:
+    from recsys.model import scale_confidence
+
+    dense = np.zeros((4, 10), dtype=np.float32)
+    dense[:, 0] = 1  # item 0: everyone
+    dense[0, 1] = dense[1, 5] = dense[3, 2] = 1  # one rare item each for users 0, 1, 3
+    weighted = scale_confidence(sp.csr_matrix(dense), 1.0, "bm25").toarray()
+    assert weighted.shape == dense.shape and ((weighted > 0) == (dense > 0)).all()
+    assert weighted[1, 0] < weighted[1, 5] / 2  # same user: the common item weighs far less than the rare one
+    assert weighted[2, 0] > weighted[1, 0]  # a user with one item keeps more weight on it
+    assert scale_confidence(sp.csr_matrix(dense), 2.0, "log").toarray()[0, 0] == pytest.approx(2 * np.log(2))
+    with pytest.raises(ValueError, match="unknown weighting"):
+        scale_confidence(sp.csr_matrix(dense), 1.0, "tfidf")
+
+
+def test_seen_matrix_excludes_everything_touched_or_only_purchases(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from recsys.config import Settings
+    from recsys.pipeline import seen_matrix
+
+    confidence = pa.table({"user_id": ["u1", "u1", "u2"], "item_id": ["a", "b", "b"],
+                           "confidence": [1.0, 10.0, 4.0], "purchases": [0, 1, 0]})
+    users, items = pa.array(["u1", "u2"]), pa.array(["a", "b", "c"])
+    everything = Settings.from_env({"RECSYS_HOME": str(tmp_path)})
+    assert seen_matrix(everything, confidence, users, items).toarray().tolist() == [[1, 1, 0], [0, 1, 0]]
+    bought = Settings.from_env({"RECSYS_HOME": str(tmp_path), "RECSYS_EXCLUDE_SEEN": "purchased"})
+    assert seen_matrix(bought, confidence, users, items).toarray().tolist() == [[0, 1, 0], [0, 0, 0]]

@@ -81,17 +81,29 @@ def test_nightly_run_serves_every_user_and_reruns_identically(
     confidence = lake.read_partition(settings.lake, "confidence", END)
     users = set(pc.unique(confidence["user_id"]).to_pylist())
     per_user = recs.group_by("user_id").aggregate([("item_id", "list")]).to_pylist()
-    lists = {row["user_id"]: row["item_id_list"] for row in per_user}
+    every_list = {row["user_id"]: row["item_id_list"] for row in per_user}
+    assert all(len(set(items)) == len(items) for items in every_list.values())
+    # A category list holds the category's active items that anyone touched: up to 20.
+    assert all(0 < len(items) <= 20 for u, items in every_list.items() if u.startswith(POPULAR_USER_ID + "#"))
+    lists = {u: items for u, items in every_list.items() if not u.startswith(("item#", POPULAR_USER_ID + "#"))}
+    assert all(len(items) == 20 for items in lists.values())
     assert set(lists) == users | {POPULAR_USER_ID}
-    assert all(len(items) == 20 and len(set(items)) == 20 for items in lists.values())
+    catalog_rows = pq.read_table(Path(settings.catalog or "")).to_pylist()
+    categories = {r["category"] for r in catalog_rows}
+    category_of = {r["item_id"]: r["category"] for r in catalog_rows}
+    assert {u for u in every_list if u.startswith(POPULAR_USER_ID + "#")} == {f"{POPULAR_USER_ID}#{c}" for c in categories}
+    for category in categories:
+        assert {category_of[i] for i in every_list[f"{POPULAR_USER_ID}#{category}"]} == {category}
+    similar = {u[len("item#"):]: items for u, items in every_list.items() if u.startswith("item#")}
+    assert set(similar) == set(pc.unique(confidence["item_id"]).to_pylist())
+    assert all(item not in items and len(items) == 20 for item, items in similar.items())
 
     seen: dict[str, set[str]] = {}
     for row in confidence.select(["user_id", "item_id"]).to_pylist():
         seen.setdefault(row["user_id"], set()).add(row["item_id"])
     assert all(not (set(lists[u]) & seen[u]) for u in users), "a list holds an item the user already touched"
-    catalog = pq.read_table(Path(settings.catalog or "")).to_pylist()
-    inactive = {r["item_id"] for r in catalog if not r["active"]}
-    assert inactive and not any(set(items) & inactive for items in lists.values())
+    inactive = {r["item_id"] for r in catalog_rows if not r["active"]}
+    assert inactive and not any(set(items) & inactive for items in every_list.values())
 
     metrics = json.loads((lake.partition_dir(settings.lake, "models", END) / "metrics.json").read_text())
     assert metrics["model"]["ndcg_at_k"] > metrics["popularity"]["ndcg_at_k"]
@@ -106,6 +118,8 @@ def test_nightly_run_serves_every_user_and_reruns_identically(
         .to_pylist()
     }
     assert lists_of(served) == {u: r["item_id_list"] for u, r in ranked.items()}
+    champion = json.loads((Path(settings.lake) / "models" / "champion.json").read_text())
+    assert champion["model_version"] == metrics["model_version"] and champion["run_date"] == END.isoformat()
     version = lake.read_json(lake.partition_dir(settings.lake, "recommendations", END) / "_meta.json")["model_version"]
     assert {item["model_version"]["S"] for item in served.values()} == {version}
     assert all(int(item["expires_at"]["N"]) > dt.datetime.now(dt.timezone.utc).timestamp() for item in served.values())
@@ -146,6 +160,30 @@ def test_broken_batch_fails_before_anything_is_served(
     assert not any(states[t].endswith("success") for t in ("aggregate", "train", "recommend", "publish"))
     assert not lake.partition_exists(settings.lake, "recommendations", next_day)
     assert scan(dynamodb_client, settings.table, with_meta=True) == served
+
+
+def test_quality_gate_passes_a_good_model_and_blocks_a_bad_one(
+    recsys_env: Settings, dynamodb_client: Any, airflow_env: Path
+) -> None:
+    from recsys.cli import run_dag
+
+    settings = recsys_env
+    good = run_dag(settings, END)
+    assert str(good.state).endswith("success")
+    metrics = json.loads((lake.partition_dir(settings.lake, "models", END) / "metrics.json").read_text())
+    gate = metrics["gate"]
+    assert metrics["model"]["ndcg_at_k"] >= gate["required_over_popularity"] > gate["popularity_ndcg_at_k"]
+    served = scan(dynamodb_client, settings.table, with_meta=True)
+    assert served["__meta__"]["model_version"]["S"] == metrics["model_version"]
+
+    # The same date again with a model regularised to nothing: it scores every item alike.
+    bad = run_dag(settings, END, {"tuning_grid": "", "regularization": 1e6})
+    assert not str(bad.state).endswith("success")
+    states = {ti.task_id: str(ti.state) for ti in bad.get_task_instances()}
+    assert states["train"].endswith("failed") and not states["publish"].endswith("success")
+    after = json.loads((lake.partition_dir(settings.lake, "models", END) / "metrics.json").read_text())
+    assert after == metrics  # the registry still holds the good model
+    assert scan(dynamodb_client, settings.table, with_meta=True) == served  # the storefront keeps its lists
 
 
 def test_an_older_date_never_replaces_newer_lists_unless_forced(

@@ -51,18 +51,18 @@ def con():  # type: ignore[no-untyped-def]
     return con
 
 
-PARAMS = {"start": ts(1, 0), "split": ts(4, 0), "end": ts(5, 0), "half_life_days": 0.0}
+PARAMS = {"start": ts(1, 0), "split": ts(4, 0), "end": ts(5, 0), "half_life_days": 0.0, "purchase_types": ["Purchase"]}
 
 
 def test_confidence_sums_weights_per_user_item(con) -> None:  # type: ignore[no-untyped-def]
     out = run_sql(con, "confidence", PARAMS).to_pylist()
-    got = {(r["user_id"], r["item_id"]): (r["confidence"], r["events"]) for r in out}
+    got = {(r["user_id"], r["item_id"]): (r["confidence"], r["events"], r["purchases"]) for r in out}
     assert got == {
-        ("u1", "a"): (11.0, 2),
-        ("u1", "b"): (1.0, 1),
-        ("u2", "a"): (2.0, 2),
-        ("u2", "c"): (4.0, 1),
-        ("u3", "c"): (1.0, 1),
+        ("u1", "a"): (11.0, 2, 1),
+        ("u1", "b"): (1.0, 1, 0),
+        ("u2", "a"): (2.0, 2, 0),
+        ("u2", "c"): (4.0, 1, 0),
+        ("u3", "c"): (1.0, 1, 0),
     }
     assert [(r["user_id"], r["item_id"]) for r in out] == sorted(got)  # deterministic order
     schema = run_sql(con, "confidence", PARAMS).schema
@@ -99,6 +99,20 @@ def test_popular_items_ranks_active_items_by_distinct_users(con) -> None:  # typ
     assert [(r["item_id"], r["users"], r["events"], r["popularity_rank"]) for r in out] == [
         ("a", 2, 4, 1),
         ("b", 1, 1, 2),
+    ]
+
+
+def test_popular_by_category_ranks_inside_each_category(con) -> None:  # type: ignore[no-untyped-def]
+    con.register(
+        "catalog",
+        pa.table({"item_id": ["a", "b", "c", "d"], "name": ["A", "B", "C", "D"], "category": ["x", "y", "x", "x"],
+                  "active": [True, True, False, True]}),
+    )
+    out = run_sql(con, "popular_by_category", PARAMS).to_pylist()
+    # x: a (u1,u2) first; c is inactive; d has only an unweighted event. y: b (u1).
+    assert [(r["category"], r["item_id"], r["users"], r["category_rank"]) for r in out] == [
+        ("x", "a", 2, 1),
+        ("y", "b", 1, 1),
     ]
 
 
