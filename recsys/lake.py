@@ -98,8 +98,13 @@ def read_partition(lake: str | Path, dataset: str, day: dt.date) -> pa.Table:
 
 def write_json(path: Path, content: Any) -> None:
     """Write JSON to ``path`` atomically (temporary file, then rename)."""
+    write_text(path, json.dumps(content, indent=2, sort_keys=True, default=str) + "\n")
+
+
+def write_text(path: Path, text: str) -> None:
+    """Write text to ``path`` atomically (temporary file, then rename)."""
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}")
-    tmp.write_text(json.dumps(content, indent=2, sort_keys=True, default=str) + "\n")
+    tmp.write_text(text)
     os.replace(tmp, path)
 
 

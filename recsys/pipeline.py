@@ -274,7 +274,8 @@ def check_gate(settings: Settings, day: dt.date, metrics: dict[str, Any]) -> dic
     """The quality gate: the model must beat popularity's hold-out NDCG@k by ``gate_min_lift``
     (relative) and not fall more than ``gate_max_drop`` (relative) below the champion's score.
 
-    Returns the gate's figures; raises QualityGateError with them when the model fails.
+    Stores the gate's figures in ``metrics["gate"]`` and returns them; raises
+    QualityGateError with them when the model fails.
     """
     k = settings.k
     model_ndcg, pop_ndcg = metrics["model"]["ndcg_at_k"], metrics["popularity"]["ndcg_at_k"]
@@ -297,6 +298,7 @@ def check_gate(settings: Settings, day: dt.date, metrics: dict[str, Any]) -> dic
             f"NDCG@{k} {model_ndcg:.4f} is more than {settings.gate_max_drop:.0%} below the served champion "
             f"{champion['model_version']}'s {champion['ndcg_at_k']:.4f} (RECSYS_GATE_MAX_DROP)"
         )
+    metrics["gate"] = gate  # the report shows the figures whether the gate passes or not
     if problems:
         raise QualityGateError(
             f"quality gate for {day} over {metrics['model']['users_evaluated']} hold-out users: "
@@ -343,7 +345,13 @@ def train(settings: Settings, day: dt.date, results: list[dict[str, Any]] | None
         len(data.rows), data.cold_users, params.as_dict(), k, model_ndcg, k, metrics["model"]["map_at_k"],
         k, pop_ndcg, k, metrics["popularity"]["map_at_k"],
     )
-    metrics["gate"] = check_gate(settings, day, metrics)
+    from recsys.report import write_report
+
+    try:
+        metrics["gate"] = check_gate(settings, day, metrics)
+    except QualityGateError as exc:
+        write_report(settings, day, metrics, model_version=None, gate_error=str(exc))
+        raise
     full = build_user_item_matrix(lake.read_partition(settings.lake, "confidence", day))
     model = train_als(full.matrix, params)
     version = f"{day.isoformat()}-{fingerprint(params.as_dict(), full.matrix.indptr, full.matrix.indices, full.matrix.data)}"
@@ -358,7 +366,8 @@ def train(settings: Settings, day: dt.date, results: list[dict[str, Any]] | None
                                               "event_weights": settings.event_weights})
         lake.write_json(tmp / "metrics.json", {"model_version": version, "run_date": day.isoformat(),
                                                "k": k, **metrics, "seconds": round(seconds, 2)})
-    log.info("train: model %s written in %.1f s", version, seconds)
+    report = write_report(settings, day, metrics, model_version=version, gate_error=None)
+    log.info("train: model %s written in %.1f s; report: %s", version, seconds, report)
     return {"model_version": version, "ndcg_at_k": model_ndcg, "popularity_ndcg_at_k": pop_ndcg}
 
 

@@ -1,0 +1,60 @@
+"""Airflow UI plugin: the nightly model reports of recsys, one click from the Airflow UI.
+
+A FastAPI app mounted on the api-server at ``/recsys`` serves the reports that the train
+task writes to ``lake/reports/dt=D/report.html``; an external view adds "Recsys reports" to
+the navigation and a "Model report" tab to the DAG's page.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import html
+from pathlib import Path
+
+from airflow.plugins_manager import AirflowPlugin
+from fastapi import FastAPI, HTTPException
+from fastapi.responses import FileResponse, HTMLResponse
+
+app = FastAPI(title="recsys reports", description="Nightly model reports of the recsys_nightly DAG")
+
+
+def _reports_root() -> Path:
+    from recsys.config import Settings
+
+    return Path(Settings.from_env().lake) / "reports"
+
+
+@app.get("/reports/", response_class=HTMLResponse)
+def list_reports() -> str:
+    """An index of every night's report, newest first."""
+    root = _reports_root()
+    days = sorted((p.parent.name[3:] for p in root.glob("dt=*/report.html")), reverse=True) if root.exists() else []
+    items = "".join(f'<li><a href="{html.escape(d)}">{html.escape(d)}</a></li>' for d in days)
+    return (
+        "<!doctype html><html><head><meta charset='utf-8'><title>recsys reports</title></head>"
+        "<body style='font-family: system-ui, sans-serif; margin: 2rem'><h1>recsys nightly reports</h1>"
+        f"<ul>{items or '<li>No report yet: run the recsys_nightly DAG.</li>'}</ul></body></html>"
+    )
+
+
+@app.get("/reports/{day}")
+def get_report(day: str) -> FileResponse:
+    """One night's report; 400 for a malformed date, 404 when that night has none."""
+    try:
+        parsed = dt.date.fromisoformat(day)
+    except ValueError:
+        raise HTTPException(status_code=400, detail=f"expected a date YYYY-MM-DD, got {day!r}") from None
+    path = _reports_root() / f"dt={parsed.isoformat()}" / "report.html"
+    if not path.exists():
+        raise HTTPException(status_code=404, detail=f"no report for {parsed}: was recsys_nightly run for that date?")
+    return FileResponse(path, media_type="text/html")
+
+
+class RecsysReportsPlugin(AirflowPlugin):
+    name = "recsys_reports"
+    fastapi_apps = [{"app": app, "url_prefix": "/recsys", "name": "recsys reports"}]
+    external_views = [
+        {"name": "Recsys reports", "href": "recsys/reports/", "destination": "nav", "category": "browse",
+         "url_route": "recsys_reports"},
+        {"name": "Model report", "href": "recsys/reports/", "destination": "dag", "url_route": "recsys_dag_reports"},
+    ]

@@ -1,0 +1,152 @@
+"""The nightly model report: one self-contained HTML page per run date.
+
+It shows how good the night's model was and why it won: hold-out metrics against the
+popularity baseline, the quality gate's figures, every tuning candidate (a bar chart of
+NDCG@k), and the metrics of past nights (a line chart). Charts are inline SVG, so the page
+needs nothing but a browser; the Airflow UI links to it through ``plugins/recsys_reports.py``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import html
+import json
+import logging
+from pathlib import Path
+from typing import Any, Sequence
+
+from recsys import lake
+from recsys.config import Settings
+
+log = logging.getLogger(__name__)
+
+REPORT_FILE = "report.html"
+METRICS = ("ndcg_at_k", "map_at_k", "precision_at_k", "recall_at_k", "catalog_coverage")
+
+
+def report_path(settings: Settings, day: dt.date) -> Path:
+    """``lake/reports/dt=D/report.html``."""
+    return lake.partition_file(settings.lake, "reports", day, REPORT_FILE)
+
+
+def past_metrics(settings: Settings, until: dt.date, nights: int = 60) -> list[dict[str, Any]]:
+    """metrics.json of the models of up to ``nights`` run dates before ``until``, oldest first."""
+    root = Path(settings.lake) / "models"
+    found = []
+    for folder in sorted(root.glob("dt=*")) if root.exists() else []:
+        day = dt.date.fromisoformat(folder.name[3:])
+        path = folder / "metrics.json"
+        if day < until and path.exists():
+            found.append(json.loads(path.read_text()))
+    return found[-nights:]
+
+
+def write_report(
+    settings: Settings, day: dt.date, metrics: dict[str, Any], *, model_version: str | None, gate_error: str | None
+) -> Path:
+    """Write the night's report (also when the gate failed: it shows why); returns its path."""
+    history = past_metrics(settings, day) + [{"run_date": day.isoformat(), **metrics}]
+    k = settings.k
+    status = (
+        f'<p class="bad">Quality gate FAILED: {html.escape(gate_error)}</p>'
+        if gate_error
+        else f'<p class="good">Quality gate passed; model <code>{html.escape(model_version or "")}</code> '
+        "goes on to recommend and publish.</p>"
+    )
+    rows = "".join(
+        f"<tr><td>{name.replace('_at_k', f'@{k}')}</td><td>{metrics['model'][name]:.4f}</td>"
+        f"<td>{metrics['popularity'][name]:.4f}</td>"
+        f"<td>{_lift(metrics['model'][name], metrics['popularity'][name])}</td></tr>"
+        for name in METRICS
+    )
+    grid = metrics.get("grid", [])
+    grid_rows = "".join(
+        f"<tr><td>{i + 1}</td><td><code>{html.escape(_params_text(g['params']))}</code></td>"
+        f"<td>{g['ndcg_at_k']:.4f}</td><td>{g['map_at_k']:.4f}</td><td>{g['recall_at_k']:.4f}</td></tr>"
+        for i, g in enumerate(grid)
+    )
+    gate = metrics.get("gate") or {}
+    page = f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>recsys report {day}</title>
+<style>
+body {{ font-family: system-ui, sans-serif; margin: 2rem; max-width: 60rem; color: #222; }}
+table {{ border-collapse: collapse; margin: 1rem 0; }} td, th {{ border: 1px solid #ccc; padding: .3rem .6rem; text-align: right; }}
+td:first-child, th:first-child {{ text-align: left; }} .good {{ color: #17703a; }} .bad {{ color: #b00020; font-weight: bold; }}
+code {{ font-size: .85em; }}
+</style></head><body>
+<h1>recsys nightly report — {day}</h1>
+{status}
+<p>Hold-out: the newest {settings.holdout_days} day(s) of a {settings.window_days}-day window;
+{metrics['model']['users_evaluated']:,} users known before the hold-out are scored on the items they touched there for the
+first time ({metrics.get('holdout_users_cold', 0):,} hold-out users were new: they get the popular list).
+Training part: {metrics.get('train_users', 0):,} users × {metrics.get('train_items', 0):,} items,
+{metrics.get('train_nonzeros', 0):,} non-zeros. Lists are scored as they are served (seen and inactive items removed).</p>
+<h2>Model against popularity</h2>
+<table><tr><th>metric</th><th>model</th><th>popularity</th><th>lift</th></tr>{rows}</table>
+<p>Gate: NDCG@{k} needs ≥ {gate.get('required_over_popularity', 0):.4f} (popularity + {settings.gate_min_lift:.0%})
+{f"and ≥ {gate['required_over_champion']:.4f} (served champion {html.escape(gate['champion']['model_version'])} − {settings.gate_max_drop:.0%})" if gate.get('champion') else "(no champion served yet)"}.</p>
+<h2>Tuning candidates (best first)</h2>
+{_bar_chart([g['ndcg_at_k'] for g in grid], [str(i + 1) for i in range(len(grid))], f"NDCG@{k} per candidate", metrics['popularity']['ndcg_at_k'])}
+<table><tr><th>#</th><th>parameters</th><th>NDCG@{k}</th><th>MAP@{k}</th><th>recall@{k}</th></tr>{grid_rows}</table>
+<h2>Past nights</h2>
+{_line_chart(history, k)}
+</body></html>
+"""
+    path = report_path(settings, day)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lake.write_text(path, page)
+    log.info("report: %s", path)
+    return path
+
+
+def _lift(model: float, baseline: float) -> str:
+    return f"{model / baseline:.2f}×" if baseline > 0 else "—"
+
+
+def _params_text(params: dict[str, Any]) -> str:
+    return ", ".join(f"{k}={v}" for k, v in params.items() if k != "random_state")
+
+
+def _bar_chart(values: Sequence[float], labels: Sequence[str], title: str, baseline: float) -> str:
+    """Vertical bars with a dashed line at the baseline; inline SVG."""
+    if not values:
+        return ""
+    width, height, pad = 40 * len(values) + 60, 220, 30
+    top = max(max(values), baseline) * 1.1 or 1.0
+    bar = 28
+    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" role="img" aria-label="{html.escape(title)}">',
+             f'<text x="{pad}" y="14" font-size="12">{html.escape(title)} (dashed: popularity)</text>']
+    for i, (value, label) in enumerate(zip(values, labels)):
+        h = (height - 2 * pad) * value / top
+        x = pad + 10 + i * 40
+        parts.append(f'<rect x="{x}" y="{height - pad - h:.1f}" width="{bar}" height="{h:.1f}" fill="{"#17703a" if i == 0 else "#7a9cc6"}"/>')
+        parts.append(f'<text x="{x + bar / 2}" y="{height - pad + 14}" font-size="11" text-anchor="middle">{html.escape(label)}</text>')
+        parts.append(f'<text x="{x + bar / 2}" y="{height - pad - h - 3:.1f}" font-size="9" text-anchor="middle">{value:.3f}</text>')
+    y = height - pad - (height - 2 * pad) * baseline / top
+    parts.append(f'<line x1="{pad}" x2="{width - 10}" y1="{y:.1f}" y2="{y:.1f}" stroke="#b00020" stroke-dasharray="4"/>')
+    parts.append("</svg>")
+    return "".join(parts)
+
+
+def _line_chart(history: list[dict[str, Any]], k: int) -> str:
+    """Model and popularity NDCG@k per run date; inline SVG."""
+    if len(history) < 2:
+        return "<p>(the chart appears once there are two nights)</p>"
+    width, height, pad = 720, 240, 40
+    model = [h["model"]["ndcg_at_k"] for h in history]
+    popular = [h["popularity"]["ndcg_at_k"] for h in history]
+    top = max(model + popular) * 1.1 or 1.0
+    step = (width - 2 * pad) / (len(history) - 1)
+
+    def points(values: list[float]) -> str:
+        return " ".join(f"{pad + i * step:.1f},{height - pad - (height - 2 * pad) * v / top:.1f}" for i, v in enumerate(values))
+
+    return (
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" role="img" aria-label="NDCG over nights">'
+        f'<text x="{pad}" y="16" font-size="12">NDCG@{k} per night: model (green), popularity (red)</text>'
+        f'<polyline fill="none" stroke="#17703a" stroke-width="2" points="{points(model)}"/>'
+        f'<polyline fill="none" stroke="#b00020" stroke-width="2" points="{points(popular)}"/>'
+        f'<text x="{pad}" y="{height - 10}" font-size="11">{html.escape(history[0]["run_date"])}</text>'
+        f'<text x="{width - pad}" y="{height - 10}" font-size="11" text-anchor="end">{html.escape(history[-1]["run_date"])}</text>'
+        "</svg>"
+    )

@@ -1,0 +1,70 @@
+"""The nightly report page and the Airflow plugin that serves it."""
+
+from __future__ import annotations
+
+import datetime as dt
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+from recsys import lake
+from recsys.config import Settings
+from recsys.report import write_report
+
+PLUGIN = Path(__file__).resolve().parents[1] / "plugins" / "recsys_reports.py"
+
+
+def metrics(ndcg: float, pop: float) -> dict:
+    row = {"ndcg_at_k": ndcg, "map_at_k": ndcg / 2, "precision_at_k": 0.05, "recall_at_k": 0.3,
+           "catalog_coverage": 0.4, "users_evaluated": 1234}
+    base = {**row, "ndcg_at_k": pop, "map_at_k": pop / 2}
+    grid = [{"params": {"factors": 32, "alpha": 2.0}, "ndcg_at_k": ndcg, "map_at_k": ndcg / 2, "recall_at_k": 0.3},
+            {"params": {"factors": 64, "alpha": 2.0}, "ndcg_at_k": ndcg * 0.8, "map_at_k": ndcg / 3, "recall_at_k": 0.2}]
+    return {"model": row, "popularity": base, "grid": grid, "holdout_users_cold": 10, "train_users": 5000,
+            "train_items": 300, "train_nonzeros": 40000,
+            "gate": {"required_over_popularity": pop * 1.05, "champion": None, "popularity_ndcg_at_k": pop}}
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> Settings:
+    return Settings.from_env({"RECSYS_HOME": str(tmp_path)})
+
+
+def test_report_shows_metrics_grid_and_history(settings: Settings) -> None:
+    first, second = dt.date(2026, 3, 1), dt.date(2026, 3, 2)
+    models = lake.partition_dir(settings.lake, "models", first)
+    models.mkdir(parents=True)
+    lake.write_json(models / "metrics.json", {"run_date": first.isoformat(), **metrics(0.20, 0.07)})
+    page = write_report(settings, second, metrics(0.25, 0.08), model_version="2026-03-02-abc", gate_error=None).read_text()
+    assert "Quality gate passed" in page and "2026-03-02-abc" in page
+    assert "<td>ndcg@20</td><td>0.2500</td><td>0.0800</td><td>3.12×</td>" in page
+    assert "factors=64, alpha=2.0" in page and page.count("<rect") == 2  # a bar per candidate
+    assert "<polyline" in page and "2026-03-01" in page  # the chart of past nights starts at the first
+
+
+def test_failed_gate_report_says_why(settings: Settings) -> None:
+    page = write_report(settings, dt.date(2026, 3, 2), metrics(0.05, 0.08), model_version=None,
+                        gate_error="NDCG@20 0.0500 is below popularity's 0.0800").read_text()
+    assert "Quality gate FAILED: NDCG@20 0.0500 is below popularity&#x27;s 0.0800" in page
+
+
+def test_plugin_lists_and_serves_reports(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
+    from fastapi.testclient import TestClient
+
+    monkeypatch.setenv("RECSYS_HOME", str(settings.home))
+    write_report(settings, dt.date(2026, 3, 2), metrics(0.25, 0.08), model_version="v", gate_error=None)
+    spec = importlib.util.spec_from_file_location("recsys_reports_plugin", PLUGIN)
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    plugin = module.RecsysReportsPlugin
+    assert plugin.fastapi_apps[0]["url_prefix"] == "/recsys"
+    assert {v["destination"] for v in plugin.external_views} == {"nav", "dag"}
+    client = TestClient(plugin.fastapi_apps[0]["app"])
+    index = client.get("/reports/")
+    assert index.status_code == 200 and 'href="2026-03-02"' in index.text
+    page = client.get("/reports/2026-03-02")
+    assert page.status_code == 200 and "recsys nightly report — 2026-03-02" in page.text
+    assert client.get("/reports/2026-03-09").status_code == 404
+    assert client.get("/reports/yesterday").status_code == 400
