@@ -34,7 +34,7 @@ TUNABLE: dict[str, type] = {
     "weighting": str,
 }
 WEIGHTINGS = ("log", "bm25")
-DEFAULT_TUNING_GRID = "factors=32,64,128;alpha=2,10"
+DEFAULT_TUNING_GRID = "factors=16,64,128;alpha=2,10;weighting=log,bm25"
 
 
 class ConfigError(ValueError):
