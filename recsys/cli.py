@@ -93,6 +93,21 @@ def run_dag(settings: Settings, day: dt.date, conf: dict[str, Any] | None = None
     return dag.test(logical_date=logical, run_conf=conf or {})
 
 
+def stage_times(dag_run: Any) -> str:
+    """A table of the run's tasks: state and seconds (mapped tasks summed, with their count)."""
+    totals: dict[str, list[Any]] = {}
+    for ti in sorted(dag_run.get_task_instances(), key=lambda t: (t.start_date or dag_run.start_date, t.map_index)):
+        seconds = (ti.end_date - ti.start_date).total_seconds() if ti.start_date and ti.end_date else 0.0
+        entry = totals.setdefault(ti.task_id, [0.0, 0, str(ti.state).rsplit(".", 1)[-1].lower()])
+        entry[0] += seconds
+        entry[1] += 1
+    lines = [f"    {'task':<12} {'state':<15} {'seconds':>8}"]
+    for task_id, (seconds, count, state) in totals.items():
+        name = f"{task_id} x{count}" if count > 1 else task_id
+        lines.append(f"    {name:<12} {state:<15} {seconds:>8.1f}")
+    return "\n".join(lines)
+
+
 def failed_tasks(dag_run: Any) -> list[str]:
     """Task ids of the run that did not succeed (for the exit message)."""
     return [ti.task_id for ti in dag_run.get_task_instances() if str(ti.state) not in ("success", "TaskInstanceState.SUCCESS")]
@@ -106,6 +121,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     dag_run = run_dag(settings, day, conf)
     seconds = time.perf_counter() - started
     state = str(getattr(dag_run, "state", "unknown"))
+    print(stage_times(dag_run))
     if not state.endswith("success"):
         print(f"recsys run {day}: FAILED after {seconds:.0f} s ({state}); tasks not done: {failed_tasks(dag_run)}. "
               f"See the task errors above.", file=sys.stderr)
@@ -168,6 +184,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     dag_run = run_dag(settings, day)
     seconds = time.perf_counter() - started
+    print(stage_times(dag_run))
     if not str(dag_run.state).endswith("success"):
         print(f"DAG run FAILED after {seconds:.0f} s; tasks not done: {failed_tasks(dag_run)}", file=sys.stderr)
         return 1
@@ -189,12 +206,14 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     from recsys.datagen import add_datagen_parser
     from recsys.dynamodb_local import add_dynamodb_local_parser
+    from recsys.serve import add_serve_parser
 
     parser = argparse.ArgumentParser(prog="recsys", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True)
     add_datagen_parser(sub)
     add_dynamodb_local_parser(sub)
+    add_serve_parser(sub)
 
     run = sub.add_parser("run", help="one nightly run for a date, through Airflow's dag.test()")
     run.add_argument("--date", required=True, help="YYYY-MM-DD, or 'latest' for the newest day in the source")

@@ -601,3 +601,42 @@ def get_recommendations(client: Any, table: str, user_id: str, limit: int = 20) 
         "generated_at": item.get("generated_at", {}).get("S", ""),
         "source": source,
     }
+
+
+def get_similar_items(client: Any, table: str, item_id: str, limit: int = 20) -> dict[str, Any] | None:
+    """The list published as similar to ``item_id`` (key ``item#<item_id>``, items shaped as a user's).
+
+    One GetItem. Returns {"item_id", "items": [{"item_id", "score"}], "model_version",
+    "generated_at"}, or None when the item has no list. Raises ValueError for an empty id, a
+    key over 2,048 bytes UTF-8 or a limit below 1; LookupError when the table does not exist.
+    """
+    if not isinstance(item_id, str) or not item_id:
+        raise ValueError("item_id must be a non-empty string")
+    key = f"item#{item_id}"
+    try:
+        size = len(key.encode("utf-8"))
+    except UnicodeEncodeError:
+        raise ValueError(f"item_id {item_id!r} is not valid Unicode text") from None
+    if size > MAX_KEY_BYTES:
+        raise ValueError(
+            f"item_id is {size - 5} bytes in UTF-8; with the 'item#' prefix DynamoDB keys allow at most "
+            f"{MAX_KEY_BYTES - 5} bytes"
+        )
+    if limit < 1:
+        raise ValueError(f"limit must be at least 1, got {limit}")
+    try:
+        item: Item | None = client.get_item(TableName=table, Key={KEY: {"S": key}}).get("Item")
+    except client.exceptions.ResourceNotFoundException:
+        raise LookupError(
+            f"DynamoDB table {table} does not exist: nothing has been published yet "
+            f"(run the nightly DAG, e.g. 'recsys run --date latest')"
+        ) from None
+    if item is None:
+        return None
+    entries = item.get("items", {}).get("L", [])[:limit]
+    return {
+        "item_id": item_id,
+        "items": [{"item_id": e["M"]["item_id"]["S"], "score": float(e["M"]["score"]["N"])} for e in entries],
+        "model_version": item.get("model_version", {}).get("S", ""),
+        "generated_at": item.get("generated_at", {}).get("S", ""),
+    }

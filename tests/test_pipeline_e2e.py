@@ -214,6 +214,7 @@ def test_command_line_run_and_lookup(store: Path, recsys_env: Settings, airflow_
     done = subprocess.run([recsys, "run", "--date", "latest"], env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     assert f"recsys run {END}: published and verified" in done.stdout
+    assert "tune x12" in done.stdout and "verify" in done.stdout  # the per-task timing table
 
     # The day before is older than what is served: built, not published, and the exit says so.
     older = subprocess.run([recsys, "run", "--date", (END - dt.timedelta(days=1)).isoformat()], env=env,
