@@ -106,7 +106,13 @@ class Settings:
     exclude_seen: str = "all"
     purchase_event_types: tuple[str, ...] = ("Purchase",)
     max_per_category: int = 0
-    max_bad_share: float = 0.0
+    max_bad_share: float = 0.01
+    volume_min_ratio: float = 0.2
+    volume_max_ratio: float = 5.0
+    volume_history_days: int = 14
+    max_unknown_item_share: float = 0.05
+    bot_max_user_share: float = 0.5
+    bot_min_day_rows: int = 1000
     dynamodb_endpoint: str | None = DEFAULT_ENDPOINT
     aws_region: str = "us-east-1"
     table: str = "recsys_user_recommendations"
@@ -180,6 +186,12 @@ class Settings:
             "RECSYS_EXCLUDE_SEEN": "exclude_seen",
             "RECSYS_MAX_PER_CATEGORY": "max_per_category",
             "RECSYS_MAX_BAD_SHARE": "max_bad_share",
+            "RECSYS_VOLUME_MIN_RATIO": "volume_min_ratio",
+            "RECSYS_VOLUME_MAX_RATIO": "volume_max_ratio",
+            "RECSYS_VOLUME_HISTORY_DAYS": "volume_history_days",
+            "RECSYS_MAX_UNKNOWN_ITEM_SHARE": "max_unknown_item_share",
+            "RECSYS_BOT_MAX_USER_SHARE": "bot_max_user_share",
+            "RECSYS_BOT_MIN_DAY_ROWS": "bot_min_day_rows",
             "RECSYS_AWS_REGION": "aws_region",
             "RECSYS_TABLE": "table",
             "RECSYS_TTL_DAYS": "ttl_days",
@@ -241,4 +253,16 @@ class Settings:
             raise ConfigError(f"max_per_category must be 0 (off) or more, got {settings.max_per_category}")
         if not 0.0 <= settings.max_bad_share < 1.0:
             raise ConfigError(f"max_bad_share must be in [0, 1), got {settings.max_bad_share}")
+        if not 0.0 <= settings.volume_min_ratio <= 1.0 <= settings.volume_max_ratio:
+            raise ConfigError(
+                f"volume band must satisfy 0 <= volume_min_ratio <= 1 <= volume_max_ratio, "
+                f"got {settings.volume_min_ratio} and {settings.volume_max_ratio}"
+            )
+        if settings.volume_history_days < 1:
+            raise ConfigError(f"volume_history_days must be at least 1, got {settings.volume_history_days}")
+        if not 0.0 < settings.bot_max_user_share <= 1.0 or not 0.0 <= settings.max_unknown_item_share <= 1.0:
+            raise ConfigError(
+                f"bot_max_user_share must be in (0, 1] and max_unknown_item_share in [0, 1], "
+                f"got {settings.bot_max_user_share} and {settings.max_unknown_item_share}"
+            )
         return settings

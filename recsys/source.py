@@ -2,13 +2,29 @@
 
 Whatever the store calls its columns, :func:`register_source` exposes a DuckDB view
 ``source_events`` with the canonical columns ``user_id, item_id, event_type, event_ts,
-event_id`` (ids as strings, ``event_ts`` as a UTC timestamp). Column names are matched
-case-insensitively; ``RECSYS_SOURCE_COLUMNS`` maps names that differ.
+event_id`` (ids as strings, ``event_ts`` as a UTC timestamp) and ``source_file`` (the file
+each row came from). Column names are resolved per file, case-insensitively;
+``RECSYS_SOURCE_COLUMNS`` maps names that differ; extra columns are ignored.
+
+Dirty files are sorted out here, so that nothing downstream has to guess:
+
+* an empty file (0 bytes, a CSV header without rows, a Parquet file without rows) is skipped
+  with a warning: landing jobs write those for quiet hours, and there is nothing in it to lose;
+* a file that cannot be read at all (a truncated Parquet file, a CSV whose quotes do not
+  balance, a cut-off gzip stream) or that lacks a required column fails with SourceError
+  naming the file;
+* a CSV line that cannot be parsed on its own (bytes that are not UTF-8, too many or too few
+  fields) is not fatal: DuckDB's rejects table keeps it and :func:`rejected_lines` hands it
+  to extract, which quarantines it. A malformed JSON line reads as a row of NULLs;
+* a timestamp that cannot be parsed becomes NULL, and an id stored as bytes that are not
+  UTF-8 becomes U+FFFD followed by its hex: validate quarantines both, nothing is guessed.
 """
 
 from __future__ import annotations
 
+import gzip
 import logging
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Mapping
 
@@ -16,6 +32,7 @@ from recsys.config import CANONICAL_COLUMNS, OPTIONAL_COLUMNS
 
 if TYPE_CHECKING:
     import duckdb
+    import pyarrow as pa
 
 log = logging.getLogger(__name__)
 
@@ -42,8 +59,56 @@ ALIASES = {
 }
 
 
+# DuckDB adds each row's file under this name (chosen so that no store's column clashes).
+FILE_COLUMN = "__recsys_source_file"
+INVALID_UTF8_MARK = "\ufffd"  # U+FFFD: what an id that is not UTF-8 starts with (see _id_expr)
+CSV_DELIMITERS = (",", ";", "\t", "|")
+# DuckDB reject types that mean a quote was opened and never closed: the lines after it are
+# swallowed into one field, so the file as a whole cannot be trusted.
+CSV_QUOTE_ERRORS = ("UNQUOTED VALUE",)
+_HEAD_BYTES = 65_536
+
+
 class SourceError(ValueError):
     """The event source cannot be read as canonical interactions."""
+
+
+@dataclass(frozen=True)
+class SourceFile:
+    """One readable event file: its format, columns as found, and how they map to canonical ones."""
+
+    path: Path
+    fmt: str
+    columns: tuple[str, ...]
+    types: tuple[str, ...]
+    mapping: tuple[tuple[str, str | None], ...]  # (canonical, column in the file or None)
+    delimiter: str | None = None  # CSV only
+
+    def group_key(self) -> tuple[object, ...]:
+        """Files with equal keys are read by one DuckDB scan."""
+        used = {c for _, c in self.mapping if c is not None}
+        types = tuple(t for c, t in zip(self.columns, self.types) if c in used)
+        return (self.fmt, self.delimiter, self.columns if self.fmt == "csv" else (), self.mapping, types)
+
+
+@dataclass
+class RegisteredSource:
+    """What :func:`register_source` registered: the readable files, and the empty ones it skipped."""
+
+    root: Path
+    files: list[SourceFile] = field(default_factory=list)
+    empty_files: list[Path] = field(default_factory=list)
+
+    @property
+    def by_format(self) -> dict[str, list[Path]]:
+        grouped: dict[str, list[Path]] = {}
+        for f in self.files:
+            grouped.setdefault(f.fmt, []).append(f.path)
+        return grouped
+
+    @property
+    def has_csv(self) -> bool:
+        return any(f.fmt == "csv" for f in self.files)
 
 
 def _format_of(path: Path) -> str | None:
@@ -118,7 +183,8 @@ def _timestamp_expr(column: str, duck_type: str) -> str:
     (no second count that large is a plausible event time).
     """
     col = _quote(column)
-    numeric = "CASE WHEN {x} > 1e11 THEN to_timestamp({x} / 1000.0) ELSE to_timestamp({x}) END"
+    # try(): an absurd number (1e20) is one bad row, not a failed scan.
+    numeric = "try(CASE WHEN {x} > 1e11 THEN to_timestamp({x} / 1000.0) ELSE to_timestamp({x}) END)"
     upper = duck_type.upper()
     if upper.startswith("TIMESTAMP") or upper == "DATE":
         return f"CAST({col} AS TIMESTAMPTZ)"
@@ -132,50 +198,210 @@ def _timestamp_expr(column: str, duck_type: str) -> str:
     )
 
 
-def register_source(
-    con: "duckdb.DuckDBPyConnection", source: str | Path, mapping: Mapping[str, str]
-) -> dict[str, list[Path]]:
-    """Create the view ``source_events`` with canonical columns over every source file.
+def _literal(value: str) -> str:
+    return "'" + value.replace("'", "''") + "'"
 
-    Returns the files by format. Raises SourceError naming the file and column when a
-    required column is missing or a file cannot be read.
+
+def _first_line(message: object) -> str:
+    """The first line of an error message, without its final full stop (DuckDB's run long)."""
+    text = str(message).strip()
+    return text.splitlines()[0].rstrip(".") if text else repr(message)
+
+
+def _id_expr(column: str | None, duck_type: str) -> str:
+    """SQL for an id column as text. Bytes that are not UTF-8 become U+FFFD + hex (never a real id)."""
+    if column is None:
+        return "CAST(NULL AS VARCHAR)"
+    col = _quote(column)
+    if duck_type.upper() == "BLOB":
+        return f"CASE WHEN {col} IS NULL THEN NULL ELSE coalesce(try(decode({col})), chr(65533) || hex({col})) END"
+    return f"CAST({col} AS VARCHAR)"
+
+
+def _read_expr(fmt: str, paths: list[Path], delimiter: str | None = None, json_columns: tuple[str, ...] = ()) -> str:
+    """The DuckDB table function reading ``paths``, with a ``FILE_COLUMN`` naming each row's file.
+
+    CSV: every value as text, the dialect fixed (a guessed dialect turns a broken quote into
+    silently merged lines), unparseable lines to the rejects table. JSON lines: the canonical
+    keys as text, a malformed line as a row of NULLs.
+    """
+    files = "[" + ", ".join(_literal(str(p)) for p in paths) + "]"
+    name = _literal(FILE_COLUMN)
+    if fmt == "parquet":
+        return f"read_parquet({files}, filename={name})"
+    if fmt == "csv":
+        return (
+            f"read_csv({files}, header=true, all_varchar=true, delim={_literal(delimiter or ',')}, "
+            f"quote='\"', escape='\"', store_rejects=true, filename={name})"
+        )
+    columns = ""
+    if json_columns:
+        columns = ", columns={" + ", ".join(f"{_literal(c)}: 'VARCHAR'" for c in json_columns) + "}"
+    return f"read_json({files}, format='newline_delimited', ignore_errors=true, filename={name}{columns})"
+
+
+def _head(path: Path) -> bytes:
+    """The first bytes of a file (decompressed for .gz)."""
+    opener = gzip.open if path.name.lower().endswith(".gz") else open
+    try:
+        with opener(path, "rb") as handle:
+            return handle.read(_HEAD_BYTES)
+    except (OSError, EOFError) as exc:
+        raise SourceError(f"cannot read {path}: {exc}") from exc
+
+
+def _csv_dialect(path: Path) -> tuple[str, bool] | None:
+    """(delimiter, has data rows) from a CSV file's first lines; None when it has no header either."""
+    head = _head(path)
+    lines = [line for line in head.decode("utf-8", errors="replace").lstrip("\ufeff").splitlines() if line.strip()]
+    if not lines:
+        return None
+    if path.name.lower().endswith(".tsv"):
+        return "\t", len(lines) > 1
+    counts = {d: lines[0].count(d) for d in CSV_DELIMITERS}
+    delimiter = max(CSV_DELIMITERS, key=lambda d: (counts[d], d == ","))
+    return (delimiter if counts[delimiter] else ","), len(lines) > 1
+
+
+def inspect_file(con: "duckdb.DuckDBPyConnection", path: Path, fmt: str, mapping: Mapping[str, str]) -> SourceFile | None:
+    """Columns and canonical mapping of one event file; None when it holds no rows.
+
+    Raises SourceError naming the file when it cannot be read (truncated, not the format its
+    name says, a quote that never closes) or lacks a required column.
     """
     import duckdb
 
-    files = find_source_files(source)
-    selects: list[str] = []
-    for fmt, paths in files.items():
-        names = [str(p) for p in paths]
-        where = f"{fmt} files under {source}" if len(paths) > 1 else str(paths[0])
-        try:
-            if fmt == "parquet":
-                rel = con.read_parquet(names, union_by_name=True)
-            elif fmt == "csv":
-                # Ids stay text (no lost leading zeros); timestamps are parsed below.
-                rel = con.read_csv(names, header=True, all_varchar=True, union_by_name=True)
-            else:
-                rel = con.read_json(names, format="newline_delimited")
-        except duckdb.Error as exc:
-            raise SourceError(f"cannot read {where}: {exc}") from exc
-        view = f"source_{fmt}"
-        rel.create_view(view, replace=True)
-        types = dict(zip(rel.columns, (str(t) for t in rel.types)))
-        cols = resolve_columns(list(rel.columns), mapping, where)
-        event_id = cols["event_id"]
-        selects.append(
-            "SELECT "
-            f"CAST({_quote(cols['user_id'] or '')} AS VARCHAR) AS user_id, "
-            f"CAST({_quote(cols['item_id'] or '')} AS VARCHAR) AS item_id, "
-            f"CAST({_quote(cols['event_type'] or '')} AS VARCHAR) AS event_type, "
-            f"{_timestamp_expr(cols['event_ts'] or '', types[cols['event_ts'] or ''])} AS event_ts, "
-            f"{'CAST(' + _quote(event_id) + ' AS VARCHAR)' if event_id else 'CAST(NULL AS VARCHAR)'} AS event_id "
-            f"FROM {view}"
-        )
-    con.execute("CREATE OR REPLACE VIEW source_events AS " + " UNION ALL ".join(selects))
-    log.info(
-        "event source %s: %s", source, ", ".join(f"{len(p)} {fmt} file(s)" for fmt, p in files.items())
+    if path.stat().st_size == 0:
+        return None
+    delimiter: str | None = None
+    try:
+        if fmt == "csv":
+            dialect = _csv_dialect(path)
+            if dialect is None or not dialect[1]:
+                return None
+            delimiter = dialect[0]
+        elif fmt == "json" and path.stat().st_size <= _HEAD_BYTES and not _head(path).strip():
+            return None
+        rel = con.sql(f"SELECT * FROM {_read_expr(fmt, [path], delimiter)}")
+        columns = [c for c in rel.columns if c != FILE_COLUMN]
+        types = [str(t) for c, t in zip(rel.columns, rel.types) if c != FILE_COLUMN]
+        if fmt == "parquet":
+            count = con.sql(f"SELECT count(*) FROM {_read_expr(fmt, [path])}").fetchall()[0][0]
+            if int(count) == 0:
+                return None
+    except duckdb.Error as exc:
+        hint = {
+            "parquet": "Is it truncated, still being written, or not Parquet?",
+            "csv": f"Read with delimiter {delimiter!r} and quote '\"': a quote that opens and never closes is the usual cause.",
+            "json": "Expected one JSON object per line.",
+        }[fmt]
+        raise SourceError(f"cannot read {path} as {fmt.upper()}: {_first_line(exc)}. {hint}") from exc
+    resolved = resolve_columns(columns, mapping, str(path))
+    if fmt == "csv" and len(columns) == 1 and any(d in columns[0] for d in CSV_DELIMITERS):
+        log.warning("%s: one column %r; is the delimiter something other than %r?", path, columns[0], delimiter)
+    return SourceFile(
+        path=path,
+        fmt=fmt,
+        columns=tuple(columns),
+        types=tuple(types),
+        mapping=tuple(resolved.items()),
+        delimiter=delimiter,
     )
-    return files
+
+
+def _select(files: list[SourceFile]) -> str:
+    """One SELECT of canonical columns over files that share format, columns and types."""
+    first = files[0]
+    cols = dict(first.mapping)
+    used = tuple(c for c in cols.values() if c is not None)
+    types = {c: ("VARCHAR" if first.fmt == "json" else t) for c, t in zip(first.columns, first.types)}
+    read = _read_expr(first.fmt, [f.path for f in files], first.delimiter, used if first.fmt == "json" else ())
+    ts = cols["event_ts"] or ""
+    return (
+        "SELECT "
+        f"{_id_expr(cols['user_id'], types.get(cols['user_id'] or '', ''))} AS user_id, "
+        f"{_id_expr(cols['item_id'], types.get(cols['item_id'] or '', ''))} AS item_id, "
+        f"CAST({_quote(cols['event_type'] or '')} AS VARCHAR) AS event_type, "
+        f"{_timestamp_expr(ts, types.get(ts, 'VARCHAR'))} AS event_ts, "
+        f"{_id_expr(cols['event_id'], types.get(cols['event_id'] or '', ''))} AS event_id, "
+        f"CAST({_quote(FILE_COLUMN)} AS VARCHAR) AS source_file "
+        f"FROM {read}"
+    )
+
+
+def register_source(
+    con: "duckdb.DuckDBPyConnection", source: str | Path, mapping: Mapping[str, str]
+) -> RegisteredSource:
+    """Create the view ``source_events`` (canonical columns + ``source_file``) over every event file.
+
+    Returns the files registered and the empty ones skipped. Raises SourceError naming the
+    file when one cannot be read or lacks a required column, or when every file is empty.
+    """
+    found = find_source_files(source)
+    registered = RegisteredSource(root=Path(source))
+    for fmt, paths in found.items():
+        for path in paths:
+            inspected = inspect_file(con, path, fmt, mapping)
+            if inspected is None:
+                registered.empty_files.append(path)
+            else:
+                registered.files.append(inspected)
+    if registered.empty_files:
+        log.warning(
+            "event source %s: skipped %d empty file(s) (no rows): %s",
+            source, len(registered.empty_files), ", ".join(str(p) for p in registered.empty_files[:10]),
+        )
+    if not registered.files:
+        raise SourceError(
+            f"event source {source}: every file is empty ({len(registered.empty_files)} file(s), e.g. "
+            f"{registered.empty_files[0]}); expected at least one file with rows"
+        )
+    groups: dict[tuple[object, ...], list[SourceFile]] = {}
+    for f in registered.files:
+        groups.setdefault(f.group_key(), []).append(f)
+    con.execute("CREATE OR REPLACE VIEW source_events AS " + " UNION ALL ".join(_select(g) for g in groups.values()))
+    log.info(
+        "event source %s: %s in %d scan group(s)",
+        source, ", ".join(f"{len(p)} {fmt} file(s)" for fmt, p in registered.by_format.items()), len(groups),
+    )
+    return registered
+
+
+def rejected_lines(con: "duckdb.DuckDBPyConnection", registered: RegisteredSource) -> "pa.Table":
+    """CSV lines DuckDB could not parse in the scans so far: source_file, line, error_types, raw_line.
+
+    One row per file and line (a line rejected by several scans, or for several reasons, once).
+    """
+    import pyarrow as pa
+
+    from recsys.sqlrun import run_sql
+
+    if not registered.has_csv or not con.sql(
+        "SELECT count(*) FROM duckdb_tables() WHERE table_name = 'reject_errors'"
+    ).fetchall()[0][0]:
+        return pa.table(
+            {"source_file": pa.array([], pa.string()), "line": pa.array([], pa.int64()),
+             "error_types": pa.array([], pa.string()), "raw_line": pa.array([], pa.string())}
+        )
+    return run_sql(con, "rejected_lines")
+
+
+def find_unreadable_file(con: "duckdb.DuckDBPyConnection", registered: RegisteredSource) -> SourceError | None:
+    """Scan each file on its own; a SourceError naming the first that fails (None if none does).
+
+    DuckDB's errors from a scan over many files do not always say which file broke.
+    """
+    import duckdb
+
+    for f in registered.files:
+        try:
+            con.sql(
+                "SELECT count(user_id), count(item_id), count(event_type), count(event_ts), count(event_id) "
+                f"FROM ({_select([f])})"
+            ).fetchall()
+        except duckdb.Error as exc:
+            return SourceError(f"cannot read {f.path} as {f.fmt.upper()}: {_first_line(exc)}")
+    return None
 
 
 def register_catalog(con: "duckdb.DuckDBPyConnection", catalog: str | Path | None) -> int:
@@ -222,3 +448,22 @@ def register_catalog(con: "duckdb.DuckDBPyConnection", catalog: str | Path | Non
     )
     count = con.sql("SELECT count(*) FROM catalog").fetchall()[0]
     return int(count[0]) if count else 0
+
+
+def raw_values(con: "duckdb.DuckDBPyConnection", source_file: SourceFile, canonical: str, limit: int = 3) -> list[str]:
+    """Up to ``limit`` distinct raw values of a canonical column in one file, for error messages."""
+    import duckdb
+
+    column = dict(source_file.mapping).get(canonical)
+    if column is None:
+        return []
+    used = tuple(c for _, c in source_file.mapping if c is not None)
+    read = _read_expr(source_file.fmt, [source_file.path], source_file.delimiter, used if source_file.fmt == "json" else ())
+    try:
+        rows = con.sql(
+            f"SELECT DISTINCT CAST({_quote(column)} AS VARCHAR) FROM {read} WHERE {_quote(column)} IS NOT NULL "
+            f"LIMIT {int(limit)}"
+        ).fetchall()
+    except duckdb.Error:
+        return []
+    return [str(r[0])[:40] for r in rows]

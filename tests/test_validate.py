@@ -1,0 +1,414 @@
+"""Extract and validate on small hand-made sources and lakes, without Airflow: the pure parts with
+exact answers, then dirty files of every kind the source accepts, each with its outcome."""
+
+from __future__ import annotations
+
+import datetime as dt
+import gzip
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from recsys import ingest, lake
+from recsys.config import ConfigError, Settings
+from recsys.ingest import EmptyDayError, file_homes
+from recsys.source import SourceError
+from recsys.validate import ValidationError, trailing_mean, user_share_of_day
+
+UTC = dt.timezone.utc
+D1 = dt.date(2026, 3, 1)
+
+
+def day(n: int) -> dt.date:
+    return D1 + dt.timedelta(days=n - 1)
+
+
+def events(d: dt.date, n: int, prefix: str = "u", with_ids: bool = True) -> pa.Table:
+    """``n`` valid events on day ``d``: distinct users, a few items, spread over the day."""
+    start = dt.datetime.combine(d, dt.time(), tzinfo=UTC)
+    columns: dict[str, Any] = {
+        "user_id": pa.array([f"{prefix}{i}" for i in range(n)], pa.string()),
+        "item_id": pa.array([f"i{i % 7}" for i in range(n)], pa.string()),
+        "event_type": pa.array(["View"] * n, pa.string()),
+        "event_ts": pa.array([start + dt.timedelta(seconds=60 * i % 86_400) for i in range(n)], pa.timestamp("us", tz="UTC")),
+    }
+    if with_ids:
+        columns["event_id"] = pa.array([f"{d.isoformat()}-{prefix}-{i}" for i in range(n)], pa.string())
+    return pa.table(columns)
+
+
+def csv_bytes(table: pa.Table, sep: str = ",") -> bytes:
+    lines = [sep.join(table.column_names)]
+    for row in table.to_pylist():
+        lines.append(sep.join(v.strftime("%Y-%m-%dT%H:%M:%SZ") if isinstance(v, dt.datetime) else str(v) for v in row.values()))
+    return ("\n".join(lines) + "\n").encode("utf-8")
+
+
+def settings_for(tmp_path: Path, **env: str) -> Settings:
+    source = tmp_path / "source"
+    source.mkdir(parents=True, exist_ok=True)
+    values = {
+        "RECSYS_HOME": str(tmp_path / "home"),
+        "RECSYS_SOURCE": str(source),
+        "RECSYS_WINDOW_DAYS": "10",
+        "RECSYS_HOLDOUT_DAYS": "2",
+        **env,
+    }
+    return Settings.from_env(values)
+
+
+def history(settings: Settings, days: int = 9, rows: int = 100) -> None:
+    """One Parquet file of ``rows`` events for each of the days 1..days."""
+    for n in range(1, days + 1):
+        pq.write_table(events(day(n), rows), Path(settings.source) / f"events-{day(n)}.parquet")
+
+
+def run(settings: Settings, d: dt.date) -> dict[str, Any]:
+    extracted = ingest.extract(settings, d)
+    return ingest.validate(settings, d, extracted["days"])
+
+
+def quarantine(settings: Settings, d: dt.date) -> list[dict[str, Any]]:
+    path = lake.partition_file(settings.lake, "quarantine/interactions", d)
+    return pq.read_table(path).to_pylist() if path.exists() else []
+
+
+def reasons(settings: Settings, d: dt.date) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for row in quarantine(settings, d):
+        counts[row["reason"]] = counts.get(row["reason"], 0) + 1
+    return counts
+
+
+# --------------------------------------------------------------------------- pure parts
+
+
+def test_file_homes_give_a_daily_file_its_day_and_a_history_file_none() -> None:
+    per_file = pa.table(
+        {
+            "source_file": ["daily", "daily", "daily", "history", "history", "history", "other"],
+            "event_date": [day(2), day(1), None, day(1), day(2), day(3), day(5)],
+            "events": [90, 5, 5, 40, 30, 30, 10],
+        }
+    )
+    assert file_homes(per_file, [day(1), day(2)]) == {"daily": day(2), "history": None}
+    assert file_homes(per_file, [day(1)]) == {"daily": None, "history": None}  # 5 of 100 is no home
+
+
+def test_trailing_mean_uses_days_with_rows_and_needs_enough_of_them() -> None:
+    counts = {day(1): 100, day(2): 0, day(3): 200, day(4): 300, day(6): 50}
+    assert trailing_mean(counts, day(7), history_days=14, lookback=28) == (4, 162.5)
+    assert trailing_mean(counts, day(7), history_days=2, lookback=28) == (2, None)  # fewer than 3 days: no judgement
+    assert trailing_mean(counts, day(7), history_days=14, lookback=2) == (1, None)
+    assert trailing_mean({day(1): 5, day(2): 5, day(3): 5}, day(4), 14, 28) == (3, None)  # 5 rows/day: too few to judge
+
+
+def test_user_share_of_day_counts_placed_rows_on_big_days_only() -> None:
+    rows = pa.table(
+        {
+            "user_id": ["a", "a", "a", "b", "a", "c", None],
+            "dt": pa.array([day(1)] * 4 + [day(2)] * 3, pa.date32()),
+            "placed": [True, True, True, True, True, True, False],
+        }
+    )
+    assert user_share_of_day(rows, min_day_rows=2).tolist() == [0.75, 0.75, 0.75, 0.25, 0.5, 0.5, 0.0]
+    assert user_share_of_day(rows, min_day_rows=3).tolist() == [0.75, 0.75, 0.75, 0.25, 0.0, 0.0, 0.0]
+
+
+def test_settings_for_bad_input_have_defaults_variables_and_checks() -> None:
+    s = Settings.from_env({})
+    assert (s.max_bad_share, s.volume_min_ratio, s.volume_max_ratio, s.volume_history_days) == (0.01, 0.2, 5.0, 14)
+    assert (s.max_unknown_item_share, s.bot_max_user_share, s.bot_min_day_rows) == (0.05, 0.5, 1000)
+    s = Settings.from_env({"RECSYS_MAX_BAD_SHARE": "0.05", "RECSYS_VOLUME_MIN_RATIO": "0.5", "RECSYS_BOT_MIN_DAY_ROWS": "10"})
+    assert (s.max_bad_share, s.volume_min_ratio, s.bot_min_day_rows) == (0.05, 0.5, 10)
+    with pytest.raises(ConfigError, match="volume_min_ratio"):
+        Settings.from_env({"RECSYS_VOLUME_MIN_RATIO": "2"})
+    with pytest.raises(ConfigError, match="bot_max_user_share"):
+        Settings.from_env({"RECSYS_BOT_MAX_USER_SHARE": "0"})
+
+
+# --------------------------------------------------------------------------- row checks
+
+
+def test_every_row_reason_on_one_dirty_day(tmp_path: Path) -> None:
+    s = settings_for(tmp_path, RECSYS_MAX_BAD_SHARE="0.5")
+    history(s)
+    d = day(10)
+    good = events(d, 200).to_pylist()
+    bad = [
+        {"user_id": None},
+        {"user_id": "  "},
+        {"user_id": "é" * 1025},  # 1,025 characters, 2,050 bytes
+        {"item_id": "\ufffd" + "FF00"},
+        {"event_type": "Teleport"},
+        {"event_type": None},
+        {"event_ts": dt.datetime(2099, 1, 1, tzinfo=UTC)},
+    ]
+    rows = [dict(good[i], **change) for i, change in enumerate(bad)] + good[len(bad):]
+    rows.append(dict(good[-1]))  # the same event twice: dropped as a duplicate, not quarantined
+    rows.append({**good[-2], "user_id": "é" * 1024, "event_id": "fits"})  # 2,048 bytes: just fits
+    table = pa.Table.from_pylist(rows, schema=events(d, 1).schema)
+    pq.write_table(table, Path(s.source) / f"events-{d}.parquet")
+    run(s, d)
+    assert reasons(s, d) == {
+        "missing_user_id": 1,
+        "empty_user_id": 1,
+        "user_id_too_long": 1,
+        "invalid_utf8_item_id": 1,
+        "unknown_event_type": 1,
+        "missing_event_type": 1,
+        "event_ts_in_future": 1,
+    }
+    kept = lake.read_partition(s.lake, "interactions", d)
+    assert kept.schema.names == ["user_id", "item_id", "event_type", "event_ts", "event_id"]
+    assert "é" * 1024 in kept["user_id"].to_pylist() and kept.num_rows == 194
+    docs = lake.partition_dir(s.lake, "validation", d)
+    assert (docs / "index.html").exists() and any((docs / "validations").rglob("*.html"))
+    day_summary = json.loads((docs / "summary.json").read_text())["days"][-1]
+    assert (day_summary["dt"], day_summary["rows_read"], day_summary["rows_kept"], day_summary["duplicates_dropped"]) == (
+        d.isoformat(), 202, 194, 1
+    )
+    assert day_summary["quarantined"]["unknown_event_type"] == 1
+
+
+def test_too_many_bad_rows_fail_naming_partition_column_count_and_expectation(tmp_path: Path) -> None:
+    s = settings_for(tmp_path)
+    history(s)
+    d = day(10)
+    table = events(d, 100).to_pylist()
+    for row in table[:2]:
+        row["event_type"] = "Teleport"
+    pq.write_table(pa.Table.from_pylist(table), Path(s.source) / f"events-{d}.parquet")
+    with pytest.raises(ValidationError) as err:
+        run(s, d)
+    message = str(err.value)
+    assert f"staging/interactions/dt={d} (from events-{d}.parquet): 2 of 100 rows (2.00%)" in message
+    assert "above the allowed 1.00% (RECSYS_MAX_BAD_SHARE)" in message
+    assert "unknown_event_type: 2 (column 'event_type', expected one of the configured event weights" in message
+    assert f"quarantine/interactions/dt={d}" in message and "index.html" in message
+    assert reasons(s, d) == {"unknown_event_type": 2}  # the evidence is written ...
+    assert not lake.partition_exists(s.lake, "interactions", d)  # ... the day is not
+    # One bad row in a hundred is within the allowance: the same day passes at 2%.
+    run(settings_for(tmp_path, RECSYS_MAX_BAD_SHARE="0.02"), d)
+    assert lake.read_partition(s.lake, "interactions", d).num_rows == 98
+
+
+def test_a_clean_rerun_removes_the_days_stale_quarantine(tmp_path: Path) -> None:
+    s = settings_for(tmp_path)
+    history(s)
+    d = day(10)
+    dirty = events(d, 200).to_pylist()
+    dirty[0]["user_id"] = ""
+    pq.write_table(pa.Table.from_pylist(dirty), Path(s.source) / f"events-{d}.parquet")
+    run(s, d)
+    assert reasons(s, d) == {"empty_user_id": 1}
+    pq.write_table(events(d, 200), Path(s.source) / f"events-{d}.parquet")
+    run(s, d)
+    assert quarantine(s, d) == [] and lake.read_partition(s.lake, "interactions", d).num_rows == 200
+
+
+def test_a_bot_is_quarantined_without_counting_as_bad_rows(tmp_path: Path) -> None:
+    s = settings_for(tmp_path, RECSYS_BOT_MIN_DAY_ROWS="50")
+    history(s)
+    d = day(10)
+    bot = events(d, 300, prefix="x").to_pylist()
+    for row in bot:
+        row["user_id"] = "bot"
+    pq.write_table(pa.concat_tables([events(d, 100), pa.Table.from_pylist(bot)]), Path(s.source) / f"events-{d}.parquet")
+    run(s, d)
+    assert reasons(s, d) == {"bot_user": 300} and lake.read_partition(s.lake, "interactions", d).num_rows == 100
+
+
+# --------------------------------------------------------------------------- day checks
+
+
+def test_first_run_judges_each_days_volume_against_the_days_before_it(tmp_path: Path) -> None:
+    s = settings_for(tmp_path)
+    for n in range(3, 10):  # the store starts on day 3: days 1-2 of the window are simply empty
+        pq.write_table(events(day(n), 100), Path(s.source) / f"events-{day(n)}.parquet")
+    pq.write_table(events(day(10), 100), Path(s.source) / f"events-{day(10)}.parquet")
+    assert run(s, day(10))["partitions"] == 10
+    assert lake.read_partition(s.lake, "interactions", day(1)).num_rows == 0
+
+    s2 = settings_for(tmp_path / "again")
+    for n in range(1, 11):
+        pq.write_table(events(day(n), 3 if n == 7 else 100), Path(s2.source) / f"events-{day(n)}.parquet")
+    with pytest.raises(ValidationError, match=rf"dt={day(7)} .*volume anomaly: 3 rows kept, 0.03x the mean of the previous 6 day"):
+        run(s2, day(10))
+    assert not any(lake.partition_exists(s2.lake, "interactions", day(n)) for n in range(1, 11))
+
+
+def test_a_flood_fails_the_volume_band_from_above(tmp_path: Path) -> None:
+    s = settings_for(tmp_path)
+    history(s)
+    pq.write_table(events(day(10), 600), Path(s.source) / f"events-{day(10)}.parquet")
+    with pytest.raises(ValidationError, match=r"600 rows kept, 6.00x the mean .* expected between 0.2x and 5.0x"):
+        run(s, day(10))
+
+
+def test_unknown_items_fail_only_above_their_share_and_only_with_a_catalog(tmp_path: Path) -> None:
+    catalog = tmp_path / "catalog.csv"
+    catalog.write_text("item_id,name,category,active\n" + "".join(f"i{i},n,c,true\n" for i in range(7)))
+    s = settings_for(tmp_path, RECSYS_CATALOG=str(catalog))
+    history(s)
+    d = day(10)
+    table = events(d, 100).to_pylist()
+    for row in table[:6]:
+        row["item_id"] = "brand-new"
+    pq.write_table(pa.Table.from_pylist(table), Path(s.source) / f"events-{d}.parquet")
+    with pytest.raises(ValidationError, match=r"column 'item_id': 6 of 100 kept rows \(6.00%\) name an item the catalog"):
+        run(s, d)
+    run(settings_for(tmp_path), d)  # no catalog: nothing to compare with
+    assert lake.read_partition(s.lake, "interactions", d).num_rows == 100
+
+
+# --------------------------------------------------------------------------- dirty files
+
+
+def test_csv_lines_that_do_not_parse_are_quarantined_with_the_raw_line(tmp_path: Path) -> None:
+    s = settings_for(tmp_path, RECSYS_MAX_BAD_SHARE="0.05")
+    history(s)
+    d = day(10)
+    lines = csv_bytes(events(d, 300)).split(b"\n")
+    lines[5] = lines[5].replace(b"u4", b"M\xfcller")  # Latin-1, not UTF-8
+    lines[6] = lines[6] + b",surplus"
+    lines[7] = b"u6,i6"
+    (Path(s.source) / f"events-{d}.csv").write_bytes(b"\n".join(lines))
+    run(s, d)
+    rows = quarantine(s, d)
+    assert [(r["reason"], r["raw_line"].split(":")[0]) for r in rows] == [
+        ("invalid_utf8", "line 6"), ("wrong_field_count", "line 7"), ("wrong_field_count", "line 8")
+    ]
+    assert rows[2]["raw_line"] == "line 8: u6,i6" and rows[0]["source_file"].endswith(f"events-{d}.csv")
+
+
+def test_semicolon_and_tab_separated_files_and_gzip_are_read(tmp_path: Path) -> None:
+    s = settings_for(tmp_path)
+    history(s)
+    d = day(10)
+    (Path(s.source) / "a.csv").write_bytes(csv_bytes(events(d, 60, prefix="a"), sep=";"))
+    (Path(s.source) / "b.tsv").write_bytes(csv_bytes(events(d, 30, prefix="b"), sep="\t"))
+    (Path(s.source) / "c.csv.gz").write_bytes(gzip.compress(csv_bytes(events(d, 10, prefix="c"))))
+    run(s, d)
+    assert lake.read_partition(s.lake, "interactions", d).num_rows == 100
+
+
+def test_a_malformed_json_line_and_non_utf8_bytes_in_parquet_ids_are_quarantined(tmp_path: Path) -> None:
+    s = settings_for(tmp_path, RECSYS_MAX_BAD_SHARE="0.05")
+    history(s)
+    d = day(10)
+    good = events(d, 100)
+    lines = [json.dumps({**r, "event_ts": r["event_ts"].isoformat()}) for r in good.slice(0, 60).to_pylist()]
+    lines[3] = '{"user_id": "u3", "item_id": '
+    (Path(s.source) / "a.jsonl").write_text("\n".join(lines) + "\n")
+    rest = good.slice(60).to_pylist()
+    ids = [r["user_id"].encode() for r in rest]
+    ids[0] = b"u\xff\xfe"
+    blob = pa.table({**{k: good.slice(60)[k] for k in good.column_names}, "user_id": pa.array(ids, pa.binary())})
+    pq.write_table(blob, Path(s.source) / "b.parquet")
+    run(s, d)
+    assert reasons(s, d) == {"unreadable_line": 1, "invalid_utf8_user_id": 1}
+    assert {r["user_id"] for r in quarantine(s, d)} == {None, "\ufffd75FFFE"}
+
+
+def test_header_only_and_zero_byte_files_are_skipped_but_all_empty_is_an_error(tmp_path: Path) -> None:
+    s = settings_for(tmp_path)
+    history(s)
+    d = day(10)
+    pq.write_table(events(d, 100), Path(s.source) / f"events-{d}.parquet")
+    (Path(s.source) / "quiet-hour.csv").write_text("user_id,item_id,event_type,event_ts\n")
+    (Path(s.source) / "zero.jsonl").write_bytes(b"")
+    pq.write_table(events(d, 0), Path(s.source) / "no-rows.parquet")
+    assert sorted(Path(p).name for p in ingest.extract(s, d)["empty_files"]) == ["no-rows.parquet", "quiet-hour.csv", "zero.jsonl"]
+
+    only_empty = settings_for(tmp_path / "empty")
+    (Path(only_empty.source) / "a.csv").write_bytes(b"")
+    with pytest.raises(SourceError, match=r"every file is empty \(1 file\(s\), e.g. .*a.csv\)"):
+        ingest.extract(only_empty, d)
+
+
+def test_an_empty_run_date_is_fatal_and_names_skipped_files(tmp_path: Path) -> None:
+    s = settings_for(tmp_path)
+    history(s)
+    (Path(s.source) / f"events-{day(10)}.parquet").write_bytes(b"")
+    with pytest.raises(EmptyDayError, match=rf"run date {day(10)} has no events .*1 empty file\(s\) were skipped"):
+        ingest.extract(s, day(10))
+
+
+def test_a_file_without_one_usable_timestamp_is_fatal_with_examples(tmp_path: Path) -> None:
+    s = settings_for(tmp_path)
+    history(s)
+    d = day(10)
+    pq.write_table(events(d, 100), Path(s.source) / f"events-{d}.parquet")
+    (Path(s.source) / "eu.csv").write_text("user_id,item_id,event_type,event_ts\nu1,i1,View,31/03/2026 10:00\n")
+    with pytest.raises(SourceError, match=r"eu.csv: none of its 1 rows has a usable event_ts \(column 'event_ts', e.g. \['31/03/2026 10:00'\]\)"):
+        ingest.extract(s, d)
+
+
+def test_a_quote_that_never_closes_deep_in_a_csv_is_fatal_naming_the_line(tmp_path: Path) -> None:
+    s = settings_for(tmp_path)
+    history(s)
+    d = day(10)
+    table = events(d, 30_000)
+    lines = csv_bytes(table).split(b"\n")
+    lines[25_000] = b'"' + lines[25_000]  # beyond what DuckDB's sniffer samples
+    (Path(s.source) / f"events-{d}.csv").write_bytes(b"\n".join(lines))
+    with pytest.raises(SourceError, match=rf"events-{d}.csv as CSV: line 25001 opens a quote that is never closed"):
+        ingest.extract(s, d)
+
+
+def test_a_truncated_gzip_csv_is_fatal_naming_the_file(tmp_path: Path) -> None:
+    s = settings_for(tmp_path)
+    history(s)
+    d = day(10)
+    pq.write_table(events(d, 100), Path(s.source) / f"events-{d}.parquet")
+    data = gzip.compress(csv_bytes(events(d, 20_000, prefix="z")))
+    (Path(s.source) / "late.csv.gz").write_bytes(data[: len(data) // 2])
+    with pytest.raises(SourceError, match=r"late.csv.gz"):
+        ingest.extract(s, d)
+
+
+def test_strays_of_a_file_without_a_home_day_are_judged_against_their_file(tmp_path: Path) -> None:
+    s = settings_for(tmp_path)
+    d = day(10)
+    # One file holding the whole history (no day holds half of it) with rows that have no timestamp.
+    rows = pa.concat_tables([events(day(n), 100, prefix=f"d{n}-") for n in range(1, 11)]).to_pylist()
+    for row in rows[:5]:
+        row["event_ts"] = None
+    pq.write_table(pa.Table.from_pylist(rows), Path(s.source) / "all.parquet")
+    run(s, d)  # 5 of 1,000 rows of the file: 0.5%, within the allowance
+    assert reasons(s, d) == {"missing_event_ts": 5}
+    assert lake.read_partition(s.lake, "interactions", d).num_rows == 100
+    for row in rows[5:20]:
+        row["event_ts"] = None
+    pq.write_table(pa.Table.from_pylist(rows), Path(s.source) / "all.parquet")
+    with pytest.raises(ValidationError, match=r"all.parquet: 20 of its 1,000 rows \(2.00%\) have no usable event_ts"):
+        run(s, d)
+
+
+def test_late_rows_for_an_extracted_day_are_quarantined_but_replays_are_not(tmp_path: Path) -> None:
+    s = settings_for(tmp_path, RECSYS_MAX_BAD_SHARE="0.05")
+    history(s)
+    run(s, day(9))
+    d = day(10)
+    replay = events(day(5), 100).slice(0, 3)  # already in the lake under day 5
+    late = events(day(5), 2, prefix="late-")  # never seen: can no longer be added to day 5
+    pq.write_table(pa.concat_tables([events(d, 100), replay, late]), Path(s.source) / f"events-{d}.parquet")
+    run(s, d)
+    assert reasons(s, d) == {"event_ts_outside_day": 2}
+    assert lake.read_partition(s.lake, "interactions", day(5)).num_rows == 100
+
+
+def test_validate_timing_scales_with_rows_not_partitions(tmp_path: Path) -> None:
+    # Not a benchmark: a guard that 10 partitions of 100 rows do not each pay GX's fixed cost.
+    s = settings_for(tmp_path)
+    history(s)
+    pq.write_table(events(day(10), 100), Path(s.source) / f"events-{day(10)}.parquet")
+    extracted = ingest.extract(s, day(10))
+    summary = ingest.validate(s, day(10), extracted["days"])
+    assert summary["partitions"] == 10 and np.isfinite(summary["seconds"])
