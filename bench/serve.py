@@ -16,7 +16,9 @@ Closed loop (the default): each client sends its next request as soon as the las
 answered, so by Little's law p50 is about concurrency / throughput; ``--rate R1,R2`` paces the
 clients to R requests/s in total, one row per rate (an open loop: latency counts from the planned send time, so a
 server that falls behind shows it). The CPU columns are percent of one core used by the
-server (all workers), DynamoDB Local and this load generator during the measured seconds.
+server (all workers), DynamoDB Local, this load generator and everything else on the machine
+(``cpu oth``: a neighbour's work there makes the latencies of that row unreliable) during the
+measured seconds.
 
     .venv/bin/python bench/serve.py [--users 10000] [--duration 30] [--concurrency 1,10,50]
         [--endpoints user,unknown,similar] [--workers 1,2] [--rate 200,400]
@@ -194,6 +196,13 @@ def tree_cpu_seconds(pid: int) -> float:
     return total
 
 
+def machine_busy_seconds() -> float:
+    """CPU seconds all cores spent busy since boot (Linux /proc/stat: everything but idle and iowait)."""
+    values = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    user, nice, system, idle, iowait, irq, softirq, steal = (values + [0] * 8)[:8]
+    return (user + nice + system + irq + softirq + steal) / CLOCK_TICKS
+
+
 # --------------------------------------------------------------------------- load
 
 
@@ -318,10 +327,12 @@ def run_load(
         thread.start()
     time.sleep(max(0.0, measure_from - time.perf_counter()))
     cpu_before = {name: tree_cpu_seconds(pid) for name, pid in pids.items()}
-    own_before = time.process_time()
+    own_before, busy_before = time.process_time(), machine_busy_seconds()
     time.sleep(max(0.0, end - time.perf_counter()))
     cpu = {name: 100.0 * (tree_cpu_seconds(pid) - cpu_before[name]) / duration for name, pid in pids.items()}
     cpu["loadgen"] = 100.0 * (time.process_time() - own_before) / duration
+    # Whatever else ran on the machine meanwhile: a busy neighbour shows here, and in the tail.
+    cpu["other"] = max(0.0, 100.0 * (machine_busy_seconds() - busy_before) / duration - sum(cpu.values()))
     for thread in threads:
         thread.join(timeout=30)
     return np.array([x for per in latencies for x in per]), sum(errors), duration, cpu
@@ -336,7 +347,7 @@ def print_table(results: list[Result], args: argparse.Namespace) -> None:
           f"CPU in % of one core")
     header = (f"{'endpoint':<9} {'workers':>7} {'conc':>5} {'target':>6} {'requests':>9} {'req/s':>8} {'p50 ms':>7} "
               f"{'p99 ms':>7} "
-              f"{'max ms':>7} {'errors':>6} {'cpu srv':>7} {'cpu ddb':>7} {'cpu gen':>7}")
+              f"{'max ms':>7} {'errors':>6} {'cpu srv':>7} {'cpu ddb':>7} {'cpu gen':>7} {'cpu oth':>7}")
     print(header)
     print("-" * len(header))
     for r in results:
@@ -344,7 +355,8 @@ def print_table(results: list[Result], args: argparse.Namespace) -> None:
         target = "closed" if r.target is None else f"{r.target:g}"
         print(f"{r.endpoint:<9} {workers:>7} {r.concurrency:>5} {target:>6} {len(r.latencies):>9} {r.rate:>8.0f} "
               f"{r.ms(50):>7.1f} {r.ms(99):>7.1f} {r.ms(100):>7.1f} {r.errors:>6} "
-              f"{r.cpu.get('server', 0.0):>7.0f} {r.cpu.get('dynamodb', 0.0):>7.0f} {r.cpu.get('loadgen', 0.0):>7.0f}")
+              f"{r.cpu.get('server', 0.0):>7.0f} {r.cpu.get('dynamodb', 0.0):>7.0f} {r.cpu.get('loadgen', 0.0):>7.0f} "
+              f"{r.cpu.get('other', 0.0):>7.0f}")
 
 
 def rate_list(text: str) -> list[float | None]:
