@@ -70,17 +70,39 @@ def load_dag() -> Any:
     return dag
 
 
+# A day whose newest event is earlier than this hour (UTC) has not fully landed.
+LATEST_COMPLETE_HOUR = 23
+
+
 def latest_source_date(settings: Settings) -> dt.date:
-    """The UTC date of the newest event in the source; raises SourceError when it is empty."""
+    """The newest UTC day of the source that has fully landed; raises SourceError when it is empty.
+
+    That is the day of the newest event when that event is at 23:00 UTC or later; otherwise the
+    newest day is still arriving (or the log was cut off mid-day, as an export often is), and the
+    day before it is the latest complete one, if the source has events on it.
+    """
     from recsys.source import SourceError, register_source
     from recsys.sqlrun import connect
 
     con = connect()
-    register_source(con, settings.source, settings.source_columns)
-    row = con.sql("SELECT CAST(max(event_ts) AS DATE) FROM source_events").fetchall()[0]
+    register_source(con, settings.source, settings.source_columns, list(settings.event_weights))
+    row = con.sql(
+        "WITH newest AS (SELECT max(event_ts) AS ts FROM source_events) "
+        "SELECT CAST(timezone('UTC', ts) AS DATE), hour(timezone('UTC', ts)), "
+        "(SELECT count(*) > 0 FROM source_events WHERE CAST(timezone('UTC', event_ts) AS DATE) "
+        " = CAST(timezone('UTC', ts) AS DATE) - 1) FROM newest"
+    ).fetchall()[0]
     if not row or row[0] is None:
         raise SourceError(f"event source {settings.source} has no events with a readable event_ts")
-    return row[0]  # type: ignore[no-any-return]
+    newest, hour, day_before_has_events = row
+    if hour < LATEST_COMPLETE_HOUR and day_before_has_events:
+        day = newest - dt.timedelta(days=1)
+        log.warning(
+            "the source's newest event is at %02d:xx UTC on %s, so that day has not fully landed: "
+            "'latest' is %s (pass --date %s to run the partial day anyway)", hour, newest, day, newest,
+        )
+        return day  # type: ignore[no-any-return]
+    return newest  # type: ignore[no-any-return]
 
 
 def run_dag(settings: Settings, day: dt.date, conf: dict[str, Any] | None = None) -> Any:
@@ -216,7 +238,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_serve_parser(sub)
 
     run = sub.add_parser("run", help="one nightly run for a date, through Airflow's dag.test()")
-    run.add_argument("--date", required=True, help="YYYY-MM-DD, or 'latest' for the newest day in the source")
+    run.add_argument("--date", required=True, help="YYYY-MM-DD, or 'latest' for the newest complete day in the source")
     run.add_argument("--conf", help="JSON of DAG Params for this run, e.g. '{\"factors\": 128}'")
     run.set_defaults(func=cmd_run)
 

@@ -107,7 +107,7 @@ class Settings:
     purchase_event_types: tuple[str, ...] = ("Purchase",)
     max_per_category: int = 0
     max_bad_share: float = 0.01
-    volume_min_ratio: float = 0.2
+    volume_min_ratio: float = 0.1
     volume_max_ratio: float = 5.0
     volume_history_days: int = 14
     max_unknown_item_share: float = 0.05

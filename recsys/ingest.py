@@ -87,7 +87,7 @@ def extract(settings: Settings, day: dt.date) -> dict[str, Any]:
     todo = [d for d in window.days if d == day or not lake.partition_exists(settings.lake, "interactions", d)]
     con = connect(temp_dir=settings.duckdb_temp_dir)
     started = time.perf_counter()
-    registered = register_source(con, settings.source, settings.source_columns)
+    registered = register_source(con, settings.source, settings.source_columns, list(settings.event_weights))
     future = dt.datetime.now(dt.timezone.utc) + FUTURE_TOLERANCE
     with _named_read_errors(con, registered):
         per_file = run_sql(con, "source_file_days")

@@ -26,7 +26,7 @@ import gzip
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Mapping
+from typing import TYPE_CHECKING, Mapping, Sequence
 
 from recsys.config import CANONICAL_COLUMNS, OPTIONAL_COLUMNS
 
@@ -57,6 +57,48 @@ ALIASES = {
     "item_id": ("itemid", "item", "product_id", "productid", "sku"),
     "event_id": ("id", "eventid"),
 }
+
+
+# Event names other stores use for the canonical event types. A source value maps to a configured
+# event type when, ignoring case and anything but letters and digits, it equals the type's name
+# or one of these (e.g. RetailRocket's view / addtocart / transaction, REES46's cart / purchase).
+EVENT_TYPE_ALIASES = {
+    "View": ("pageview", "productview", "detail", "detailview"),
+    "AddToCart": ("cart", "addtobasket", "basketadd"),
+    "ViewCart": ("basket", "viewbasket"),
+    "StartCheckout": ("checkout", "begincheckout"),
+    "Purchase": ("transaction", "order", "buy", "sale"),
+}
+
+
+def _event_key(name: str) -> str:
+    return "".join(ch for ch in name.lower() if ch.isalnum())
+
+
+def event_type_spellings(event_types: Sequence[str]) -> dict[str, str]:
+    """Normalised spelling (lower case, letters and digits) -> configured event type.
+
+    Each configured type is reached by its own name and by its EVENT_TYPE_ALIASES; a spelling
+    that is itself a configured type's name always means that type.
+    """
+    spellings: dict[str, str] = {}
+    for name in event_types:
+        for alias in EVENT_TYPE_ALIASES.get(name, ()):
+            spellings.setdefault(_event_key(alias), name)
+    for name in event_types:
+        spellings[_event_key(name)] = name
+    return spellings
+
+
+def _event_type_expr(column: str | None, event_types: Sequence[str]) -> str:
+    """SQL for event_type: the configured name when the value is a spelling of it, else the value."""
+    raw = f"CAST({_quote(column or '')} AS VARCHAR)"
+    spellings = event_type_spellings(event_types)
+    if not spellings:
+        return raw
+    key = f"lower(regexp_replace({raw}, '[^A-Za-z0-9]', '', 'g'))"
+    cases = " ".join(f"WHEN {_literal(k)} THEN {_literal(v)}" for k, v in sorted(spellings.items()))
+    return f"CASE {key} {cases} ELSE {raw} END"
 
 
 # DuckDB adds each row's file under this name (chosen so that no store's column clashes).
@@ -309,7 +351,7 @@ def inspect_file(con: "duckdb.DuckDBPyConnection", path: Path, fmt: str, mapping
     )
 
 
-def _select(files: list[SourceFile]) -> str:
+def _select(files: list[SourceFile], event_types: Sequence[str] = ()) -> str:
     """One SELECT of canonical columns over files that share format, columns and types."""
     first = files[0]
     cols = dict(first.mapping)
@@ -321,7 +363,7 @@ def _select(files: list[SourceFile]) -> str:
         "SELECT "
         f"{_id_expr(cols['user_id'], types.get(cols['user_id'] or '', ''))} AS user_id, "
         f"{_id_expr(cols['item_id'], types.get(cols['item_id'] or '', ''))} AS item_id, "
-        f"CAST({_quote(cols['event_type'] or '')} AS VARCHAR) AS event_type, "
+        f"{_event_type_expr(cols['event_type'], event_types)} AS event_type, "
         f"{_timestamp_expr(ts, types.get(ts, 'VARCHAR'))} AS event_ts, "
         f"{_id_expr(cols['event_id'], types.get(cols['event_id'] or '', ''))} AS event_id, "
         f"CAST({_quote(FILE_COLUMN)} AS VARCHAR) AS source_file "
@@ -330,9 +372,15 @@ def _select(files: list[SourceFile]) -> str:
 
 
 def register_source(
-    con: "duckdb.DuckDBPyConnection", source: str | Path, mapping: Mapping[str, str]
+    con: "duckdb.DuckDBPyConnection",
+    source: str | Path,
+    mapping: Mapping[str, str],
+    event_types: Sequence[str] = (),
 ) -> RegisteredSource:
     """Create the view ``source_events`` (canonical columns + ``source_file``) over every event file.
+
+    ``event_type`` values that spell one of ``event_types`` another way (``view``,
+    ``add_to_cart``, ``transaction``; see EVENT_TYPE_ALIASES) become that configured name.
 
     Returns the files registered and the empty ones skipped. Raises SourceError naming the
     file when one cannot be read or lacks a required column, or when every file is empty.
@@ -359,7 +407,7 @@ def register_source(
     groups: dict[tuple[object, ...], list[SourceFile]] = {}
     for f in registered.files:
         groups.setdefault(f.group_key(), []).append(f)
-    con.execute("CREATE OR REPLACE VIEW source_events AS " + " UNION ALL ".join(_select(g) for g in groups.values()))
+    con.execute("CREATE OR REPLACE VIEW source_events AS " + " UNION ALL ".join(_select(g, event_types) for g in groups.values()))
     log.info(
         "event source %s: %s in %d scan group(s)",
         source, ", ".join(f"{len(p)} {fmt} file(s)" for fmt, p in registered.by_format.items()), len(groups),

@@ -305,7 +305,7 @@ def test_a_day_with_5_percent_of_its_volume_fails_in_validate(history: History, 
     assert_stopped_cleanly(out, "validate")
     assert out.quarantine() == {}
     assert f"dt={NEXT} (from {DAY_FILE}): volume anomaly: {events.num_rows // 20:,} rows kept, 0.06x the mean" in out.log
-    assert "expected between 0.2x and 5.0x" in out.log
+    assert "expected between 0.1x and 5.0x" in out.log
     assert out.summary()["days"][0]["history_days"] == 14
 
 

@@ -111,3 +111,49 @@ def test_settings_from_env_defaults_and_errors(tmp_path: Path) -> None:
         Settings.from_env({"RECSYS_WINDOW_DAYS": "5", "RECSYS_HOLDOUT_DAYS": "5"})
     with pytest.raises(ConfigError, match="RECSYS_EVENT_WEIGHTS"):
         Settings.from_env({"RECSYS_EVENT_WEIGHTS": "View=1,Buy"})
+
+
+def test_event_type_spellings_map_to_the_configured_names(tmp_path: Path) -> None:
+    # RetailRocket-style names and other spellings of the canonical types.
+    (tmp_path / "events.csv").write_text(
+        "visitorid,itemid,event,timestamp\n"
+        "u1,i1,view,1433221332117\n"
+        "u1,i1,addtocart,1433221332118\n"
+        "u1,i1,transaction,1433221332119\n"
+        "u1,i2,add_to_cart,1433221332120\n"
+        "u1,i2,START-CHECKOUT,1433221332121\n"
+        "u1,i3,Teleport,1433221332122\n"
+    )
+    con = connect()
+    register_source(con, tmp_path, {}, ["View", "AddToCart", "ViewCart", "StartCheckout", "Purchase"])
+    types = [r[0] for r in con.sql("select event_type from source_events order by event_ts").fetchall()]
+    assert types == ["View", "AddToCart", "Purchase", "AddToCart", "StartCheckout", "Teleport"]
+    # Without configured types nothing is renamed; an alias never takes a configured type's own name.
+    assert [r["event_type"] for r in canonical_rows(tmp_path)][:3] == ["view", "addtocart", "transaction"]
+    from recsys.source import event_type_spellings
+
+    assert event_type_spellings(["cart", "AddToCart"]) == {"cart": "cart", "addtocart": "AddToCart", "addtobasket": "AddToCart", "basketadd": "AddToCart"}
+
+
+@pytest.mark.parametrize(
+    ("last_event", "expected"),
+    [
+        (dt.datetime(2015, 9, 18, 3, 13, tzinfo=UTC), dt.date(2015, 9, 17)),  # an export cut off mid-day
+        (dt.datetime(2015, 9, 18, 23, 5, tzinfo=UTC), dt.date(2015, 9, 18)),  # the day has landed
+        (dt.datetime(2015, 9, 18, 1, 0, tzinfo=dt.timezone(dt.timedelta(hours=-5))), dt.date(2015, 9, 17)),  # 06:00 UTC
+    ],
+)
+def test_latest_is_the_newest_complete_day(tmp_path: Path, last_event: dt.datetime, expected: dt.date) -> None:
+    from recsys.cli import latest_source_date
+
+    first = dt.datetime(2015, 9, 17, 12, tzinfo=UTC)
+    rows = [f"u1,i1,View,{first.isoformat()}", f"u2,i2,View,{last_event.isoformat()}"]
+    (tmp_path / "events.csv").write_text("user_id,item_id,event_type,event_ts\n" + "\n".join(rows) + "\n")
+    assert latest_source_date(Settings.from_env({"RECSYS_SOURCE": str(tmp_path)})) == expected
+
+
+def test_latest_of_a_single_partial_day_is_that_day(tmp_path: Path) -> None:
+    from recsys.cli import latest_source_date
+
+    (tmp_path / "events.csv").write_text("user_id,item_id,event_type,event_ts\nu1,i1,View,2015-09-18T03:13:00Z\n")
+    assert latest_source_date(Settings.from_env({"RECSYS_SOURCE": str(tmp_path)})) == dt.date(2015, 9, 18)

@@ -122,7 +122,7 @@ def test_user_share_of_day_counts_placed_rows_on_big_days_only() -> None:
 
 def test_settings_for_bad_input_have_defaults_variables_and_checks() -> None:
     s = Settings.from_env({})
-    assert (s.max_bad_share, s.volume_min_ratio, s.volume_max_ratio, s.volume_history_days) == (0.01, 0.2, 5.0, 14)
+    assert (s.max_bad_share, s.volume_min_ratio, s.volume_max_ratio, s.volume_history_days) == (0.01, 0.1, 5.0, 14)
     assert (s.max_unknown_item_share, s.bot_max_user_share, s.bot_min_day_rows) == (0.05, 0.5, 1000)
     s = Settings.from_env({"RECSYS_MAX_BAD_SHARE": "0.05", "RECSYS_VOLUME_MIN_RATIO": "0.5", "RECSYS_BOT_MIN_DAY_ROWS": "10"})
     assert (s.max_bad_share, s.volume_min_ratio, s.bot_min_day_rows) == (0.05, 0.5, 10)
@@ -247,7 +247,7 @@ def test_a_flood_fails_the_volume_band_from_above(tmp_path: Path) -> None:
     s = settings_for(tmp_path)
     history(s)
     pq.write_table(events(day(10), 600), Path(s.source) / f"events-{day(10)}.parquet")
-    with pytest.raises(ValidationError, match=r"600 rows kept, 6.00x the mean .* expected between 0.2x and 5.0x"):
+    with pytest.raises(ValidationError, match=r"600 rows kept, 6.00x the mean .* expected between 0.1x and 5.0x"):
         run(s, day(10))
 
 
