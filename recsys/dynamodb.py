@@ -108,6 +108,19 @@ def _error_code(exc: BaseException) -> str:
     return str(response.get("Error", {}).get("Code", ""))
 
 
+def endpoint_of(client: Any) -> str:
+    """The URL a client talks to (for error messages)."""
+    return str(getattr(getattr(client, "meta", None), "endpoint_url", None) or "(unknown endpoint)")
+
+
+def _is_connection_error(exc: BaseException) -> bool:
+    """True for botocore's "no answer" errors: refused or closed connections and timeouts."""
+    from botocore.exceptions import ConnectionError as BotoConnectionError
+    from botocore.exceptions import HTTPClientError
+
+    return isinstance(exc, (BotoConnectionError, HTTPClientError))
+
+
 def ensure_table(client: Any, table: str) -> None:
     """Create ``table`` (key user_id S, on-demand) when missing and enable TTL on expires_at.
 
@@ -272,6 +285,44 @@ def iter_items(
             }
 
 
+def shard_ranges(user_ids: pa.Array | pa.ChunkedArray, shards: int) -> list[dict[str, Any]]:
+    """Split the distinct ``user_ids`` into contiguous ranges of the sorted ids, one per shard.
+
+    Returns at most ``shards`` dicts {"shard", "shards", "first", "end", "users"}: a shard
+    holds the ids with ``first <= id < end`` (byte order; None = unbounded) and ``users`` of
+    them. The split depends only on the ids and ``shards``, so a retried shard writes exactly
+    the users it wrote before. Fewer ids than shards give fewer shards (at least one).
+    """
+    if shards < 1:
+        raise ValueError(f"shards must be at least 1, got {shards}")
+    unique = pc.unique(user_ids.combine_chunks() if isinstance(user_ids, pa.ChunkedArray) else user_ids)
+    ids = unique.take(pc.array_sort_indices(unique))
+    count = max(1, min(shards, len(ids)))
+    edges = np.linspace(0, len(ids), count + 1).astype(np.int64).tolist()
+    return [
+        {
+            "shard": i,
+            "shards": count,
+            "first": ids[edges[i]].as_py() if i > 0 else None,
+            "end": ids[edges[i + 1]].as_py() if i < count - 1 else None,
+            "users": edges[i + 1] - edges[i],
+        }
+        for i in range(count)
+    ]
+
+
+def key_range(first: str | None, end: str | None) -> pc.Expression | None:
+    """The filter ``first <= user_id < end`` of one shard (None when unbounded on both sides)."""
+    bounds = []
+    if first is not None:
+        bounds.append(pc.field(KEY) >= first)
+    if end is not None:
+        bounds.append(pc.field(KEY) < end)
+    if not bounds:
+        return None
+    return bounds[0] if len(bounds) == 1 else bounds[0] & bounds[1]
+
+
 def _iso_utc(moment: dt.datetime) -> str:
     if moment.tzinfo is None:
         raise ValueError(f"generated_at must be timezone-aware (UTC), got {moment!r}")
@@ -324,6 +375,12 @@ def write_batch(
             if code not in RETRYABLE_CODES:
                 if code:
                     raise PublicationError(f"writing to DynamoDB table {table} failed: {code}: {exc}") from exc
+                if _is_connection_error(exc):
+                    raise PublicationError(
+                        f"DynamoDB endpoint {endpoint_of(client)} cannot be reached while writing to table {table} "
+                        f"({type(exc).__name__}: {exc}). For DynamoDB Local check 'recsys dynamodb-local status' "
+                        f"and start it; then retry the task (a publish shard rewrites exactly its own users)"
+                    ) from exc
                 raise
             reason = code
         if not requests:
@@ -353,6 +410,7 @@ def publish_recommendations(
     backoff_base: float = 0.05,
     backoff_cap: float = 5.0,
     max_attempts: int = 10,
+    label: str = "publish",
 ) -> dict[str, Any]:
     """Write one item per user of ``recs`` to ``table`` (overwriting what was there).
 
@@ -368,7 +426,7 @@ def publish_recommendations(
     window = 2 * threads
     written = retries = 0
     started = last_log = time.perf_counter()
-    log.info("publish: %d users to DynamoDB table %s, model %s, %d threads", total, table, model_version, threads)
+    log.info("%s: %d users to DynamoDB table %s, model %s, %d threads", label, total, table, model_version, threads)
 
     def collect(done: Iterable[Future[int]]) -> None:
         nonlocal written, retries
@@ -392,8 +450,8 @@ def publish_recommendations(
                 if now - last_log >= log_every:
                     last_log = now
                     log.info(
-                        "publish: %d / %d users written (%.0f%%), %.0f items/s, %d retries",
-                        written, total, 100.0 * written / max(total, 1), written / (now - started), retries,
+                        "%s: %d / %d users written (%.0f%%), %.0f items/s, %d retries",
+                        label, written, total, 100.0 * written / max(total, 1), written / (now - started), retries,
                     )
             collect(wait(futures).done)
         except BaseException:
@@ -402,8 +460,8 @@ def publish_recommendations(
     seconds = time.perf_counter() - started
     rate = written / seconds if seconds > 0 else 0.0
     log.info(
-        "publish: %d items written to %s in %.1f s (%.0f items/s, %d retries), model %s",
-        written, table, seconds, rate, retries, model_version,
+        "%s: %d items written to %s in %.1f s (%.0f items/s, %d retries), model %s",
+        label, written, table, seconds, rate, retries, model_version,
     )
     return {"items": written, "seconds": round(seconds, 3), "items_per_second": round(rate, 1), "retries": retries}
 
