@@ -237,7 +237,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     settings = Settings.from_env()
     print(f"==> [1/4] DynamoDB Local at {settings.dynamodb_endpoint}")
-    print(dynamodb_local.start(settings))
+    # In memory unless asked: publishing to -dbPath (SQLite on disk) is about half as fast,
+    # and the demo's tables only have to outlive the run (the server keeps running after it).
+    print(dynamodb_local.start(settings, in_memory=not args.on_disk))
     marker = settings.demo_dir / "interactions"
     if marker.exists() and any(marker.iterdir()) and not args.regenerate:
         print(f"==> [2/4] demo store already in {settings.demo_dir} (make clean or --regenerate to rebuild)")
@@ -300,6 +302,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="start DynamoDB Local, make demo data, run the DAG, show lookups")
     demo.add_argument("--regenerate", action="store_true", help="rebuild the demo store even if present")
     demo.add_argument("--limit", type=int, default=5, help="items to show per lookup")
+    demo.add_argument("--on-disk", action="store_true",
+                      help="start DynamoDB Local with its data under RECSYS_HOME (survives a restart; publish ~2x slower)")
     demo.set_defaults(func=cmd_demo)
     return parser
 

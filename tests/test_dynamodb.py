@@ -567,3 +567,13 @@ def test_served_marker_never_moves_backwards_unless_forced(dynamodb_client: Any)
     with pytest.raises(ValueError, match="reserved"):
         get_recommendations(dynamodb_client, table, META_KEY)
 
+
+def test_start_in_memory_says_so(tmp_path: Path) -> None:
+    settings = local_settings(tmp_path, f"http://127.0.0.1:{dynamodb_local.free_port()}")
+    try:
+        assert "data in memory only" in dynamodb_local.start(settings, in_memory=True)
+        assert "data in memory only" in dynamodb_local.status(settings)
+    finally:
+        dynamodb_local.stop(settings)
+    assert "-inMemory" in (settings.home / "dynamodb-local.log").read_text()
+    assert not settings.dynamodb_local_dir.exists()
