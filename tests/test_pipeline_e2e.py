@@ -159,7 +159,8 @@ def test_broken_batch_fails_before_anything_is_served(
     assert not str(dag_run.state).endswith("success")
     states = {ti.task_id: str(ti.state) for ti in dag_run.get_task_instances()}
     assert states["validate"].endswith("failed")
-    assert not any(states[t].endswith("success") for t in ("aggregate", "train", "recommend", "publish"))
+    assert not any(states[t].endswith("success") for t in ("aggregate", "train", "recommend", "plan_publish",
+                                                           "publish_shard", "finish_publish"))
     assert not lake.partition_exists(settings.lake, "recommendations", next_day)
     assert scan(dynamodb_client, settings.table, with_meta=True) == served
 
@@ -182,7 +183,8 @@ def test_quality_gate_passes_a_good_model_and_blocks_a_bad_one(
     bad = run_dag(settings, END, {"tuning_grid": "", "regularization": 1e6})
     assert not str(bad.state).endswith("success")
     states = {ti.task_id: str(ti.state) for ti in bad.get_task_instances()}
-    assert states["train"].endswith("failed") and not states["publish"].endswith("success")
+    assert states["train"].endswith("failed")
+    assert not any(states[t].endswith("success") for t in ("plan_publish", "publish_shard", "finish_publish"))
     after = json.loads((lake.partition_dir(settings.lake, "models", END) / "metrics.json").read_text())
     assert after == metrics  # the registry still holds the good model
     assert scan(dynamodb_client, settings.table, with_meta=True) == served  # the storefront keeps its lists

@@ -96,6 +96,16 @@ def first_user(recs: pa.Table) -> str:
 # --------------------------------------------------------------------------- the publisher killed
 
 
+@pytest.fixture
+def serving_v1(dynamodb_endpoint: str, dynamodb_client: Any, tmp_path: Path) -> Settings:
+    """Settings on a fresh table that serves BEFORE's lists (v1), every user published."""
+    settings = lake_with_lists(tmp_path / "home", dynamodb_endpoint, f"faults_{uuid.uuid4().hex[:8]}")
+    publish_all(settings, BEFORE)
+    assert len(versions(dynamodb_client, settings.table)) == USERS + 1
+    assert served(dynamodb_client, settings.table) == (BEFORE.isoformat(), "v1")
+    return settings
+
+
 SHARD_RUNNER = """
 import json, sys
 from recsys import pipeline
@@ -108,14 +118,10 @@ for shard in shards:
 
 
 def test_publisher_killed_mid_publish_then_retried_serves_every_user_the_new_version(
-    dynamodb_endpoint: str, dynamodb_client: Any, tmp_path: Path
+    serving_v1: Settings, dynamodb_endpoint: str, dynamodb_client: Any
 ) -> None:
-    table = f"faults_{uuid.uuid4().hex[:8]}"
-    settings = lake_with_lists(tmp_path / "home", dynamodb_endpoint, table)
-    publish_all(settings, BEFORE)
+    settings, table = serving_v1, serving_v1.table
     users = set(versions(dynamodb_client, table))
-    assert len(users) == USERS + 1 and served(dynamodb_client, table) == (BEFORE.isoformat(), "v1")
-
     shards = pipeline.plan_publish(settings, DAY)
     assert [s["shard"] for s in shards] == [0, 1, 2] and sum(s["users"] for s in shards) == USERS + 1
     # The shard tasks run in a process of their own (as a task does), one thread: slow enough to kill.
@@ -158,20 +164,16 @@ def test_publisher_killed_mid_publish_then_retried_serves_every_user_the_new_ver
     assert len(generated) == 1, "a retried shard must write the plan's timestamps, not new ones"
 
 
-def test_a_retried_shard_rewrites_exactly_its_own_users(
-    dynamodb_endpoint: str, dynamodb_client: Any, tmp_path: Path
-) -> None:
-    table = f"faults_{uuid.uuid4().hex[:8]}"
-    settings = lake_with_lists(tmp_path / "home", dynamodb_endpoint, table)
-    publish_all(settings, BEFORE)
+def test_a_retried_shard_rewrites_exactly_its_own_users(serving_v1: Settings, dynamodb_client: Any) -> None:
+    settings = serving_v1
     shards = pipeline.plan_publish(settings, DAY)
     pipeline.publish_shard(settings, DAY, shards[1])
-    now = versions(dynamodb_client, table)
+    now = versions(dynamodb_client, settings.table)
     middle = {u for u, v in now.items() if v == "v2"}
     assert len(middle) == shards[1]["users"]
     assert all(shards[1]["first"] <= u < shards[1]["end"] for u in middle)
     pipeline.publish_shard(settings, DAY, shards[1])  # the retry
-    assert versions(dynamodb_client, table) == now
+    assert versions(dynamodb_client, settings.table) == now
 
 
 # --------------------------------------------------------------------------- DynamoDB Local stopped
