@@ -6,8 +6,11 @@ Turns one day of storefront events into a fresh top-20 list for every user in Dy
 `extract` → `validate` (Great Expectations) → `aggregate` (DuckDB, `sql/*.sql`) →
 `tune` (one mapped task per candidate setting, scored on the held-out newest days) →
 `train` (the best candidate, gated against popularity, retrained on the whole window) → `recommend` →
-`publish` (DynamoDB; skipped for backfill runs and for dates older than the one served,
-unless the `force_publish` Param is set) → `verify`.
+`plan_publish` (skips backfill runs and dates older than the one served, unless the
+`force_publish` Param is set; else splits the users into `publish_shards` ranges) →
+`publish_shard` (one mapped task per shard, in the Airflow pool `recsys_dynamodb` or
+`RECSYS_PUBLISH_POOL`, which bounds how many write to DynamoDB at once) →
+`finish_publish` (marks the run served in `__meta__` once every shard succeeded) → `verify`.
 
 Each task reads and writes only its own lake partition `dt=<run date>`, so a rerun of a
 date replaces that date and nothing else. The run date is the data interval start; a manual
@@ -20,6 +23,8 @@ from __future__ import annotations
 import datetime as dt
 
 from airflow.sdk import Param, dag, get_current_context, task
+
+from recsys.config import publish_pool_from_env
 
 DEFAULT_ARGS = {
     "owner": "recsys",
@@ -50,6 +55,7 @@ DEFAULT_ARGS = {
         "recency_half_life_days": Param(None, type=["null", "number"], minimum=0, description="Older events count less (0 = off)"),
         "force_publish": Param(False, type="boolean", description="Publish even if the table serves a newer run date"),
         "tuning_grid": Param(None, type=["null", "string"], description="Candidates tried each night, e.g. factors=32,64;alpha=2,10 (empty: no tuning)"),
+        "publish_shards": Param(None, type=["null", "integer"], minimum=1, description="Publish tasks the users are split into (default RECSYS_PUBLISH_SHARDS)"),
     },
 )
 def recsys_nightly() -> None:
@@ -99,10 +105,22 @@ def recsys_nightly() -> None:
         return run_stage("recommend")
 
     @task
-    def publish(recommended: dict) -> dict:
+    def plan_publish(recommended: dict) -> list[dict]:
         from recsys.runtime import run_stage
 
-        return run_stage("publish")
+        return run_stage("plan_publish")
+
+    @task(pool=publish_pool_from_env())
+    def publish_shard(shard: dict) -> dict:
+        from recsys.runtime import run_stage
+
+        return run_stage("publish_shard", shard)
+
+    @task
+    def finish_publish(shards: list[dict], results: list[dict]) -> dict:
+        from recsys.runtime import run_stage
+
+        return run_stage("finish_publish", list(shards), list(results))
 
     @task
     def verify(published: dict) -> dict:
@@ -112,7 +130,8 @@ def recsys_nightly() -> None:
 
     aggregated = aggregate(validate(extract()))
     results = tune.expand(candidate=candidates(aggregated))
-    verify(publish(recommend(train(results))))
+    shards = plan_publish(recommend(train(results)))
+    verify(finish_publish(shards, publish_shard.expand(shard=shards)))
 
 
 recsys_nightly()

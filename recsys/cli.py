@@ -57,6 +57,48 @@ def migrate_airflow_db(settings: Settings) -> None:
     log.info("Airflow metadata database ready in %.1f s (AIRFLOW_HOME=%s)", time.perf_counter() - started, env["AIRFLOW_HOME"])
 
 
+def ensure_publish_pool(settings: Settings) -> str:
+    """Create the Airflow pool the publish shards run in, with ``publish_pool_slots`` slots,
+    unless it exists (its slots are then left as an operator set them). Returns what was done.
+
+    A scheduler never starts a task whose pool is missing (it only logs a warning), so every
+    Airflow metadata database recsys runs against needs the pool: ``recsys run`` and
+    ``recsys demo`` call this; a deployment runs ``recsys pool`` once (docker-compose's
+    airflow-init does). ``dag.test()`` itself ignores pools.
+    """
+    from airflow.models.pool import Pool
+    from airflow.utils.session import create_session
+
+    with create_session() as session:
+        pool = Pool.get_pool(settings.publish_pool, session=session)
+        if pool is not None:
+            line = f"Airflow pool {settings.publish_pool} exists with {pool.slots} slot(s)"
+            if pool.slots != settings.publish_pool_slots:
+                line += (f" (RECSYS_PUBLISH_POOL_SLOTS={settings.publish_pool_slots} only sizes a new pool; "
+                         f"resize with 'airflow pools set {settings.publish_pool} N \"...\"')")
+        else:
+            Pool.create_or_update_pool(
+                settings.publish_pool,
+                settings.publish_pool_slots,
+                "recsys: publish shards writing to DynamoDB at once (RECSYS_PUBLISH_POOL_SLOTS)",
+                False,
+                session=session,
+            )
+            line = f"Airflow pool {settings.publish_pool} created with {settings.publish_pool_slots} slot(s)"
+    log.info("%s", line)
+    return line
+
+
+def cmd_pool(args: argparse.Namespace) -> int:
+    settings = Settings.from_env()
+    if args.migrate:
+        migrate_airflow_db(settings)
+    else:
+        configure_airflow(settings)
+    print(ensure_publish_pool(settings))
+    return 0
+
+
 def load_dag() -> Any:
     """Import the DAG file the scheduler would parse; raises when it has import errors."""
     from airflow.dag_processing.dagbag import DagBag
@@ -109,24 +151,48 @@ def run_dag(settings: Settings, day: dt.date, conf: dict[str, Any] | None = None
     """Run the nightly DAG for ``day`` with Airflow's ``dag.test()``; returns the DagRun."""
     configure_airflow(settings)
     migrate_airflow_db(settings)
+    ensure_publish_pool(settings)
     dag = load_dag()
     logical = dt.datetime.combine(day, dt.time(), tzinfo=dt.timezone.utc)
     log.info("running %s for %s (lake %s, table %s)", DAG_ID, day, settings.lake, settings.table)
     return dag.test(logical_date=logical, run_conf=conf or {})
 
 
+PUBLISH_TASKS = ("plan_publish", "publish_shard", "finish_publish")
+
+
 def stage_times(dag_run: Any) -> str:
-    """A table of the run's tasks: state and seconds (mapped tasks summed, with their count)."""
-    totals: dict[str, list[Any]] = {}
+    """A table of the run's tasks: state, seconds of work and wall seconds.
+
+    Mapped tasks are one row with their count: ``seconds`` sums the instances, ``wall`` runs
+    from the first start to the last end (under a scheduler shards overlap, so wall < seconds;
+    ``dag.test()`` runs them one after another). A last row ``publish (all)`` spans the three
+    publish tasks, so the table still shows what publishing cost in all.
+    """
+    rows: dict[str, dict[str, Any]] = {}
     for ti in sorted(dag_run.get_task_instances(), key=lambda t: (t.start_date or dag_run.start_date, t.map_index)):
-        seconds = (ti.end_date - ti.start_date).total_seconds() if ti.start_date and ti.end_date else 0.0
-        entry = totals.setdefault(ti.task_id, [0.0, 0, str(ti.state).rsplit(".", 1)[-1].lower()])
-        entry[0] += seconds
-        entry[1] += 1
-    lines = [f"    {'task':<12} {'state':<15} {'seconds':>8}"]
-    for task_id, (seconds, count, state) in totals.items():
-        name = f"{task_id} x{count}" if count > 1 else task_id
-        lines.append(f"    {name:<12} {state:<15} {seconds:>8.1f}")
+        row = rows.setdefault(ti.task_id, {"seconds": 0.0, "count": 0, "starts": [], "ends": [], "states": set()})
+        if ti.start_date and ti.end_date:
+            row["seconds"] += (ti.end_date - ti.start_date).total_seconds()
+            row["starts"].append(ti.start_date)
+            row["ends"].append(ti.end_date)
+        row["count"] += 1
+        row["states"].add(str(ti.state).rsplit(".", 1)[-1].lower())
+    publish = [rows[t] for t in PUBLISH_TASKS if t in rows]
+    if publish:
+        rows["publish (all)"] = {
+            "seconds": sum(r["seconds"] for r in publish),
+            "count": 1,
+            "starts": [s for r in publish for s in r["starts"]],
+            "ends": [e for r in publish for e in r["ends"]],
+            "states": {s for r in publish for s in r["states"]},
+        }
+    lines = [f"    {'task':<20} {'state':<15} {'seconds':>8} {'wall':>8}"]
+    for task_id, row in rows.items():
+        name = f"{task_id} x{row['count']}" if row["count"] > 1 else task_id
+        wall = (max(row["ends"]) - min(row["starts"])).total_seconds() if row["starts"] else 0.0
+        state = "/".join(sorted(row["states"]))
+        lines.append(f"    {name:<20} {state:<15} {row['seconds']:>8.1f} {wall:>8.1f}")
     return "\n".join(lines)
 
 
@@ -193,7 +259,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     settings = Settings.from_env()
     print(f"==> [1/4] DynamoDB Local at {settings.dynamodb_endpoint}")
-    print(dynamodb_local.start(settings))
+    # In memory unless asked: publishing to -dbPath (SQLite on disk) is about half as fast,
+    # and the demo's tables only have to outlive the run (the server keeps running after it).
+    print(dynamodb_local.start(settings, in_memory=not args.on_disk))
     marker = settings.demo_dir / "interactions"
     if marker.exists() and any(marker.iterdir()) and not args.regenerate:
         print(f"==> [2/4] demo store already in {settings.demo_dir} (make clean or --regenerate to rebuild)")
@@ -242,6 +310,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--conf", help="JSON of DAG Params for this run, e.g. '{\"factors\": 128}'")
     run.set_defaults(func=cmd_run)
 
+    pool = sub.add_parser("pool", help="create the Airflow pool of the publish shards unless it exists")
+    pool.add_argument("--migrate", action="store_true", help="create or upgrade the Airflow metadata DB first")
+    pool.set_defaults(func=cmd_pool)
+
     lookup = sub.add_parser("lookup", help="what the storefront gets for a user (GetItem, falls back to __popular__)")
     lookup.add_argument("user_id")
     lookup.add_argument("--json", action="store_true", help="print JSON")
@@ -252,6 +324,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="start DynamoDB Local, make demo data, run the DAG, show lookups")
     demo.add_argument("--regenerate", action="store_true", help="rebuild the demo store even if present")
     demo.add_argument("--limit", type=int, default=5, help="items to show per lookup")
+    demo.add_argument("--on-disk", action="store_true",
+                      help="start DynamoDB Local with its data under RECSYS_HOME (survives a restart; publish ~2x slower)")
     demo.set_defaults(func=cmd_demo)
     return parser
 

@@ -35,6 +35,7 @@ TUNABLE: dict[str, type] = {
 }
 WEIGHTINGS = ("log", "bm25")
 DEFAULT_TUNING_GRID = "factors=16,64,128;alpha=2,10;weighting=log,bm25"
+DEFAULT_PUBLISH_POOL = "recsys_dynamodb"
 
 
 class ConfigError(ValueError):
@@ -68,6 +69,16 @@ def parse_grid(text: str) -> dict[str, list[float | int]]:
         except ValueError:
             raise ConfigError(f"tuning grid {text!r}: values of {name} must be numbers, got {values!r}") from None
     return grid
+
+
+def publish_pool_from_env(env: Mapping[str, str] | None = None) -> str:
+    """The Airflow pool the publish shards run in: ``RECSYS_PUBLISH_POOL`` or ``recsys_dynamodb``.
+
+    A function of its own because the DAG file needs the name when it is parsed, without
+    building (and possibly failing on) the whole settings object.
+    """
+    env = os.environ if env is None else env
+    return (env.get("RECSYS_PUBLISH_POOL") or "").strip() or DEFAULT_PUBLISH_POOL
 
 
 def _parse_weights(text: str) -> dict[str, float]:
@@ -118,6 +129,9 @@ class Settings:
     table: str = "recsys_user_recommendations"
     ttl_days: int = 14
     publish_threads: int = 8
+    publish_shards: int = 4
+    publish_pool: str = DEFAULT_PUBLISH_POOL
+    publish_pool_slots: int = 4
     verify_sample: int = 200
     cache_dir: Path = Path.home() / ".cache" / "recsys"
 
@@ -167,6 +181,7 @@ class Settings:
             catalog=catalog,
             dynamodb_endpoint=endpoint,
             cache_dir=Path(cache),
+            publish_pool=publish_pool_from_env(env),
         )
         if env.get("RECSYS_EVENT_WEIGHTS"):
             values["event_weights"] = _parse_weights(env["RECSYS_EVENT_WEIGHTS"])
@@ -196,6 +211,8 @@ class Settings:
             "RECSYS_TABLE": "table",
             "RECSYS_TTL_DAYS": "ttl_days",
             "RECSYS_PUBLISH_THREADS": "publish_threads",
+            "RECSYS_PUBLISH_SHARDS": "publish_shards",
+            "RECSYS_PUBLISH_POOL_SLOTS": "publish_pool_slots",
             "RECSYS_VERIFY_SAMPLE": "verify_sample",
         }
         for variable, name in simple.items():
@@ -251,6 +268,9 @@ class Settings:
             raise ConfigError(f"exclude_seen must be 'all' or 'purchased', got {settings.exclude_seen!r}")
         if settings.max_per_category < 0:
             raise ConfigError(f"max_per_category must be 0 (off) or more, got {settings.max_per_category}")
+        for name in ("publish_threads", "publish_shards", "publish_pool_slots"):
+            if getattr(settings, name) < 1:
+                raise ConfigError(f"{name} must be at least 1, got {getattr(settings, name)}")
         if not 0.0 <= settings.max_bad_share < 1.0:
             raise ConfigError(f"max_bad_share must be in [0, 1), got {settings.max_bad_share}")
         if not 0.0 <= settings.volume_min_ratio <= 1.0 <= settings.volume_max_ratio:

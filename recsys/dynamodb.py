@@ -108,6 +108,19 @@ def _error_code(exc: BaseException) -> str:
     return str(response.get("Error", {}).get("Code", ""))
 
 
+def endpoint_of(client: Any) -> str:
+    """The URL a client talks to (for error messages)."""
+    return str(getattr(getattr(client, "meta", None), "endpoint_url", None) or "(unknown endpoint)")
+
+
+def _is_connection_error(exc: BaseException) -> bool:
+    """True for botocore's "no answer" errors: refused or closed connections and timeouts."""
+    from botocore.exceptions import ConnectionError as BotoConnectionError
+    from botocore.exceptions import HTTPClientError
+
+    return isinstance(exc, (BotoConnectionError, HTTPClientError))
+
+
 def ensure_table(client: Any, table: str) -> None:
     """Create ``table`` (key user_id S, on-demand) when missing and enable TTL on expires_at.
 
@@ -175,10 +188,14 @@ def _ensure_ttl(client: Any, table: str) -> None:
 # --------------------------------------------------------------------------- items
 
 
-def _format_number(value: float) -> str:
-    # Seven significant digits keep a score within 5e-7 relative (float32 carries about seven);
-    # DynamoDB rejects magnitudes below 1e-130.
-    return "0" if abs(value) < 1e-130 else f"{value:.7g}"
+def _format_scores(scores: pa.ChunkedArray | pa.Array) -> list[str]:
+    """Scores as DynamoDB numbers: seven significant digits keep a score within 5e-7 relative
+    (float32 carries about seven); DynamoDB rejects magnitudes below 1e-130, written as 0."""
+    values = scores.to_numpy().astype(np.float64)
+    text = list(map("{:.7g}".format, values.tolist()))
+    for index in np.flatnonzero(np.abs(values) < 1e-130).tolist():
+        text[index] = "0"
+    return text
 
 
 def _grouped(recs: pa.Table) -> tuple[pa.Table, np.ndarray]:
@@ -256,20 +273,54 @@ def iter_items(
         offset, end = int(chunk_bounds[0]), int(chunk_bounds[-1])
         rows = recs.slice(offset, end - offset)
         users = rows["user_id"].to_pylist()
-        item_ids = rows["item_id"].to_pylist()
-        scores = [_format_number(s) for s in rows["score"].to_numpy().astype(np.float64).tolist()]
+        # Building these small dicts is most of the Python cost of a publish: one flat pass
+        # over the chunk's rows, then a slice per user, is about 15% cheaper than a
+        # comprehension per user.
+        entries = [
+            {"M": {"item_id": {"S": item_id}, "score": {"N": score}}}
+            for item_id, score in zip(rows["item_id"].to_pylist(), _format_scores(rows["score"]))
+        ]
         local = (chunk_bounds - offset).tolist()
         for start, stop in zip(local[:-1], local[1:]):
-            yield {
-                KEY: {"S": users[start]},
-                "items": {
-                    "L": [
-                        {"M": {"item_id": {"S": item_id}, "score": {"N": score}}}
-                        for item_id, score in zip(item_ids[start:stop], scores[start:stop])
-                    ]
-                },
-                **common,
-            }
+            yield {KEY: {"S": users[start]}, "items": {"L": entries[start:stop]}, **common}
+
+
+def shard_ranges(user_ids: pa.Array | pa.ChunkedArray, shards: int) -> list[dict[str, Any]]:
+    """Split the distinct ``user_ids`` into contiguous ranges of the sorted ids, one per shard.
+
+    Returns at most ``shards`` dicts {"shard", "shards", "first", "end", "users"}: a shard
+    holds the ids with ``first <= id < end`` (byte order; None = unbounded) and ``users`` of
+    them. The split depends only on the ids and ``shards``, so a retried shard writes exactly
+    the users it wrote before. Fewer ids than shards give fewer shards (at least one).
+    """
+    if shards < 1:
+        raise ValueError(f"shards must be at least 1, got {shards}")
+    unique = pc.unique(user_ids.combine_chunks() if isinstance(user_ids, pa.ChunkedArray) else user_ids)
+    ids = unique.take(pc.array_sort_indices(unique))
+    count = max(1, min(shards, len(ids)))
+    edges = np.linspace(0, len(ids), count + 1).astype(np.int64).tolist()
+    return [
+        {
+            "shard": i,
+            "shards": count,
+            "first": ids[edges[i]].as_py() if i > 0 else None,
+            "end": ids[edges[i + 1]].as_py() if i < count - 1 else None,
+            "users": edges[i + 1] - edges[i],
+        }
+        for i in range(count)
+    ]
+
+
+def key_range(first: str | None, end: str | None) -> pc.Expression | None:
+    """The filter ``first <= user_id < end`` of one shard (None when unbounded on both sides)."""
+    bounds = []
+    if first is not None:
+        bounds.append(pc.field(KEY) >= first)
+    if end is not None:
+        bounds.append(pc.field(KEY) < end)
+    if not bounds:
+        return None
+    return bounds[0] if len(bounds) == 1 else bounds[0] & bounds[1]
 
 
 def _iso_utc(moment: dt.datetime) -> str:
@@ -324,6 +375,12 @@ def write_batch(
             if code not in RETRYABLE_CODES:
                 if code:
                     raise PublicationError(f"writing to DynamoDB table {table} failed: {code}: {exc}") from exc
+                if _is_connection_error(exc):
+                    raise PublicationError(
+                        f"DynamoDB endpoint {endpoint_of(client)} cannot be reached while writing to table {table} "
+                        f"({type(exc).__name__}: {exc}). For DynamoDB Local check 'recsys dynamodb-local status' "
+                        f"and start it; then retry the task (a publish shard rewrites exactly its own users)"
+                    ) from exc
                 raise
             reason = code
         if not requests:
@@ -353,6 +410,7 @@ def publish_recommendations(
     backoff_base: float = 0.05,
     backoff_cap: float = 5.0,
     max_attempts: int = 10,
+    label: str = "publish",
 ) -> dict[str, Any]:
     """Write one item per user of ``recs`` to ``table`` (overwriting what was there).
 
@@ -368,7 +426,7 @@ def publish_recommendations(
     window = 2 * threads
     written = retries = 0
     started = last_log = time.perf_counter()
-    log.info("publish: %d users to DynamoDB table %s, model %s, %d threads", total, table, model_version, threads)
+    log.info("%s: %d users to DynamoDB table %s, model %s, %d threads", label, total, table, model_version, threads)
 
     def collect(done: Iterable[Future[int]]) -> None:
         nonlocal written, retries
@@ -392,8 +450,8 @@ def publish_recommendations(
                 if now - last_log >= log_every:
                     last_log = now
                     log.info(
-                        "publish: %d / %d users written (%.0f%%), %.0f items/s, %d retries",
-                        written, total, 100.0 * written / max(total, 1), written / (now - started), retries,
+                        "%s: %d / %d users written (%.0f%%), %.0f items/s, %d retries",
+                        label, written, total, 100.0 * written / max(total, 1), written / (now - started), retries,
                     )
             collect(wait(futures).done)
         except BaseException:
@@ -402,8 +460,8 @@ def publish_recommendations(
     seconds = time.perf_counter() - started
     rate = written / seconds if seconds > 0 else 0.0
     log.info(
-        "publish: %d items written to %s in %.1f s (%.0f items/s, %d retries), model %s",
-        written, table, seconds, rate, retries, model_version,
+        "%s: %d items written to %s in %.1f s (%.0f items/s, %d retries), model %s",
+        label, written, table, seconds, rate, retries, model_version,
     )
     return {"items": written, "seconds": round(seconds, 3), "items_per_second": round(rate, 1), "retries": retries}
 
@@ -550,57 +608,74 @@ def mark_served(client: Any, table: str, *, run_date: dt.date, model_version: st
 # --------------------------------------------------------------------------- the storefront read path
 
 
+def _checked_key(kind: str, value: Any, prefix: str = "") -> str:
+    """``prefix + value`` as a table key.
+
+    Raises ValueError naming ``kind`` (user_id, item_id) for an empty or non-string value,
+    text that is not valid Unicode, or a key over DynamoDB's 2,048 bytes in UTF-8.
+    """
+    if not isinstance(value, str) or not value:
+        raise ValueError(f"{kind} must be a non-empty string")
+    key = prefix + value
+    try:
+        size = len(key.encode("utf-8"))
+    except UnicodeEncodeError:
+        raise ValueError(f"{kind} {value!r} is not valid Unicode text") from None
+    if size > MAX_KEY_BYTES:
+        within = f"with the {prefix!r} prefix DynamoDB keys allow at most" if prefix else "DynamoDB keys are at most"
+        raise ValueError(
+            f"{kind} is {size - len(prefix.encode())} bytes in UTF-8; {within} {MAX_KEY_BYTES - len(prefix.encode())} bytes"
+        )
+    return key
+
+
+def _read_item(client: Any, table: str, key: str) -> Item | None:
+    """One GetItem (eventually consistent: the storefront path); LookupError when the table is missing."""
+    try:
+        item: Item | None = client.get_item(TableName=table, Key={KEY: {"S": key}}).get("Item")
+    except client.exceptions.ResourceNotFoundException:
+        raise LookupError(
+            f"DynamoDB table {table} does not exist: nothing has been published yet "
+            f"(run the nightly DAG, e.g. 'recsys run --date latest')"
+        ) from None
+    return item
+
+
+def _served_list(item: Item, limit: int) -> dict[str, Any]:
+    """The public shape of a stored list: items (best first, at most ``limit``), model_version, generated_at."""
+    entries = item.get("items", {}).get("L", [])[:limit]
+    return {
+        "items": [{"item_id": e["M"]["item_id"]["S"], "score": float(e["M"]["score"]["N"])} for e in entries],
+        "model_version": item.get("model_version", {}).get("S", ""),
+        "generated_at": item.get("generated_at", {}).get("S", ""),
+    }
+
+
 def get_recommendations(client: Any, table: str, user_id: str, limit: int = 20) -> dict[str, Any]:
     """What the storefront shows ``user_id``: their list, or ``__popular__`` when unknown.
 
-    One GetItem (two on a miss). Returns {"user_id", "items": [{"item_id", "score"}],
-    "model_version", "generated_at", "source": "user" | "popular"}. Raises ValueError for
-    an empty id, one over 2,048 bytes UTF-8 or a limit below 1; LookupError when neither
-    the user nor ``__popular__`` is in the table (nothing published yet).
+    One GetItem (two on a miss); the caller bounds the time with the client's timeouts
+    (``make_client(timeout=...)``) and, in ``recsys serve``, a deadline per request.
+    Returns {"user_id", "items": [{"item_id", "score"}], "model_version", "generated_at",
+    "source": "user" | "popular"}. Raises ValueError for an empty id, one over 2,048 bytes
+    UTF-8, the reserved ``__meta__`` or a limit below 1; LookupError when neither the user
+    nor ``__popular__`` is in the table (nothing published yet).
     """
-    if not isinstance(user_id, str) or not user_id:
-        raise ValueError("user_id must be a non-empty string")
-    try:
-        size = len(user_id.encode("utf-8"))
-    except UnicodeEncodeError:
-        raise ValueError(f"user_id {user_id!r} is not valid Unicode text") from None
-    if size > MAX_KEY_BYTES:
-        raise ValueError(f"user_id is {size} bytes in UTF-8; DynamoDB keys are at most {MAX_KEY_BYTES} bytes")
+    key = _checked_key("user_id", user_id)
     if limit < 1:
         raise ValueError(f"limit must be at least 1, got {limit}")
-    if user_id == META_KEY:
+    if key == META_KEY:
         raise ValueError(f"user_id {META_KEY!r} is reserved for the table's own bookkeeping")
-
-    def read(key: str) -> Item | None:
-        try:
-            response = client.get_item(TableName=table, Key={KEY: {"S": key}})
-        except client.exceptions.ResourceNotFoundException:
-            raise LookupError(
-                f"DynamoDB table {table} does not exist: nothing has been published yet "
-                f"(run the nightly DAG, e.g. 'recsys run --date latest')"
-            ) from None
-        item: Item | None = response.get("Item")
-        return item
-
-    if user_id == POPULAR_USER_ID:
-        item, source = read(POPULAR_USER_ID), "popular"
-    else:
-        item, source = read(user_id), "user"
-        if item is None:
-            item, source = read(POPULAR_USER_ID), "popular"
+    item = _read_item(client, table, key)
+    source = "popular" if key == POPULAR_USER_ID else "user"
+    if item is None and source == "user":
+        item, source = _read_item(client, table, POPULAR_USER_ID), "popular"
     if item is None:
         raise LookupError(
             f"DynamoDB table {table} has neither user {user_id!r} nor the fallback {POPULAR_USER_ID!r}: the table "
             f"has not been published yet (run the nightly DAG, e.g. 'recsys run --date latest')"
         )
-    entries = item.get("items", {}).get("L", [])[:limit]
-    return {
-        "user_id": user_id,
-        "items": [{"item_id": e["M"]["item_id"]["S"], "score": float(e["M"]["score"]["N"])} for e in entries],
-        "model_version": item.get("model_version", {}).get("S", ""),
-        "generated_at": item.get("generated_at", {}).get("S", ""),
-        "source": source,
-    }
+    return {"user_id": user_id, **_served_list(item, limit), "source": source}
 
 
 def get_similar_items(client: Any, table: str, item_id: str, limit: int = 20) -> dict[str, Any] | None:
@@ -610,33 +685,8 @@ def get_similar_items(client: Any, table: str, item_id: str, limit: int = 20) ->
     "generated_at"}, or None when the item has no list. Raises ValueError for an empty id, a
     key over 2,048 bytes UTF-8 or a limit below 1; LookupError when the table does not exist.
     """
-    if not isinstance(item_id, str) or not item_id:
-        raise ValueError("item_id must be a non-empty string")
-    key = f"item#{item_id}"
-    try:
-        size = len(key.encode("utf-8"))
-    except UnicodeEncodeError:
-        raise ValueError(f"item_id {item_id!r} is not valid Unicode text") from None
-    if size > MAX_KEY_BYTES:
-        raise ValueError(
-            f"item_id is {size - 5} bytes in UTF-8; with the 'item#' prefix DynamoDB keys allow at most "
-            f"{MAX_KEY_BYTES - 5} bytes"
-        )
+    key = _checked_key("item_id", item_id, prefix="item#")
     if limit < 1:
         raise ValueError(f"limit must be at least 1, got {limit}")
-    try:
-        item: Item | None = client.get_item(TableName=table, Key={KEY: {"S": key}}).get("Item")
-    except client.exceptions.ResourceNotFoundException:
-        raise LookupError(
-            f"DynamoDB table {table} does not exist: nothing has been published yet "
-            f"(run the nightly DAG, e.g. 'recsys run --date latest')"
-        ) from None
-    if item is None:
-        return None
-    entries = item.get("items", {}).get("L", [])[:limit]
-    return {
-        "item_id": item_id,
-        "items": [{"item_id": e["M"]["item_id"]["S"], "score": float(e["M"]["score"]["N"])} for e in entries],
-        "model_version": item.get("model_version", {}).get("S", ""),
-        "generated_at": item.get("generated_at", {}).get("S", ""),
-    }
+    item = _read_item(client, table, key)
+    return None if item is None else {"item_id": item_id, **_served_list(item, limit)}

@@ -88,12 +88,15 @@ def write_partition(
     return path
 
 
-def read_partition(lake: str | Path, dataset: str, day: dt.date) -> pa.Table:
-    """Read a partition's data file; raises FileNotFoundError naming the partition."""
+def read_partition(
+    lake: str | Path, dataset: str, day: dt.date, *, columns: list[str] | None = None, filters: Any = None
+) -> pa.Table:
+    """Read a partition's data file (only ``columns``, only rows matching the Arrow expression
+    ``filters`` when given); raises FileNotFoundError naming the partition."""
     path = partition_file(lake, dataset, day)
     if not path.exists():
         raise FileNotFoundError(f"partition {partition_dir(lake, dataset, day)} is missing (no {DATA_FILE})")
-    return pq.read_table(path)
+    return pq.read_table(path, columns=columns, filters=filters)
 
 
 def write_json(path: Path, content: Any) -> None:

@@ -22,7 +22,14 @@ PARAM_FIELDS = (
     "iterations",
     "recency_half_life_days",
     "tuning_grid",
+    "publish_shards",
 )
+
+# Stages that also need to know what kind of run this is: keyword -> how it is read.
+RUN_FLAGS: dict[str, tuple[str, ...]] = {
+    "plan_publish": ("is_backfill", "force"),
+    "finish_publish": ("force",),
+}
 
 
 def resolve_run_date(context: Mapping[str, Any]) -> dt.date:
@@ -75,9 +82,10 @@ def run_stage(name: str, *args: Any) -> Any:
     log.info("stage %s for run date %s", name, day)
     stage = getattr(ingest, name, None) or getattr(pipeline, name)
     try:
-        if name == "publish":
-            force = bool((context.get("params") or {}).get("force_publish"))
-            return stage(settings, day, *args, is_backfill=is_backfill(context), force=force)
-        return stage(settings, day, *args)
+        flags = {
+            "is_backfill": lambda: is_backfill(context),
+            "force": lambda: bool((context.get("params") or {}).get("force_publish")),
+        }
+        return stage(settings, day, *args, **{flag: flags[flag]() for flag in RUN_FLAGS.get(name, ())})
     except (ValueError, LookupError, FileNotFoundError, pipeline.QualityGateError) as exc:
         raise AirflowFailException(f"{name} failed for {day}: {type(exc).__name__}: {exc}") from exc

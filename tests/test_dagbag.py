@@ -38,10 +38,25 @@ def test_policy_for_every_dag(dagbag) -> None:  # type: ignore[no-untyped-def]
 
 def test_nightly_dag_shape(dagbag) -> None:  # type: ignore[no-untyped-def]
     dag = dagbag.get_dag("recsys_nightly")
-    order = ["extract", "validate", "aggregate", "candidates", "tune", "train", "recommend", "publish", "verify"]
+    order = ["extract", "validate", "aggregate", "candidates", "tune", "train", "recommend", "plan_publish", "publish_shard"]
     for upstream, downstream in zip(order, order[1:]):
         assert dag.get_task(downstream).upstream_task_ids == {upstream}
-    assert {"window_days", "factors", "run_date"} <= set(dag.params.keys())
+    # __meta__ is written only after the plan and every shard; verify reads what that reports.
+    assert dag.get_task("finish_publish").upstream_task_ids == {"plan_publish", "publish_shard"}
+    assert dag.get_task("verify").upstream_task_ids == {"finish_publish"}
+    assert {"window_days", "factors", "run_date", "force_publish", "publish_shards"} <= set(dag.params.keys())
+
+
+def test_publish_shards_are_mapped_and_run_in_the_dynamodb_pool(dagbag) -> None:  # type: ignore[no-untyped-def]
+    from airflow.sdk.definitions.mappedoperator import MappedOperator
+
+    from recsys.config import Settings
+
+    dag = dagbag.get_dag("recsys_nightly")
+    shard = dag.get_task("publish_shard")
+    assert isinstance(shard, MappedOperator)
+    assert shard.pool == Settings.from_env().publish_pool == "recsys_dynamodb"
+    assert all(t.pool != "recsys_dynamodb" for t in dag.tasks if t.task_id != "publish_shard")
 
 
 def test_parsing_imports_nothing_heavy() -> None:

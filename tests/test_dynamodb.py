@@ -220,6 +220,38 @@ def test_iter_items_rejects_bad_rows(column: str, values: list[Any], message: st
         list(dynamodb.iter_items(pa.table(columns), model_version="m", generated_at=GENERATED_AT, expires_at=1))
 
 
+@pytest.mark.parametrize("shards", [1, 3, 4, 7])
+def test_shard_ranges_split_the_users_into_contiguous_ranges_once_each(shards: int) -> None:
+    recs = make_recs(30, seed=8)  # 31 ids incl. __popular__, rows shuffled
+    ranges = dynamodb.shard_ranges(recs["user_id"], shards)
+    assert [r["shard"] for r in ranges] == list(range(shards)) and {r["shards"] for r in ranges} == {shards}
+    assert ranges[0]["first"] is None and ranges[-1]["end"] is None
+    assert all(a["end"] == b["first"] for a, b in zip(ranges, ranges[1:]))
+    owners: dict[str, list[int]] = {}
+    for r in ranges:
+        where = dynamodb.key_range(r["first"], r["end"])
+        mine = set((recs if where is None else recs.filter(where))["user_id"].to_pylist())
+        assert len(mine) == r["users"]
+        for user in mine:
+            owners.setdefault(user, []).append(r["shard"])
+    assert set(owners) == set(recs["user_id"].to_pylist()) and all(len(o) == 1 for o in owners.values())
+    sizes = [r["users"] for r in ranges]
+    assert max(sizes) - min(sizes) <= 1
+    assert dynamodb.shard_ranges(recs["user_id"].take(pa.array(np.arange(recs.num_rows)[::-1])), shards) == ranges
+
+
+def test_shard_ranges_of_few_users() -> None:
+    assert dynamodb.shard_ranges(pa.array(["b", "a", "b"]), 4) == [
+        {"shard": 0, "shards": 2, "first": None, "end": "b", "users": 1},
+        {"shard": 1, "shards": 2, "first": "b", "end": None, "users": 1},
+    ]
+    assert dynamodb.shard_ranges(pa.array([], pa.string()), 4) == [
+        {"shard": 0, "shards": 1, "first": None, "end": None, "users": 0}
+    ]
+    with pytest.raises(ValueError, match="shards must be at least 1"):
+        dynamodb.shard_ranges(pa.array(["a"]), 0)
+
+
 # --------------------------------------------------------------------------- publish
 
 
@@ -534,3 +566,14 @@ def test_served_marker_never_moves_backwards_unless_forced(dynamodb_client: Any)
     assert read_served(dynamodb_client, table)["model_version"] == "v4"  # type: ignore[index]
     with pytest.raises(ValueError, match="reserved"):
         get_recommendations(dynamodb_client, table, META_KEY)
+
+
+def test_start_in_memory_says_so(tmp_path: Path) -> None:
+    settings = local_settings(tmp_path, f"http://127.0.0.1:{dynamodb_local.free_port()}")
+    try:
+        assert "data in memory only" in dynamodb_local.start(settings, in_memory=True)
+        assert "data in memory only" in dynamodb_local.status(settings)
+    finally:
+        dynamodb_local.stop(settings)
+    assert "-inMemory" in (settings.home / "dynamodb-local.log").read_text()
+    assert not settings.dynamodb_local_dir.exists()

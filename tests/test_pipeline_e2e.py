@@ -76,6 +76,8 @@ def test_nightly_run_serves_every_user_and_reruns_identically(
     settings = recsys_env
     dag_run = run(settings, END)
     assert str(dag_run.state).endswith("success")
+    shards = sorted(ti.map_index for ti in dag_run.get_task_instances() if ti.task_id == "publish_shard")
+    assert shards == list(range(settings.publish_shards)) == [0, 1, 2, 3]
 
     recs = lake.read_partition(settings.lake, "recommendations", END)
     confidence = lake.read_partition(settings.lake, "confidence", END)
@@ -157,7 +159,8 @@ def test_broken_batch_fails_before_anything_is_served(
     assert not str(dag_run.state).endswith("success")
     states = {ti.task_id: str(ti.state) for ti in dag_run.get_task_instances()}
     assert states["validate"].endswith("failed")
-    assert not any(states[t].endswith("success") for t in ("aggregate", "train", "recommend", "publish"))
+    assert not any(states[t].endswith("success") for t in ("aggregate", "train", "recommend", "plan_publish",
+                                                           "publish_shard", "finish_publish"))
     assert not lake.partition_exists(settings.lake, "recommendations", next_day)
     assert scan(dynamodb_client, settings.table, with_meta=True) == served
 
@@ -180,7 +183,8 @@ def test_quality_gate_passes_a_good_model_and_blocks_a_bad_one(
     bad = run_dag(settings, END, {"tuning_grid": "", "regularization": 1e6})
     assert not str(bad.state).endswith("success")
     states = {ti.task_id: str(ti.state) for ti in bad.get_task_instances()}
-    assert states["train"].endswith("failed") and not states["publish"].endswith("success")
+    assert states["train"].endswith("failed")
+    assert not any(states[t].endswith("success") for t in ("plan_publish", "publish_shard", "finish_publish"))
     after = json.loads((lake.partition_dir(settings.lake, "models", END) / "metrics.json").read_text())
     assert after == metrics  # the registry still holds the good model
     assert scan(dynamodb_client, settings.table, with_meta=True) == served  # the storefront keeps its lists
@@ -196,7 +200,10 @@ def test_an_older_date_never_replaces_newer_lists_unless_forced(
     served = scan(dynamodb_client, settings.table, with_meta=True)
 
     older = END - dt.timedelta(days=1)
-    assert str(run(settings, older).state).endswith("success")  # lake rebuilt for that date ...
+    skipped = run(settings, older)
+    assert str(skipped.state).endswith("success")  # lake rebuilt for that date ...
+    states = {ti.task_id: str(ti.state) for ti in skipped.get_task_instances()}
+    assert all(states[t].endswith("skipped") for t in ("publish_shard", "finish_publish", "verify")), states
     assert lake.partition_exists(settings.lake, "recommendations", older)
     assert scan(dynamodb_client, settings.table, with_meta=True) == served  # ... the table untouched
 
@@ -215,6 +222,7 @@ def test_command_line_run_and_lookup(store: Path, recsys_env: Settings, airflow_
     assert done.returncode == 0, done.stderr[-3000:]
     assert f"recsys run {END}: published and verified" in done.stdout
     assert "tune x12" in done.stdout and "verify" in done.stdout  # the per-task timing table
+    assert "publish_shard x4" in done.stdout and "publish (all)" in done.stdout
 
     # The day before is older than what is served: built, not published, and the exit says so.
     older = subprocess.run([recsys, "run", "--date", (END - dt.timedelta(days=1)).isoformat()], env=env,
