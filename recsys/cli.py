@@ -75,6 +75,10 @@ def latest_source_date(settings: Settings) -> dt.date:
     from recsys.source import SourceError, register_source
     from recsys.sqlrun import connect
 
+    if settings.source_conn_id:
+        from recsys.pgsource import latest_date
+
+        return latest_date(settings)
     con = connect()
     register_source(con, settings.source, settings.source_columns)
     row = con.sql("SELECT CAST(max(event_ts) AS DATE) FROM source_events").fetchall()[0]

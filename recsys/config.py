@@ -35,6 +35,7 @@ TUNABLE: dict[str, type] = {
 }
 WEIGHTINGS = ("log", "bm25")
 DEFAULT_TUNING_GRID = "factors=16,64,128;alpha=2,10;weighting=log,bm25"
+DEFAULT_SOURCE_CONN_ID = "recsys_source"
 
 
 class ConfigError(ValueError):
@@ -89,6 +90,8 @@ class Settings:
     source: str
     source_columns: dict[str, str]
     catalog: str | None
+    source_table: str = "events"
+    source_query: str | None = None
     window_days: int = 70
     holdout_days: int = 7
     k: int = 20
@@ -114,6 +117,14 @@ class Settings:
     publish_threads: int = 8
     verify_sample: int = 200
     cache_dir: Path = Path.home() / ".cache" / "recsys"
+
+    @property
+    def source_conn_id(self) -> str | None:
+        """The Airflow connection id when the source is PostgreSQL (``postgres://CONN_ID``), else None."""
+        scheme, sep, rest = self.source.partition("://")
+        if scheme.lower() in ("postgres", "postgresql") and (sep or not rest):
+            return rest.strip("/") or DEFAULT_SOURCE_CONN_ID
+        return None
 
     @property
     def airflow_home(self) -> Path:
@@ -185,6 +196,8 @@ class Settings:
             "RECSYS_TTL_DAYS": "ttl_days",
             "RECSYS_PUBLISH_THREADS": "publish_threads",
             "RECSYS_VERIFY_SAMPLE": "verify_sample",
+            "RECSYS_SOURCE_TABLE": "source_table",
+            "RECSYS_SOURCE_QUERY": "source_query",
         }
         for variable, name in simple.items():
             if env.get(variable):

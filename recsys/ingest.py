@@ -34,13 +34,15 @@ def extract(settings: Settings, day: dt.date) -> dict[str, Any]:
     Returns {"days": [...], "rows": n, "duplicates_dropped": n}. Raises EmptyDayError when
     the run date has no events, SourceError when the source cannot be read.
     """
+    from recsys import pgsource
     from recsys.source import register_source
     from recsys.sqlrun import connect, run_sql
 
     window = Window.of(settings, day)
     todo = [d for d in window.days if d == day or not lake.partition_exists(settings.lake, "interactions", d)]
     con = connect(temp_dir=settings.duckdb_temp_dir)
-    register_source(con, settings.source, settings.source_columns)
+    source = pgsource.staged_source(settings, day, todo)  # PostgreSQL: the needed days as Parquet
+    register_source(con, source, settings.source_columns)
     started = time.perf_counter()
     rows = duplicates = 0
     written: list[str] = []
