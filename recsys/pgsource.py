@@ -144,6 +144,8 @@ def _timestamp_expr(quoted: str, pg_type: str) -> str:
     """SQL for the event time as timestamptz: epoch numbers are seconds, or milliseconds above 1e11."""
     if pg_type in NUMBER_TYPES:
         return f"to_timestamp(CASE WHEN {quoted} > 1e11 THEN {quoted} / 1000.0 ELSE {quoted} END)"
+    if pg_type == "timestamptz":
+        return quoted  # bare, so an index on the column serves the day filter
     return f"CAST({quoted} AS timestamptz)"
 
 
