@@ -23,7 +23,7 @@ from recsys.airflow_stack import ApiClient, StackConfig, down, login_password, r
 from recsys.config import Settings
 from recsys.dynamodb_local import free_port
 from tests.fixtures_postgres import create_database, drop_database
-from tests.test_pipeline_e2e import END, scan, store  # noqa: F401  (store is a fixture)
+from tests.test_pipeline_e2e import END, recsys_env, scan, store  # noqa: F401  (fixtures)
 
 pytestmark = pytest.mark.slow
 DAG_ID = "recsys_nightly"
@@ -65,23 +65,11 @@ def dag_runs(api: ApiClient, dag_id: str) -> list[dict[str, Any]]:
 
 
 def test_backfill_through_the_rest_api_rebuilds_the_lake_and_leaves_the_served_table_alone(
-    store: Path, dynamodb_endpoint: str, dynamodb_client: Any, tmp_path: Path,  # noqa: F811
-    monkeypatch: pytest.MonkeyPatch,
+    recsys_env: Settings, dynamodb_client: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    env = {
-        "RECSYS_HOME": str(tmp_path / "home"),
-        "RECSYS_SOURCE": str(store / "interactions"),
-        "RECSYS_CATALOG": str(store / "catalog.parquet"),
-        "RECSYS_WINDOW_DAYS": "28",
-        "RECSYS_TUNING_GRID": "",  # one model per run, a good one for this store: the stack is
-        "RECSYS_FACTORS": "16",  # under test here, not the tuning
-        "RECSYS_ALPHA": "10",
-        "RECSYS_GATE_MIN_LIFT": "0",
-        "RECSYS_DYNAMODB_ENDPOINT": dynamodb_endpoint,
-        "RECSYS_TABLE": f"recs_bf_{uuid.uuid4().hex[:8]}",
-        "RECSYS_VERIFY_SAMPLE": "100",
-    }
-    for key, value in env.items():
+    # One model per run, a good one for this store: the stack is under test here, not the tuning.
+    for key, value in {"RECSYS_TUNING_GRID": "", "RECSYS_FACTORS": "16", "RECSYS_ALPHA": "10",
+                       "RECSYS_GATE_MIN_LIFT": "0", "RECSYS_VERIFY_SAMPLE": "100"}.items():
         monkeypatch.setenv(key, value)
     settings = Settings.from_env()
     # No scheduled runs: only what the test asks for runs (the DAG's own schedule is 'nightly').

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import datetime as dt
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +15,7 @@ from recsys import lake, pgsource
 from recsys.config import Settings
 from recsys.source import SourceError
 from tests.fixtures_postgres import postgres_database  # noqa: F401  (a fixture)
-from tests.test_pipeline_e2e import END, run, scan, store  # noqa: F401  (store is a fixture)
+from tests.test_pipeline_e2e import END, recsys_env, run, scan, store  # noqa: F401  (fixtures)
 
 # The store's own names, so RECSYS_SOURCE_COLUMNS is exercised as for files.
 RENAMED = {"user_id": "visitor", "item_id": "sku_code", "event_type": "kind", "event_ts": "occurred_at", "event_id": "event_ref"}
@@ -90,26 +89,20 @@ def test_missing_connection_and_missing_column_name_the_fix(
 
 
 def test_the_dag_runs_from_postgres_and_publishes(
-    store: Path, postgres_database: str, dynamodb_endpoint: str, dynamodb_client: Any,  # noqa: F811
-    airflow_env: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    store: Path, recsys_env: Settings, postgres_database: str, dynamodb_client: Any,  # noqa: F811
+    airflow_env: Path, monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     events = pq.read_table(store / "interactions").rename_columns([RENAMED[c] for c in pq.read_schema(
         next((store / "interactions").glob("*.parquet"))).names])
     load_table(postgres_database, events, "events", schema="shop")
-    env = {
-        "RECSYS_HOME": str(tmp_path / "home"),
+    for key, value in {
         "RECSYS_SOURCE": "postgres://recsys_source",
         "RECSYS_SOURCE_TABLE": "shop.events",
         "RECSYS_SOURCE_COLUMNS": MAPPING,
-        "RECSYS_CATALOG": str(store / "catalog.parquet"),
-        "RECSYS_WINDOW_DAYS": "28",
+        "AIRFLOW_CONN_RECSYS_SOURCE": postgres_database,
         "RECSYS_TUNING_GRID": "",  # one model, no tuning: quick
         "RECSYS_GATE_MIN_LIFT": "0",  # the untuned model need only beat popularity here
-        "RECSYS_DYNAMODB_ENDPOINT": dynamodb_endpoint,
-        "RECSYS_TABLE": f"recs_pg_{uuid.uuid4().hex[:8]}",
-        "AIRFLOW_CONN_RECSYS_SOURCE": postgres_database,
-    }
-    for key, value in env.items():
+    }.items():
         monkeypatch.setenv(key, value)
     settings = Settings.from_env()
     dag_run = run(settings, END)
