@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 export OPENBLAS_NUM_THREADS := 1
 
-.PHONY: run test install dynamodb-local-fetch lint clean
+.PHONY: run test install dynamodb-local-fetch lint clean airflow airflow-down
 
 $(STAMP): pyproject.toml constraints.txt
 	@echo "==> creating $(VENV) with pinned dependencies (constraints.txt)"
@@ -27,6 +27,14 @@ run: install
 test: dynamodb-local-fetch
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
-clean:
+## airflow: a real Airflow 3 in the background (PostgreSQL metadata; RECSYS_AIRFLOW_EXECUTOR=CeleryExecutor for Redis workers)
+airflow: dynamodb-local-fetch
+	$(BIN)/recsys dynamodb-local start
+	$(BIN)/recsys airflow up
+
+airflow-down:
+	-$(BIN)/recsys airflow down
+
+clean: airflow-down
 	-$(BIN)/recsys dynamodb-local stop
 	rm -rf var

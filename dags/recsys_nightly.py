@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import datetime as dt
 
-from airflow.sdk import Param, dag, get_current_context, task
+from airflow.sdk import CronDataIntervalTimetable, Param, dag, get_current_context, task
 
 from recsys.config import publish_pool_from_env
 
@@ -36,7 +36,9 @@ DEFAULT_ARGS = {
 
 @dag(
     dag_id="recsys_nightly",
-    schedule="@daily",
+    # Nightly at 00:00 UTC, for the day that just ended: the data interval [D, D+1) makes the
+    # logical date D (a plain cron string would give a zero-length interval at D+1 00:00).
+    schedule=CronDataIntervalTimetable("0 0 * * *", timezone="UTC"),
     start_date=dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc),
     catchup=False,
     max_active_runs=1,

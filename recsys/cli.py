@@ -1,4 +1,4 @@
-"""The ``recsys`` command line: datagen, run, lookup, demo, dynamodb-local.
+"""The ``recsys`` command line: datagen, run, lookup, demo, dynamodb-local, serve, airflow.
 
 This is the edge where settings meet the user: it prints results and turns errors into
 one clear line and a non-zero exit status.
@@ -126,6 +126,10 @@ def latest_source_date(settings: Settings) -> dt.date:
     from recsys.source import SourceError, register_source
     from recsys.sqlrun import connect
 
+    if settings.source_conn_id:
+        from recsys.pgsource import latest_date
+
+        return latest_date(settings)
     con = connect()
     register_source(con, settings.source, settings.source_columns, list(settings.event_weights))
     row = con.sql(
@@ -294,6 +298,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from recsys.airflow_stack import add_airflow_parser
     from recsys.datagen import add_datagen_parser
     from recsys.dynamodb_local import add_dynamodb_local_parser
     from recsys.serve import add_serve_parser
@@ -304,6 +309,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_datagen_parser(sub)
     add_dynamodb_local_parser(sub)
     add_serve_parser(sub)
+    add_airflow_parser(sub)
 
     run = sub.add_parser("run", help="one nightly run for a date, through Airflow's dag.test()")
     run.add_argument("--date", required=True, help="YYYY-MM-DD, or 'latest' for the newest complete day in the source")

@@ -36,6 +36,7 @@ TUNABLE: dict[str, type] = {
 WEIGHTINGS = ("log", "bm25")
 DEFAULT_TUNING_GRID = "factors=16,64,128;alpha=2,10;weighting=log,bm25"
 DEFAULT_PUBLISH_POOL = "recsys_dynamodb"
+DEFAULT_SOURCE_CONN_ID = "recsys_source"
 
 
 class ConfigError(ValueError):
@@ -100,6 +101,8 @@ class Settings:
     source: str
     source_columns: dict[str, str]
     catalog: str | None
+    source_table: str = "events"
+    source_query: str | None = None
     window_days: int = 70
     holdout_days: int = 7
     k: int = 20
@@ -134,6 +137,14 @@ class Settings:
     publish_pool_slots: int = 4
     verify_sample: int = 200
     cache_dir: Path = Path.home() / ".cache" / "recsys"
+
+    @property
+    def source_conn_id(self) -> str | None:
+        """The Airflow connection id when the source is PostgreSQL (``postgres://CONN_ID``), else None."""
+        scheme, sep, rest = self.source.partition("://")
+        if scheme.lower() in ("postgres", "postgresql") and (sep or not rest):
+            return rest.strip("/") or DEFAULT_SOURCE_CONN_ID
+        return None
 
     @property
     def airflow_home(self) -> Path:
@@ -214,6 +225,8 @@ class Settings:
             "RECSYS_PUBLISH_SHARDS": "publish_shards",
             "RECSYS_PUBLISH_POOL_SLOTS": "publish_pool_slots",
             "RECSYS_VERIFY_SAMPLE": "verify_sample",
+            "RECSYS_SOURCE_TABLE": "source_table",
+            "RECSYS_SOURCE_QUERY": "source_query",
         }
         for variable, name in simple.items():
             if env.get(variable):

@@ -80,14 +80,16 @@ def extract(settings: Settings, day: dt.date) -> dict[str, Any]:
     truncated or unparseable file, a missing column, a quote that never closes, a file in
     which no row has a usable event_ts).
     """
+    from recsys import pgsource
     from recsys.source import register_source, rejected_lines
     from recsys.sqlrun import connect, run_sql
 
     window = Window.of(settings, day)
     todo = [d for d in window.days if d == day or not lake.partition_exists(settings.lake, "interactions", d)]
     con = connect(temp_dir=settings.duckdb_temp_dir)
+    source = pgsource.staged_source(settings, day, todo)  # PostgreSQL: the needed days as Parquet
     started = time.perf_counter()
-    registered = register_source(con, settings.source, settings.source_columns, list(settings.event_weights))
+    registered = register_source(con, source, settings.source_columns, list(settings.event_weights))
     future = dt.datetime.now(dt.timezone.utc) + FUTURE_TOLERANCE
     with _named_read_errors(con, registered):
         per_file = run_sql(con, "source_file_days")

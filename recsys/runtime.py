@@ -35,14 +35,17 @@ RUN_FLAGS: dict[str, tuple[str, ...]] = {
 def resolve_run_date(context: Mapping[str, Any]) -> dt.date:
     """The date D whose events a run processes (its data interval is [D, D+1)).
 
-    In order: the ``run_date`` Param; the data interval start / logical date (scheduled runs
-    and backfills); for a manual or API run without a logical date, the day before it was
-    triggered (the latest complete day).
+    In order: the ``run_date`` Param; the logical date (scheduled runs and backfills, whose
+    data interval starts there, and manual runs given one); for a manual or API run without a
+    logical date, the data interval Airflow inferred (the day before it was triggered), or
+    failing that the day before it was triggered (the latest complete day).
     """
     params = context.get("params") or {}
     if params.get("run_date"):
         return dt.date.fromisoformat(str(params["run_date"]))
-    for key in ("data_interval_start", "logical_date"):
+    # The logical date first: a manual run for 2026-05-31 gets the data interval that ends
+    # there ([05-30, 05-31)) from the nightly timetable, but it asked for 05-31.
+    for key in ("logical_date", "data_interval_start"):
         value = context.get(key)
         if value is not None:
             return dt.date(value.year, value.month, value.day)

@@ -38,6 +38,8 @@ def test_airflow_runs_celery_on_postgres_and_redis_with_the_project_mounted() ->
         assert env["RECSYS_DYNAMODB_ENDPOINT"] == "http://dynamodb-local:8000"
         assert "./:/opt/recsys" in service["volumes"]
         assert {"postgres", "redis"} <= set(service["depends_on"])
+        # Every component signs and checks the same tokens (as `recsys airflow up` arranges locally).
+        assert env["AIRFLOW__API_AUTH__JWT_SECRET"] and env["AIRFLOW__API__SECRET_KEY"]
     assert services["airflow-worker-1"]["command"] == services["airflow-worker-2"]["command"] == "celery worker"
     assert services["airflow-apiserver"]["ports"] == ["8080:8080"]
 

@@ -1,0 +1,203 @@
+"""A real Airflow 3 (scheduler, dag-processor, triggerer, api-server) on PostgreSQL metadata:
+a backfill through the REST API, and tasks on two Celery workers over Redis.
+
+Each test starts its own stack on a free port with a private metadata database, and stops it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import json
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import Any, Iterator
+
+import pytest
+
+from recsys import lake
+from recsys.airflow_stack import ApiClient, StackConfig, down, login_password, running, stack_env, up
+from recsys.config import Settings
+from recsys.dynamodb_local import free_port
+from tests.fixtures_postgres import create_database, drop_database
+from tests.test_pipeline_e2e import END, recsys_env, scan, store  # noqa: F401  (fixtures)
+
+pytestmark = pytest.mark.slow
+DAG_ID = "recsys_nightly"
+TERMINAL = {"success", "failed"}
+
+
+@contextlib.contextmanager
+def airflow_stack(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, **extra: Any) -> Iterator[tuple[StackConfig, ApiClient]]:
+    """Start the stack (private database, free port), yield it with a logged-in API client, stop it."""
+    db = create_database("recsys_airflow_test")
+    config = StackConfig(
+        home=tmp_path / "airflow",
+        db_url=db.replace("postgresql://", "postgresql+psycopg2://"),
+        port=free_port(),
+        password="test-password",
+        **extra,
+    )
+    try:
+        up(config, timeout=240)
+        yield config, ApiClient(config.base_url, config.user, login_password(config))
+    finally:
+        stopped = down(config)
+        assert not running(config), f"still running after down: {running(config)} (stopped {stopped})"
+        drop_database(db)
+
+
+def wait_for(what: str, check: Any, timeout: float, every: float = 3.0) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = check()
+        if value:
+            return value
+        time.sleep(every)
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+def dag_runs(api: ApiClient, dag_id: str) -> list[dict[str, Any]]:
+    return list(api.get(f"/api/v2/dags/{dag_id}/dagRuns?limit=100")["dag_runs"])
+
+
+def test_backfill_through_the_rest_api_rebuilds_the_lake_and_leaves_the_served_table_alone(
+    recsys_env: Settings, dynamodb_client: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # One model per run, a good one for this store: the stack is under test here, not the tuning.
+    for key, value in {"RECSYS_TUNING_GRID": "", "RECSYS_FACTORS": "16", "RECSYS_ALPHA": "10",
+                       "RECSYS_GATE_MIN_LIFT": "0", "RECSYS_VERIFY_SAMPLE": "100"}.items():
+        monkeypatch.setenv(key, value)
+    settings = Settings.from_env()
+    # No scheduled runs: only what the test asks for runs (the DAG's own schedule is 'nightly').
+    extra_env = {"AIRFLOW__SCHEDULER__USE_JOB_SCHEDULE": "False", "AIRFLOW__CORE__PARALLELISM": "4"}
+    with airflow_stack(tmp_path, monkeypatch, extra_env=extra_env) as (config, api):
+        dag = wait_for("the dag-processor to parse the DAG", lambda: _get_or_none(api, f"/api/v2/dags/{DAG_ID}"), 180)
+        assert dag["timetable_summary"] and not dag["has_import_errors"]
+        api.patch(f"/api/v2/dags/{DAG_ID}", {"is_paused": False})
+
+        # What the storefront is served: the run for END, through the real scheduler.
+        api.post(f"/api/v2/dags/{DAG_ID}/dagRuns", {"logical_date": f"{END.isoformat()}T00:00:00Z"})
+        first = wait_for("the run for END", lambda: _finished(api, "manual"), 600)
+        assert [r["state"] for r in first] == ["success"], _failures(config, api, first)
+        served = scan(dynamodb_client, settings.table, with_meta=True)
+        assert served["__meta__"]["run_date"]["S"] == END.isoformat()
+
+        days = [END - dt.timedelta(days=n) for n in (3, 2, 1)]
+        backfill = api.post("/api/v2/backfills", {
+            "dag_id": DAG_ID,
+            "from_date": f"{days[0].isoformat()}T00:00:00Z",
+            "to_date": f"{days[-1].isoformat()}T00:00:00Z",
+            "max_active_runs": 2,
+        })
+        assert backfill["max_active_runs"] == 2 and backfill["dag_id"] == DAG_ID
+        runs = wait_for("the three backfill runs", lambda: _finished(api, "backfill", count=3), 900)
+        assert sorted(r["logical_date"][:10] for r in runs) == [d.isoformat() for d in days]
+        assert {r["state"] for r in runs} == {"success"}, _failures(config, api, runs)
+        for day in days:
+            for dataset in ("interactions", "confidence", "recommendations"):
+                assert lake.partition_exists(settings.lake, dataset, day), (dataset, day)
+            assert (lake.partition_dir(settings.lake, "models", day) / "metrics.json").exists()
+        for run in runs:  # publish ran and declined: a backfill never touches the served table
+            xcom = api.get(f"/api/v2/dags/{DAG_ID}/dagRuns/{run['dag_run_id']}/taskInstances/publish/xcomEntries/return_value")
+            assert "backfill" in str(xcom["value"]), xcom
+        assert scan(dynamodb_client, settings.table, with_meta=True) == served  # nothing served changed
+        wait_for("the backfill to complete", lambda: api.get(f"/api/v2/backfills/{backfill['id']}")["completed_at"], 60)
+
+
+def _get_or_none(api: ApiClient, path: str) -> Any:
+    try:
+        return api.get(path)
+    except RuntimeError:
+        return None
+
+
+def _finished(api: ApiClient, run_type: str, count: int = 1) -> list[dict[str, Any]] | None:
+    runs = [r for r in dag_runs(api, DAG_ID) if r["run_type"] == run_type]
+    if len(runs) == count and all(r["state"] in TERMINAL for r in runs):
+        return runs
+    return None
+
+
+def _failures(config: StackConfig, api: ApiClient, runs: list[dict[str, Any]]) -> str:
+    """The failed tasks of the runs with the end of their logs, for an assertion message."""
+    lines = []
+    for run_id, states in _task_states(api, runs).items():
+        for task_id, state in states.items():
+            if state not in ("success", "skipped"):
+                lines.append(f"{run_id} {task_id}: {state}")
+                for log_file in sorted((config.home / "logs").glob(f"dag_id={DAG_ID}/run_id={run_id}/task_id={task_id}/**/*.log")):
+                    lines.append(log_file.read_text(errors="replace")[-1500:])
+    return "\n".join(lines)
+
+
+def _task_states(api: ApiClient, runs: list[dict[str, Any]]) -> dict[str, dict[str, str]]:
+    return {
+        r["dag_run_id"]: {
+            t["task_id"]: t["state"]
+            for t in api.get(f"/api/v2/dags/{DAG_ID}/dagRuns/{r['dag_run_id']}/taskInstances")["task_instances"]
+        }
+        for r in runs
+    }
+
+
+PROBE_DAG = '''
+import datetime as dt
+
+from airflow.sdk import dag, task
+
+
+@dag(dag_id="recsys_celery_probe", schedule=None, start_date=dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc))
+def recsys_celery_probe():
+    @task
+    def where(i: int) -> dict:
+        import os
+        import time
+
+        time.sleep(3)  # long enough that four tasks need both workers' slots
+        return {"i": i, "pid": os.getpid()}
+
+    where.expand(i=[0, 1, 2, 3, 4, 5])
+
+
+recsys_celery_probe()
+'''
+
+
+def test_tasks_run_on_two_celery_workers_over_redis(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    dags = tmp_path / "dags"
+    dags.mkdir()
+    (dags / "recsys_celery_probe.py").write_text(PROBE_DAG)
+    queue = f"recsys_test_{uuid.uuid4().hex[:8]}"  # a queue of our own on the shared Redis
+    extra_env = {
+        "AIRFLOW__CORE__DAGS_FOLDER": str(dags),
+        "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "False",
+        "AIRFLOW__OPERATORS__DEFAULT_QUEUE": queue,
+    }
+    with airflow_stack(tmp_path, monkeypatch, executor="CeleryExecutor", workers=2, worker_concurrency=2,
+                       extra_env=extra_env) as (config, api):
+        assert {"celery-worker-1", "celery-worker-2"} <= set(running(config))
+        wait_for("the probe DAG", lambda: _get_or_none(api, "/api/v2/dags/recsys_celery_probe"), 180)
+        run = api.post("/api/v2/dags/recsys_celery_probe/dagRuns", {"logical_date": None})
+        path = f"/api/v2/dags/recsys_celery_probe/dagRuns/{run['dag_run_id']}"
+        state = wait_for("the probe run", lambda: api.get(path)["state"] in TERMINAL and api.get(path)["state"], 300)
+        tis = api.get(f"{path}/taskInstances")["task_instances"]
+        assert state == "success" and len(tis) == 6 and {t["state"] for t in tis} == {"success"}
+        assert {t["queue"] for t in tis} == {queue}
+
+        # Ask the workers themselves (Celery's remote control over Redis) what they ran.
+        probe = (
+            "import json; from airflow.providers.celery.executors.celery_executor import app; "
+            "print(json.dumps(app.control.inspect(timeout=10).stats()))"
+        )
+        done = subprocess.run([sys.executable, "-c", probe], env=stack_env(config), capture_output=True, text=True,
+                              timeout=120, check=True)
+        stats = json.loads(done.stdout.strip().splitlines()[-1])
+        ours = {name: s for name, s in stats.items() if name.startswith("recsys-worker-")}
+        assert len(ours) == 2, stats.keys()
+        assert all(s["pool"]["max-concurrency"] == 2 for s in ours.values())
+        ran = {name: sum(s.get("total", {}).values()) for name, s in ours.items()}
+        assert sum(ran.values()) == 6 and all(n > 0 for n in ran.values()), ran  # both workers took tasks
