@@ -153,3 +153,40 @@ def test_seen_matrix_excludes_everything_touched_or_only_purchases(tmp_path) -> 
     assert seen_matrix(everything, confidence, users, items).toarray().tolist() == [[1, 1, 0], [0, 1, 0]]
     bought = Settings.from_env({"RECSYS_HOME": str(tmp_path), "RECSYS_EXCLUDE_SEEN": "purchased"})
     assert seen_matrix(bought, confidence, users, items).toarray().tolist() == [[0, 1, 0], [0, 0, 0]]
+
+
+def test_batched_top_k_equals_one_batch_on_a_tiny_matrix() -> None:
+    from recsys.model import iter_top_k_items
+
+    rng = np.random.default_rng(3)
+    items = rng.normal(size=(12, 3)).astype(np.float32)
+    users = rng.normal(size=(7, 3)).astype(np.float32)
+    dense = (rng.random((7, 12)) < 0.4).astype(np.float32)
+    dense[6] = 1.0  # a user who has seen everything gets an empty (padded) list
+    seen = sp.csr_matrix(dense)
+    whole_ids, whole_scores = top_k_items(items, users, seen, 4, np.array([0, 5]), batch_users=100)
+    for batch in (1, 2, 3):
+        ids, scores = top_k_items(items, users, seen, 4, np.array([0, 5]), batch_users=batch)
+        # BLAS may round a dot product differently with another batch shape: ids must match exactly.
+        assert ids.tolist() == whole_ids.tolist() and np.allclose(scores, whole_scores, rtol=1e-5)
+        parts = list(iter_top_k_items(items, users, seen, 4, np.array([0, 5]), batch_users=batch))
+        assert [start for start, _, _ in parts] == list(range(0, 7, batch))
+        assert np.concatenate([p_ids for _, p_ids, _ in parts]).tolist() == whole_ids.tolist()
+    assert whole_ids[6].tolist() == [-1, -1, -1, -1]
+    with pytest.raises(ValueError, match="batch_users"):
+        top_k_items(items, users, seen, 4, None, batch_users=0)
+
+
+def test_duckdb_settings_reach_the_connection(tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    from recsys.config import ConfigError, Settings
+    from recsys.sqlrun import connect
+
+    monkeypatch.setenv("RECSYS_DUCKDB_MEMORY_LIMIT", "512MiB")
+    monkeypatch.setenv("RECSYS_DUCKDB_THREADS", "1")
+    con = connect(temp_dir=tmp_path / "spill")
+    [(limit, threads, temp)] = con.sql(
+        "SELECT current_setting('memory_limit'), current_setting('threads'), current_setting('temp_directory')"
+    ).fetchall()
+    assert (limit, threads, temp) == ("512.0 MiB", 1, str(tmp_path / "spill"))
+    with pytest.raises(ConfigError, match="RECSYS_DUCKDB_MEMORY_LIMIT"):
+        Settings.from_env({"RECSYS_DUCKDB_MEMORY_LIMIT": "lots"})
