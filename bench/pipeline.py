@@ -155,32 +155,57 @@ def child_dag(out: Path, publish: bool) -> int:
     return 0 if str(dag_run.state).endswith("success") else 1
 
 
-def child_raw_duckdb(out: Path, files: list[str], start: str, end: str, weights: dict[str, float]) -> int:
-    """One DuckDB query with the defaults: weighted events per (user, item) over the window, to Parquet."""
+def child_raw_duckdb(out: Path, files: list[str], start: str, end: str, weights: dict[str, float],
+                     interleave: bool = False) -> int:
+    """One DuckDB query with the defaults: weighted events per (user, item) over the window, to Parquet.
+
+    With ``interleave``, also the project's aggregate stage itself (it rewrites its own
+    partition with the same content: a rerun is idempotent), raw/project/project/raw.
+    """
     import duckdb
 
-    con = duckdb.connect(":memory:")
-    con.execute("SET TimeZone = 'UTC'")
     target = out.with_suffix(".parquet")
     cases = " ".join(f"WHEN '{name}' THEN {float(w)}" for name, w in weights.items())
-    started = time.perf_counter()
-    con.execute(
-        f"""COPY (
-            SELECT user_id, item_id, sum(CASE event_type {cases} END)::DOUBLE AS confidence
-            FROM read_parquet($files)
-            WHERE event_ts >= $start::TIMESTAMPTZ AND event_ts < $end::TIMESTAMPTZ
-            GROUP BY user_id, item_id
-        ) TO '{target}' (FORMAT parquet, COMPRESSION zstd)""",
-        {"files": files, "start": start, "end": end},
-    )
-    seconds = time.perf_counter() - started
-    rows = con.sql(f"SELECT count(*) FROM '{target}'").fetchall()[0][0]
-    target.unlink()
-    out.write_text(json.dumps({"seconds": seconds, "rows": rows, "peak_kib": rss_kib("VmHWM")}))
+
+    def raw() -> tuple[float, int]:
+        con = duckdb.connect(":memory:")
+        con.execute("SET TimeZone = 'UTC'")
+        started = time.perf_counter()
+        con.execute(
+            f"""COPY (
+                SELECT user_id, item_id, sum(CASE event_type {cases} END)::DOUBLE AS confidence
+                FROM read_parquet($files)
+                WHERE event_ts >= $start::TIMESTAMPTZ AND event_ts < $end::TIMESTAMPTZ
+                GROUP BY user_id, item_id
+            ) TO '{target}' (FORMAT parquet, COMPRESSION zstd)""",
+            {"files": files, "start": start, "end": end},
+        )
+        seconds = time.perf_counter() - started
+        rows = con.sql(f"SELECT count(*) FROM '{target}'").fetchall()[0][0]
+        target.unlink()
+        return seconds, int(rows)
+
+    def project() -> float:
+        from recsys import pipeline
+        from recsys.config import Settings
+
+        started = time.perf_counter()
+        pipeline.aggregate(Settings.from_env(), END_DATE)
+        return time.perf_counter() - started
+
+    seconds, rows = raw()
+    runs: dict[str, list[float]] = {"raw": [seconds], "project": []}
+    if interleave:
+        runs["project"] += [project(), project()]
+        runs["raw"].append(raw()[0])
+    out.write_text(json.dumps({"seconds": seconds, "rows": rows, "interleaved": runs,
+                               "best": {name: min(r) for name, r in runs.items() if r},
+                               "peak_kib": rss_kib("VmHWM")}))
     return 0
 
 
-def child_raw_implicit(out: Path, confidence: str, catalog: str, params: dict[str, Any], k: int) -> int:
+def child_raw_implicit(out: Path, confidence: str, catalog: str, params: dict[str, Any], k: int,
+                       batch: int = 50_000, interleave: bool = False) -> int:
     """``implicit`` on its own: fit the winning parameters on the same scaled matrix, then recommend
     the top-k for every user with seen and inactive items filtered (implicit batches and threads)."""
     import numpy as np
@@ -189,7 +214,7 @@ def child_raw_implicit(out: Path, confidence: str, catalog: str, params: dict[st
     from implicit.cpu.als import AlternatingLeastSquares
     from threadpoolctl import threadpool_limits
 
-    from recsys.model import build_user_item_matrix, scale_confidence
+    from recsys.model import ALSParams, build_user_item_matrix, recommend_als, scale_confidence, train_als
 
     table = pq.read_table(confidence, columns=["user_id", "item_id", "confidence"])
     full = build_user_item_matrix(table)
@@ -201,20 +226,41 @@ def child_raw_implicit(out: Path, confidence: str, catalog: str, params: dict[st
     inactive = pc.filter(cat["item_id"], pc.invert(cat["active"]))
     index = pc.index_in(inactive, value_set=full.item_ids)
     exclude = np.asarray(pc.drop_null(index).to_numpy(), dtype=np.int32)
-    with threadpool_limits(1, "blas"):
+
+    def raw() -> tuple[float, float]:
+        with threadpool_limits(1, "blas"):
+            started = time.perf_counter()
+            model = AlternatingLeastSquares(
+                factors=params["factors"], regularization=params["regularization"], alpha=1.0,
+                iterations=params["iterations"], random_state=params["random_state"], calculate_training_loss=False,
+            )
+            model.fit(scaled, show_progress=False)
+            fitted = time.perf_counter()
+            model.recommend(np.arange(full.shape[0]), seen, N=k, filter_already_liked_items=True, filter_items=exclude)
+            return fitted - started, time.perf_counter() - fitted
+
+    def project() -> tuple[float, float]:
+        """The project's own calls on the same matrix: train_als, then recommend_als batch by batch."""
         started = time.perf_counter()
-        model = AlternatingLeastSquares(
-            factors=params["factors"], regularization=params["regularization"], alpha=1.0,
-            iterations=params["iterations"], random_state=params["random_state"], calculate_training_loss=False,
-        )
-        model.fit(scaled, show_progress=False)
+        model = train_als(full.matrix, ALSParams(**params))
         fitted = time.perf_counter()
-        users = np.arange(full.shape[0])
-        ids, scores = model.recommend(users, seen, N=k, filter_already_liked_items=True, filter_items=exclude)
-        done = time.perf_counter()
+        for first in range(0, full.shape[0], batch):
+            recommend_als(model.user_factors[first:first + batch], model.item_factors, seen[first:first + batch], k,
+                          exclude)
+        return fitted - started, time.perf_counter() - fitted
+
+    # raw, project, project, raw: the machine is shared, so each side is timed early and late
+    # and keeps its best; the first raw pair is also the baseline beside the stages.
+    first = raw()
+    runs = {"raw": [first], "project": []}
+    if interleave:
+        runs["project"].append(project())
+        runs["project"].append(project())
+        runs["raw"].append(raw())
+    best = {name: min(r, key=sum) for name, r in runs.items() if r}
     out.write_text(json.dumps({
-        "fit_seconds": fitted - started, "recommend_seconds": done - fitted, "users": int(len(users)),
-        "items": int(full.shape[1]), "nnz": int(full.matrix.nnz), "ids_shape": list(ids.shape),
+        "fit_seconds": first[0], "recommend_seconds": first[1], "users": int(full.shape[0]),
+        "items": int(full.shape[1]), "nnz": int(full.matrix.nnz), "interleaved": runs, "best": best,
         "peak_kib": rss_kib("VmHWM"),
     }))
     return 0
@@ -351,6 +397,15 @@ def print_table(dag: dict[str, Any], base: dict[str, Any], scale: float, window_
         print(f"ALS fit + recommend: the stages train + recommend {project:.1f} s vs raw implicit {raw:.1f} s "
               f"= {project / raw:.2f}x; inside them train_als + recommend_als {core:.1f} s = {core / raw:.2f}x "
               f"({implicit['users']:,} users x {implicit['items']:,} items, {implicit['nnz']:,} non-zeros)")
+        if base.get("duckdb", {}).get("best", {}).get("project"):
+            b = base["duckdb"]["best"]
+            print(f"same process, interleaved raw/project/project/raw, best of each: aggregate stage {b['project']:.1f} s "
+                  f"vs one raw DuckDB query {b['raw']:.1f} s = {b['project'] / b['raw']:.2f}x")
+        if implicit.get("best", {}).get("project"):
+            b = implicit["best"]
+            print(f"same process, interleaved raw/project/project/raw, best of each: project fit {b['project'][0]:.1f} s + "
+                  f"recommend {b['project'][1]:.1f} s vs raw fit {b['raw'][0]:.1f} s + recommend {b['raw'][1]:.1f} s "
+                  f"= {sum(b['project']) / sum(b['raw']):.2f}x")
     total = sum(e["seconds"] for n, e in by_stage.items() if n not in ("publish", "verify"))
     tasks = dag["tasks"]
     task_total = sum(s for t, s in tasks.items() if t not in ("publish", "verify"))
@@ -367,6 +422,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--plain-publish", action="store_true", help="also time bench/publish.py's plain writer")
     parser.add_argument("--grid", help="RECSYS_TUNING_GRID for the run (default: the settings' grid)")
     parser.add_argument("--no-baselines", action="store_true", help="only the DAG")
+    parser.add_argument("--interleave", action="store_true",
+                        help="also time the project's train_als + recommend_als against raw implicit in one process, "
+                             "raw/project/project/raw, best of each (3 more fits)")
     args = parser.parse_args(argv)
     if args.plain_publish and args.publish != "local":
         parser.error("--plain-publish needs --publish local")
@@ -455,12 +513,13 @@ def run_baselines(args: argparse.Namespace, home: Path, store: Path, env: dict[s
         return {"wait4_peak_kib": peak, **json.loads(out.read_text())}
 
     result = child("duckdb", files=files, start=window.start.isoformat(), end=window.end.isoformat(),
-                   weights=settings.event_weights)
+                   weights=settings.event_weights, interleave=args.interleave)
     if result:
         base["duckdb"] = result
     params = lake.read_json(lake.partition_dir(settings.lake, "models", END_DATE) / "params.json")["als"]
     result = child("implicit", confidence=str(lake.partition_file(settings.lake, "confidence", END_DATE)),
-                   catalog=str(store / "catalog.parquet"), params=params, k=settings.k)
+                   catalog=str(store / "catalog.parquet"), params=params, k=settings.k,
+                   batch=settings.recommend_batch_users, interleave=args.interleave)
     if result:
         base["implicit"] = result
     if args.plain_publish and server:
