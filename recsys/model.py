@@ -13,7 +13,7 @@ import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
@@ -138,43 +138,18 @@ def top_k_items(
     ``seen`` (rows aligned with ``query_vectors``) and ``exclude_items`` are never returned.
     Returns (ids int32, scores float32), shape (n, k); a short list is padded with id -1.
     """
-    n = query_vectors.shape[0]
-    ids = np.full((n, k), -1, dtype=np.int32)
-    scores = np.full((n, k), -np.inf, dtype=np.float32)
-    for start, batch_ids, batch_scores in iter_top_k_items(item_vectors, query_vectors, seen, k, exclude_items, batch_users):
-        ids[start : start + len(batch_ids)] = batch_ids
-        scores[start : start + len(batch_ids)] = batch_scores
-    return ids, scores
-
-
-def iter_top_k_items(
-    item_vectors: np.ndarray,
-    query_vectors: np.ndarray,
-    seen: sp.csr_matrix | None,
-    k: int,
-    exclude_items: np.ndarray | None,
-    batch_users: int = DEFAULT_BATCH_USERS,
-) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
-    """:func:`top_k_items` one batch of query rows at a time: yields (first row, ids, scores),
-    each of shape (rows of the batch, k), so a caller can write lists out without holding all.
-
-    ``implicit``'s topk scores 100 rows at a time on all cores inside a batch, so memory is
-    one batch of lists plus 100 rows x items of scores per thread, whatever the batch size.
-    """
     from implicit.cpu.topk import topk
     from threadpoolctl import threadpool_limits
 
-    if batch_users < 1:
-        raise ValueError(f"batch_users must be at least 1, got {batch_users}")
     n = query_vectors.shape[0]
     k_eff = min(k, item_vectors.shape[0])
+    ids = np.full((n, k), -1, dtype=np.int32)
+    scores = np.full((n, k), -np.inf, dtype=np.float32)
     exclude = None if exclude_items is None or len(exclude_items) == 0 else np.asarray(exclude_items, dtype=np.int32)
     item_vectors = np.ascontiguousarray(item_vectors, dtype=np.float32)
     with threadpool_limits(1, "blas"):
         for start in range(0, n, batch_users):
             stop = min(start + batch_users, n)
-            ids = np.full((stop - start, k), -1, dtype=np.int32)
-            scores = np.full((stop - start, k), -np.inf, dtype=np.float32)
             batch_ids, batch_scores = topk(
                 item_vectors,
                 np.ascontiguousarray(query_vectors[start:stop], dtype=np.float32),
@@ -182,13 +157,13 @@ def iter_top_k_items(
                 filter_query_items=None if seen is None else seen[start:stop],
                 filter_items=exclude,
             )
-            ids[:, :k_eff] = batch_ids
-            scores[:, :k_eff] = batch_scores
-            # topk fills positions it could not fill (all else filtered) with the lowest float.
-            unfilled = ~np.isfinite(scores) | (scores <= np.finfo(np.float32).min)
-            ids[unfilled] = -1
-            scores[unfilled] = -np.inf
-            yield start, ids, scores
+            ids[start:stop, :k_eff] = batch_ids
+            scores[start:stop, :k_eff] = batch_scores
+    # topk fills positions it could not fill (all else filtered) with the lowest float.
+    unfilled = ~np.isfinite(scores) | (scores <= np.finfo(np.float32).min)
+    ids[unfilled] = -1
+    scores[unfilled] = -np.inf
+    return ids, scores
 
 
 def recommend_als(

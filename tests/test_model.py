@@ -155,8 +155,10 @@ def test_seen_matrix_excludes_everything_touched_or_only_purchases(tmp_path) -> 
     assert seen_matrix(bought, confidence, users, items).toarray().tolist() == [[0, 1, 0], [0, 0, 0]]
 
 
-def test_batched_top_k_equals_one_batch_on_a_tiny_matrix() -> None:
-    from recsys.model import iter_top_k_items
+def test_batched_lists_equal_one_batch_on_a_tiny_matrix(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """What recommend does batch by batch (top-k, filters, category cap) gives the lists of one batch."""
+    from recsys.config import Settings
+    from recsys.pipeline import ItemFilters, serve_lists
 
     rng = np.random.default_rng(3)
     items = rng.normal(size=(12, 3)).astype(np.float32)
@@ -164,17 +166,16 @@ def test_batched_top_k_equals_one_batch_on_a_tiny_matrix() -> None:
     dense = (rng.random((7, 12)) < 0.4).astype(np.float32)
     dense[6] = 1.0  # a user who has seen everything gets an empty (padded) list
     seen = sp.csr_matrix(dense)
-    whole_ids, whole_scores = top_k_items(items, users, seen, 4, np.array([0, 5]), batch_users=100)
+    filters = ItemFilters(exclude=np.array([0, 5], dtype=np.int32), categories=np.arange(12, dtype=np.int32) % 3)
+    settings = Settings.from_env({"RECSYS_HOME": str(tmp_path), "RECSYS_K": "4", "RECSYS_MAX_PER_CATEGORY": "2"})
+    whole_ids, whole_scores = serve_lists(settings, users, items, seen, filters)
     for batch in (1, 2, 3):
-        ids, scores = top_k_items(items, users, seen, 4, np.array([0, 5]), batch_users=batch)
+        parts = [serve_lists(settings, users[i : i + batch], items, seen[i : i + batch], filters) for i in range(0, 7, batch)]
         # BLAS may round a dot product differently with another batch shape: ids must match exactly.
-        assert ids.tolist() == whole_ids.tolist() and np.allclose(scores, whole_scores, rtol=1e-5)
-        parts = list(iter_top_k_items(items, users, seen, 4, np.array([0, 5]), batch_users=batch))
-        assert [start for start, _, _ in parts] == list(range(0, 7, batch))
-        assert np.concatenate([p_ids for _, p_ids, _ in parts]).tolist() == whole_ids.tolist()
+        assert np.concatenate([ids for ids, _ in parts]).tolist() == whole_ids.tolist()
+        assert np.allclose(np.concatenate([s for _, s in parts]), whole_scores, rtol=1e-5)
     assert whole_ids[6].tolist() == [-1, -1, -1, -1]
-    with pytest.raises(ValueError, match="batch_users"):
-        top_k_items(items, users, seen, 4, None, batch_users=0)
+    assert top_k_items(items, users, seen, 4, None, batch_users=2)[0].tolist() == top_k_items(items, users, seen, 4, None)[0].tolist()
 
 
 def test_duckdb_settings_reach_the_connection(tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
