@@ -98,7 +98,7 @@ def run_child(args: list[str], env: dict[str, str] | None = None, log_path: Path
 
 def child_dag(out: Path, publish: bool) -> int:
     """The DAG through ``recsys.cli.run_dag``, with every stage timed and its peak RSS taken."""
-    from recsys import model, pipeline, runtime
+    from recsys import model, runtime
     from recsys.cli import run_dag
     from recsys.config import Settings
 
@@ -151,7 +151,6 @@ def child_dag(out: Path, publish: bool) -> int:
         "state": str(dag_run.state), "seconds": seconds, "stages": records, "inner": inner, "tasks": tasks,
         "peak_kib": max([rss_kib("VmHWM"), *(r["peak_kib"] for r in records)]),
     }, indent=1))
-    del pipeline
     return 0 if str(dag_run.state).endswith("success") else 1
 
 
