@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
@@ -34,6 +35,8 @@ TUNABLE: dict[str, type] = {
     "weighting": str,
 }
 WEIGHTINGS = ("log", "bm25")
+# DuckDB's memory_limit: a number and a unit (DuckDB spills to temp_directory beyond it).
+MEMORY_LIMIT = re.compile(r"\d+(\.\d+)?\s*(B|KB|MB|GB|TB|KiB|MiB|GiB|TiB)", re.IGNORECASE)
 DEFAULT_TUNING_GRID = "factors=16,64,128;alpha=2,10;weighting=log,bm25"
 DEFAULT_PUBLISH_POOL = "recsys_dynamodb"
 DEFAULT_SOURCE_CONN_ID = "recsys_source"
@@ -135,6 +138,10 @@ class Settings:
     publish_shards: int = 4
     publish_pool: str = DEFAULT_PUBLISH_POOL
     publish_pool_slots: int = 4
+    recommend_batch_users: int = 50_000
+    duckdb_memory_limit: str = "4GB"
+    duckdb_threads: int = 0
+    duckdb_temp_directory: str = ""
     verify_sample: int = 200
     cache_dir: Path = Path.home() / ".cache" / "recsys"
 
@@ -152,7 +159,8 @@ class Settings:
 
     @property
     def duckdb_temp_dir(self) -> Path:
-        return self.home / "duckdb-tmp"
+        """Where DuckDB spills when a query outgrows ``duckdb_memory_limit``."""
+        return Path(self.duckdb_temp_directory) if self.duckdb_temp_directory else self.home / "duckdb-tmp"
 
     @property
     def demo_dir(self) -> Path:
@@ -224,6 +232,10 @@ class Settings:
             "RECSYS_PUBLISH_THREADS": "publish_threads",
             "RECSYS_PUBLISH_SHARDS": "publish_shards",
             "RECSYS_PUBLISH_POOL_SLOTS": "publish_pool_slots",
+            "RECSYS_RECOMMEND_BATCH_USERS": "recommend_batch_users",
+            "RECSYS_DUCKDB_MEMORY_LIMIT": "duckdb_memory_limit",
+            "RECSYS_DUCKDB_THREADS": "duckdb_threads",
+            "RECSYS_DUCKDB_TEMP_DIR": "duckdb_temp_directory",
             "RECSYS_VERIFY_SAMPLE": "verify_sample",
             "RECSYS_SOURCE_TABLE": "source_table",
             "RECSYS_SOURCE_QUERY": "source_query",
@@ -284,6 +296,14 @@ class Settings:
         for name in ("publish_threads", "publish_shards", "publish_pool_slots"):
             if getattr(settings, name) < 1:
                 raise ConfigError(f"{name} must be at least 1, got {getattr(settings, name)}")
+        if settings.recommend_batch_users < 1:
+            raise ConfigError(f"recommend_batch_users must be at least 1, got {settings.recommend_batch_users}")
+        if not MEMORY_LIMIT.fullmatch(settings.duckdb_memory_limit):
+            raise ConfigError(
+                f"RECSYS_DUCKDB_MEMORY_LIMIT: expected a size such as 4GB or 512MiB, got {settings.duckdb_memory_limit!r}"
+            )
+        if settings.duckdb_threads < 0:
+            raise ConfigError(f"duckdb_threads must be 0 (one per core) or more, got {settings.duckdb_threads}")
         if not 0.0 <= settings.max_bad_share < 1.0:
             raise ConfigError(f"max_bad_share must be in [0, 1), got {settings.max_bad_share}")
         if not 0.0 <= settings.volume_min_ratio <= 1.0 <= settings.volume_max_ratio:

@@ -67,6 +67,7 @@ HOUR_WEIGHTS = np.array(
     dtype=np.float64,
 )
 US_PER_SECOND = 1_000_000
+GUMBEL_BLOCK = 8_000_000  # noise values drawn at once for the personal pools (64 MB)
 US_PER_DAY = 86_400 * US_PER_SECOND
 
 
@@ -326,14 +327,7 @@ def _personal_pools(
         if slot_user.size == 0:
             continue
         k = np.minimum(slot_size[slot_user, slot], members.size)
-        k_max = int(k.max())
-        # Gumbel top-k: the first k keys of a row are a popularity-weighted draw without replacement.
-        keys = np.log(catalog.within_category[members])[None, :] + rng.gumbel(size=(slot_user.size, members.size))
-        if k_max < members.size:
-            top = np.argpartition(-keys, k_max - 1, axis=1)[:, :k_max]
-        else:
-            top = np.broadcast_to(np.arange(members.size), (slot_user.size, members.size))
-        top = np.take_along_axis(top, np.argsort(-np.take_along_axis(keys, top, axis=1), axis=1), axis=1)
+        top = _gumbel_top_k(rng, np.log(catalog.within_category[members]), slot_user.size, int(k.max()))
         keep = np.arange(top.shape[1])[None, :] < k[:, None]
         picked = members[top][keep]
         # A user favours the popular items of their pool, each to a personal degree. Where the
@@ -354,6 +348,28 @@ def _personal_pools(
     pool_ptr = np.concatenate(([0], np.cumsum(np.bincount(owner_all, minlength=users))))
     pool_cum = _segment_cumsum(weight, owner_all, users)
     return pool_ptr, pool_item, pool_cum
+
+
+def _gumbel_top_k(rng: np.random.Generator, log_weight: np.ndarray, rows: int, k_max: int) -> np.ndarray:
+    """For each of ``rows`` rows, ``k_max`` column indexes drawn without replacement by weight,
+    in draw order (Gumbel top-k: the largest keys of log-weight + Gumbel noise).
+
+    The noise is drawn in blocks of rows of at most GUMBEL_BLOCK values, so memory stays
+    bounded for a million users on a large category; a Generator fills an array row by row,
+    so the blocks draw the very same numbers as one big array would.
+    """
+    columns = log_weight.size
+    block = max(1, GUMBEL_BLOCK // max(columns, 1))
+    out = np.empty((rows, min(k_max, columns)), dtype=np.int64)
+    for start in range(0, rows, block):
+        stop = min(start + block, rows)
+        keys = log_weight[None, :] + rng.gumbel(size=(stop - start, columns))
+        if k_max < columns:
+            top = np.argpartition(-keys, k_max - 1, axis=1)[:, :k_max]
+        else:
+            top = np.broadcast_to(np.arange(columns), (stop - start, columns))
+        out[start:stop] = np.take_along_axis(top, np.argsort(-np.take_along_axis(keys, top, axis=1), axis=1), axis=1)
+    return out
 
 
 def _segment_cumsum(weight: np.ndarray, segment: np.ndarray, segments: int) -> np.ndarray:

@@ -380,6 +380,10 @@ def recommend(settings: Settings, day: dt.date) -> dict[str, Any]:
     Top-k for every user of the window (filtered as configured); ``__popular__`` for unknown
     users; ``__popular__#<category>`` for each catalog category; ``item#<item_id>`` with the
     item's most similar items (cosine of the model's item factors) for every item.
+
+    Users are scored ``recommend_batch_users`` at a time and each batch's lists go straight
+    into the Parquet file, so memory holds the factors, the seen matrix and one batch of
+    lists, whatever the number of users.
     """
     from recsys.model import similar_items
 
@@ -390,30 +394,46 @@ def recommend(settings: Settings, day: dt.date) -> dict[str, Any]:
     items = pq.read_table(models / "items.parquet")["item_id"].combine_chunks()
     version = lake.read_json(models / "params.json")["model_version"]
     factors = np.load(models / "model.npz")
-    seen = seen_matrix(settings, lake.read_partition(settings.lake, "confidence", day), users, items)
+    user_factors, item_factors = factors["user_factors"], factors["item_factors"]
+    columns = ["user_id", "item_id"] + (["purchases"] if settings.exclude_seen == "purchased" else [])
+    seen = seen_matrix(settings, pq.read_table(lake.partition_file(settings.lake, "confidence", day), columns=columns),
+                       users, items)
     filters = ItemFilters.load(settings, items)
-    ids, scores = serve_lists(settings, factors["user_factors"], factors["item_factors"], seen, filters)
-    user_lists = _lists_table(users, items, ids, scores)
-    similar_ids, similar_scores = similar_items(factors["item_factors"], settings.k, filters.exclude)
-    item_keys = pc.binary_join_element_wise(pa.scalar("item#"), items, "")
-    similar = _lists_table(item_keys, items, similar_ids, similar_scores)
-    popular = _popular_lists(
-        settings, pq.read_table(confidence_dir / "popular.parquet"),
-        pq.read_table(confidence_dir / "popular_by_category.parquet"),
-    )
-    table = pa.concat_tables([user_lists, popular, similar])
-    short = int(np.sum((ids >= 0).sum(axis=1) < settings.k))
-    lake.write_partition(
-        settings.lake, "recommendations", day, table, extra_files={"_meta.json": {"model_version": version}}
-    )
+    batch = settings.recommend_batch_users
+    rows = short = 0
+    last_log = time.perf_counter()
+    with lake.replace_partition(settings.lake, "recommendations", day) as tmp:
+        with pq.ParquetWriter(tmp / lake.DATA_FILE, RECOMMENDATIONS_SCHEMA, compression="zstd") as writer:
+            for first in range(0, len(users), batch):
+                last = min(first + batch, len(users))
+                ids, scores = serve_lists(settings, user_factors[first:last], item_factors, seen[first:last], filters)
+                lists = _lists_table(users.slice(first, last - first), items, ids, scores)
+                writer.write_table(lists)
+                rows += lists.num_rows
+                short += int(np.sum((ids >= 0).sum(axis=1) < settings.k))
+                if time.perf_counter() - last_log >= 10.0 or last == len(users):
+                    last_log = time.perf_counter()
+                    log.info("recommend: %d / %d users (%.0f users/s)", last, len(users),
+                             last / max(last_log - started, 1e-9))
+            popular = _popular_lists(
+                settings, pq.read_table(confidence_dir / "popular.parquet"),
+                pq.read_table(confidence_dir / "popular_by_category.parquet"),
+            )
+            similar_ids, similar_scores = similar_items(item_factors, settings.k, filters.exclude)
+            item_keys = pc.binary_join_element_wise(pa.scalar("item#"), items, "")
+            similar = _lists_table(item_keys, items, similar_ids, similar_scores)
+            writer.write_table(popular)
+            writer.write_table(similar)
+            rows += popular.num_rows + similar.num_rows
+        lake.write_json(tmp / "_meta.json", {"model_version": version})
     seconds = time.perf_counter() - started
     categories = popular.num_rows and int(pc.count_distinct(popular["user_id"]).as_py()) - 1
     log.info(
         "recommend: %d users (%d with fewer than %d items), %d similar-item lists, popular list + %d category "
-        "lists, %d rows in %.1f s",
-        len(users), short, settings.k, len(items), categories, table.num_rows, seconds,
+        "lists, %d rows in %.1f s (%.0f users/s)",
+        len(users), short, settings.k, len(items), categories, rows, seconds, len(users) / max(seconds, 1e-9),
     )
-    return {"users": len(users), "items": len(items), "category_lists": categories, "rows": table.num_rows,
+    return {"users": len(users), "items": len(items), "category_lists": categories, "rows": rows,
             "short_lists": short, "model_version": version, "seconds": round(seconds, 2)}
 
 

@@ -17,18 +17,32 @@ log = logging.getLogger(__name__)
 SQL_DIR = Path(os.environ.get("RECSYS_SQL_DIR") or Path(__file__).resolve().parents[1] / "sql")
 
 
-def connect(temp_dir: Path | None = None, memory_limit: str | None = None) -> "duckdb.DuckDBPyConnection":
-    """An in-memory DuckDB connection in UTC, spilling to ``temp_dir`` when memory runs short."""
+def connect(
+    temp_dir: Path | None = None, memory_limit: str | None = None, threads: int | None = None
+) -> "duckdb.DuckDBPyConnection":
+    """An in-memory DuckDB connection in UTC, spilling to ``temp_dir`` when memory runs short.
+
+    ``memory_limit`` and ``threads`` default to the settings (RECSYS_DUCKDB_MEMORY_LIMIT,
+    default 4GB, and RECSYS_DUCKDB_THREADS, 0 = one per core). DuckDB's own default limit is
+    80% of the machine's memory, which lets one aggregation crowd out every other task on a
+    shared worker; with a limit, large GROUP BYs and sorts spill to ``temp_dir`` instead.
+    """
     import duckdb
 
+    from recsys.config import Settings
+
+    if memory_limit is None or threads is None:
+        settings = Settings.from_env()
+        memory_limit = settings.duckdb_memory_limit if memory_limit is None else memory_limit
+        threads = settings.duckdb_threads if threads is None else threads
     con = duckdb.connect(":memory:")
     con.execute("SET TimeZone = 'UTC'")
-    limit = memory_limit or os.environ.get("RECSYS_DUCKDB_MEMORY_LIMIT")
-    if limit:
-        con.execute(f"SET memory_limit = '{limit}'")
+    con.execute("SET memory_limit = $limit", {"limit": memory_limit})
+    if threads:
+        con.execute("SET threads = $threads", {"threads": int(threads)})
     if temp_dir is not None:
         temp_dir.mkdir(parents=True, exist_ok=True)
-        con.execute(f"SET temp_directory = '{temp_dir}'")
+        con.execute("SET temp_directory = $dir", {"dir": str(temp_dir)})
     return con
 
 

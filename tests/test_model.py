@@ -158,3 +158,41 @@ def test_seen_matrix_excludes_everything_touched_or_only_purchases(tmp_path) -> 
     assert seen_matrix(everything, confidence, users, items).toarray().tolist() == [[1, 1, 0], [0, 1, 0]]
     bought = Settings.from_env({"RECSYS_HOME": str(tmp_path), "RECSYS_EXCLUDE_SEEN": "purchased"})
     assert seen_matrix(bought, confidence, users, items).toarray().tolist() == [[0, 1, 0], [0, 0, 0]]
+
+
+def test_batched_lists_equal_one_batch_on_a_tiny_matrix(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """What recommend does batch by batch (top-k, filters, category cap) gives the lists of one batch."""
+    from recsys.config import Settings
+    from recsys.pipeline import ItemFilters, serve_lists
+
+    rng = np.random.default_rng(3)
+    items = rng.normal(size=(12, 3)).astype(np.float32)
+    users = rng.normal(size=(7, 3)).astype(np.float32)
+    dense = (rng.random((7, 12)) < 0.4).astype(np.float32)
+    dense[6] = 1.0  # a user who has seen everything gets an empty (padded) list
+    seen = sp.csr_matrix(dense)
+    filters = ItemFilters(exclude=np.array([0, 5], dtype=np.int32), categories=np.arange(12, dtype=np.int32) % 3)
+    settings = Settings.from_env({"RECSYS_HOME": str(tmp_path), "RECSYS_K": "4", "RECSYS_MAX_PER_CATEGORY": "2"})
+    whole_ids, whole_scores = serve_lists(settings, users, items, seen, filters)
+    for batch in (1, 2, 3):
+        parts = [serve_lists(settings, users[i : i + batch], items, seen[i : i + batch], filters) for i in range(0, 7, batch)]
+        # BLAS may round a dot product differently with another batch shape: ids must match exactly.
+        assert np.concatenate([ids for ids, _ in parts]).tolist() == whole_ids.tolist()
+        assert np.allclose(np.concatenate([s for _, s in parts]), whole_scores, rtol=1e-5)
+    assert whole_ids[6].tolist() == [-1, -1, -1, -1]
+    assert top_k_items(items, users, seen, 4, None, batch_users=2)[0].tolist() == top_k_items(items, users, seen, 4, None)[0].tolist()
+
+
+def test_duckdb_settings_reach_the_connection(tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    from recsys.config import ConfigError, Settings
+    from recsys.sqlrun import connect
+
+    monkeypatch.setenv("RECSYS_DUCKDB_MEMORY_LIMIT", "512MiB")
+    monkeypatch.setenv("RECSYS_DUCKDB_THREADS", "1")
+    con = connect(temp_dir=tmp_path / "spill")
+    [(limit, threads, temp)] = con.sql(
+        "SELECT current_setting('memory_limit'), current_setting('threads'), current_setting('temp_directory')"
+    ).fetchall()
+    assert (limit, threads, temp) == ("512.0 MiB", 1, str(tmp_path / "spill"))
+    with pytest.raises(ConfigError, match="RECSYS_DUCKDB_MEMORY_LIMIT"):
+        Settings.from_env({"RECSYS_DUCKDB_MEMORY_LIMIT": "lots"})

@@ -40,6 +40,7 @@ def recsys_env(store: Path, dynamodb_endpoint: str, tmp_path: Path, monkeypatch:
         "RECSYS_DYNAMODB_ENDPOINT": dynamodb_endpoint,
         "RECSYS_TABLE": f"recs_{uuid.uuid4().hex[:8]}",
         "RECSYS_VERIFY_SAMPLE": "300",
+        "RECSYS_RECOMMEND_BATCH_USERS": "700",  # several batches of lists, each written as it is made
     }
     for key, value in values.items():
         monkeypatch.setenv(key, value)

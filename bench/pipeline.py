@@ -1,0 +1,533 @@
+"""How fast and how big the nightly DAG runs at a given scale, against raw baselines.
+
+    .venv/bin/python bench/pipeline.py --scale 1 [--publish local|skip] [--plain-publish] [--grid G]
+
+``--scale 1`` is the demo store (100,000 users, 2,465 items, 800,000 events over 70 days);
+``--scale 10`` is ten times each (1M users, 24,650 items, 8M events). The script
+
+1. generates the store under ``--home`` (reused when it is already there at that size);
+2. runs the nightly DAG for the store's last day the way ``recsys run`` does
+   (``recsys.cli.run_dag``: Airflow's ``dag.test()``, every task in one process), in a
+   child process, on an empty lake, so extract copies the whole window as on a first run.
+   Each stage is timed there, and its peak RSS is the process's high-water mark during the
+   stage (reset with ``/proc/self/clear_refs`` when the stage starts; "RSS at start" says
+   how much the process already held). ``--publish local`` publishes into a DynamoDB Local
+   the script starts; ``skip`` (the default) skips publish and verify, which are bound by
+   DynamoDB Local's own speed (see ``bench/publish.py``);
+3. runs the raw baselines on the same data, each in a fresh child process (its peak RSS
+   from ``os.wait4``):
+   * aggregate vs one DuckDB query (sum of event weights per user and item over the
+     window's Parquet files, written to Parquet) with DuckDB's defaults;
+   * train + recommend vs ``implicit`` called directly: the winning parameters, fit on the
+     same scaled matrix, then ``model.recommend`` for every user (seen and inactive items
+     filtered), no wrapper of ours in between;
+   * publish vs the plain writer of ``bench/publish.py`` (``--plain-publish``; needs
+     ``--publish local``).
+
+It prints one table (wall seconds, peak RSS, rows per second, baseline, ratio) and the
+DAG's total without publish. It is a benchmark, not a test: it asserts nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+log = logging.getLogger("bench.pipeline")
+
+BASE = {"users": 100_000, "items": 2_465, "events": 800_000}
+DAYS = 70
+END_DATE = dt.date(2026, 10, 31)
+STAGES = ("extract", "validate", "aggregate", "tune", "train", "recommend", "publish", "verify")
+
+
+# --------------------------------------------------------------------------- memory
+
+
+def rss_kib(field: str = "VmRSS") -> int:
+    """This process's resident set (or high-water mark, field VmHWM) in KiB."""
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    return 0
+
+
+def reset_peak() -> None:
+    """Reset VmHWM to the current RSS (Linux >= 4.0), so the next peak is this stage's."""
+    with open("/proc/self/clear_refs", "w") as clear:
+        clear.write("5")
+
+
+def run_child(args: list[str], env: dict[str, str] | None = None, log_path: Path | None = None) -> tuple[int, float, int]:
+    """Run ``python bench/pipeline.py <args>``; returns (exit status, wall seconds, ru_maxrss KiB).
+
+    Linux keeps the parent's RSS at fork in a child's ru_maxrss, so children also report
+    their own VmHWM (per address space, reset by exec), which is what the table shows.
+    """
+    started = time.perf_counter()
+    out = open(log_path, "ab") if log_path else None
+    try:
+        process = subprocess.Popen([sys.executable, str(Path(__file__).resolve()), *args], env=env,
+                                   stdout=out, stderr=subprocess.STDOUT if out else None)
+        _, status, usage = os.wait4(process.pid, 0)
+    finally:
+        if out:
+            out.close()
+    process.returncode = os.waitstatus_to_exitcode(status)
+    return process.returncode, time.perf_counter() - started, int(usage.ru_maxrss)
+
+
+# --------------------------------------------------------------------------- children
+
+
+def child_dag(out: Path, publish: bool) -> int:
+    """The DAG through ``recsys.cli.run_dag``, with every stage timed and its peak RSS taken."""
+    from recsys import model, runtime
+    from recsys.cli import run_dag
+    from recsys.config import Settings
+
+    records: list[dict[str, Any]] = []
+    inner: dict[str, float] = {}
+    current: list[str] = [""]
+    run_stage = runtime.run_stage
+
+    def timed_stage(name: str, *args: Any, **kwargs: Any) -> Any:
+        if name in ("publish", "verify") and not publish:
+            return {"published": False, "reason": "bench: publish skipped"} if name == "publish" else {}
+        current[0] = name
+        reset_peak()
+        record: dict[str, Any] = {"stage": name, "rss_start_kib": rss_kib()}
+        started = time.perf_counter()
+        try:
+            result = run_stage(name, *args, **kwargs)
+        finally:
+            record["seconds"] = time.perf_counter() - started
+            record["peak_kib"] = rss_kib("VmHWM")
+            records.append(record)
+            current[0] = ""
+        record["result"] = json.loads(json.dumps(result, default=str)) if isinstance(result, dict) else None
+        return result
+
+    def timed(fn: Any, label: str) -> Any:
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            started = time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                key = f"{current[0]}.{label}"
+                inner[key] = inner.get(key, 0.0) + time.perf_counter() - started
+        return wrapper
+
+    runtime.run_stage = timed_stage
+    model.train_als = timed(model.train_als, "fit")
+    model.recommend_als = timed(model.recommend_als, "recommend_als")
+    model.similar_items = timed(model.similar_items, "similar_items")
+    settings = Settings.from_env()
+    started = time.perf_counter()
+    dag_run = run_dag(settings, END_DATE)
+    seconds = time.perf_counter() - started
+    tasks = {}
+    for ti in dag_run.get_task_instances():
+        if ti.start_date and ti.end_date:
+            tasks.setdefault(ti.task_id, 0.0)
+            tasks[ti.task_id] += (ti.end_date - ti.start_date).total_seconds()
+    out.write_text(json.dumps({
+        "state": str(dag_run.state), "seconds": seconds, "stages": records, "inner": inner, "tasks": tasks,
+        "peak_kib": max([rss_kib("VmHWM"), *(r["peak_kib"] for r in records)]),
+    }, indent=1))
+    return 0 if str(dag_run.state).endswith("success") else 1
+
+
+def child_raw_duckdb(out: Path, files: list[str], start: str, end: str, weights: dict[str, float],
+                     interleave: bool = False) -> int:
+    """One DuckDB query with the defaults: weighted events per (user, item) over the window, to Parquet.
+
+    With ``interleave``, also the project's aggregate stage itself (it rewrites its own
+    partition with the same content: a rerun is idempotent), raw/project/project/raw.
+    """
+    import duckdb
+
+    target = out.with_suffix(".parquet")
+    cases = " ".join(f"WHEN '{name}' THEN {float(w)}" for name, w in weights.items())
+
+    def raw() -> tuple[float, int]:
+        con = duckdb.connect(":memory:")
+        con.execute("SET TimeZone = 'UTC'")
+        started = time.perf_counter()
+        con.execute(
+            f"""COPY (
+                SELECT user_id, item_id, sum(CASE event_type {cases} END)::DOUBLE AS confidence
+                FROM read_parquet($files)
+                WHERE event_ts >= $start::TIMESTAMPTZ AND event_ts < $end::TIMESTAMPTZ
+                GROUP BY user_id, item_id
+            ) TO '{target}' (FORMAT parquet, COMPRESSION zstd)""",
+            {"files": files, "start": start, "end": end},
+        )
+        seconds = time.perf_counter() - started
+        rows = con.sql(f"SELECT count(*) FROM '{target}'").fetchall()[0][0]
+        target.unlink()
+        return seconds, int(rows)
+
+    def project() -> float:
+        from recsys import pipeline
+        from recsys.config import Settings
+
+        started = time.perf_counter()
+        pipeline.aggregate(Settings.from_env(), END_DATE)
+        return time.perf_counter() - started
+
+    seconds, rows = raw()
+    runs: dict[str, list[float]] = {"raw": [seconds], "project": []}
+    if interleave:
+        runs["project"] += [project(), project()]
+        runs["raw"].append(raw()[0])
+    out.write_text(json.dumps({"seconds": seconds, "rows": rows, "interleaved": runs,
+                               "best": {name: min(r) for name, r in runs.items() if r},
+                               "peak_kib": rss_kib("VmHWM")}))
+    return 0
+
+
+def child_raw_implicit(out: Path, confidence: str, catalog: str, params: dict[str, Any], k: int,
+                       batch: int = 50_000, interleave: bool = False) -> int:
+    """``implicit`` on its own: fit the winning parameters on the same scaled matrix, then recommend
+    the top-k for every user with seen and inactive items filtered (implicit batches and threads)."""
+    import numpy as np
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+    from implicit.cpu.als import AlternatingLeastSquares
+    from threadpoolctl import threadpool_limits
+
+    from recsys.model import ALSParams, build_user_item_matrix, recommend_als, scale_confidence, train_als
+
+    table = pq.read_table(confidence, columns=["user_id", "item_id", "confidence"])
+    full = build_user_item_matrix(table)
+    del table
+    scaled = scale_confidence(full.matrix, params["alpha"], params["weighting"])
+    seen = full.matrix.copy()
+    seen.data[:] = 1.0
+    cat = pq.read_table(catalog, columns=["item_id", "active"])
+    inactive = pc.filter(cat["item_id"], pc.invert(cat["active"]))
+    index = pc.index_in(inactive, value_set=full.item_ids)
+    exclude = np.asarray(pc.drop_null(index).to_numpy(), dtype=np.int32)
+
+    def raw() -> tuple[float, float]:
+        with threadpool_limits(1, "blas"):
+            started = time.perf_counter()
+            model = AlternatingLeastSquares(
+                factors=params["factors"], regularization=params["regularization"], alpha=1.0,
+                iterations=params["iterations"], random_state=params["random_state"], calculate_training_loss=False,
+            )
+            model.fit(scaled, show_progress=False)
+            fitted = time.perf_counter()
+            model.recommend(np.arange(full.shape[0]), seen, N=k, filter_already_liked_items=True, filter_items=exclude)
+            return fitted - started, time.perf_counter() - fitted
+
+    def project() -> tuple[float, float]:
+        """The project's own calls on the same matrix: train_als, then recommend_als batch by batch."""
+        started = time.perf_counter()
+        model = train_als(full.matrix, ALSParams(**params))
+        fitted = time.perf_counter()
+        for first in range(0, full.shape[0], batch):
+            recommend_als(model.user_factors[first:first + batch], model.item_factors, seen[first:first + batch], k,
+                          exclude)
+        return fitted - started, time.perf_counter() - fitted
+
+    # raw, project, project, raw: the machine is shared, so each side is timed early and late
+    # and keeps its best; the first raw pair is also the baseline beside the stages.
+    first = raw()
+    runs = {"raw": [first], "project": []}
+    if interleave:
+        runs["project"].append(project())
+        runs["project"].append(project())
+        runs["raw"].append(raw())
+    best = {name: min(r, key=sum) for name, r in runs.items() if r}
+    out.write_text(json.dumps({
+        "fit_seconds": first[0], "recommend_seconds": first[1], "users": int(full.shape[0]),
+        "items": int(full.shape[1]), "nnz": int(full.matrix.nnz), "interleaved": runs, "best": best,
+        "peak_kib": rss_kib("VmHWM"),
+    }))
+    return 0
+
+
+def child_plain_publish(out: Path, endpoint: str, recommendations: str) -> int:
+    """bench/publish.py's plain writer (boto3 batch_writer, one thread) over the run's lists."""
+    import pyarrow.parquet as pq
+
+    sys.path.insert(0, str(REPO / "bench"))
+    from publish import count_items, drop_table, fresh_table, raw_client, write_plain  # type: ignore[import-not-found]
+
+    recs = pq.read_table(recommendations).sort_by([("user_id", "ascending"), ("rank", "ascending")])
+    admin = raw_client(endpoint, 4)
+    table = fresh_table(admin, "plain")
+    try:
+        items, seconds, _ = write_plain(endpoint, table, recs)
+        found = count_items(admin, table, items)
+    finally:
+        drop_table(admin, table)
+    out.write_text(json.dumps({"seconds": seconds, "items": items, "counted": found, "peak_kib": rss_kib("VmHWM")}))
+    return 0 if found == items else 1
+
+
+# --------------------------------------------------------------------------- the run
+
+
+def sizes(scale: float) -> dict[str, int]:
+    return {name: int(round(value * scale)) for name, value in BASE.items()}
+
+
+def ensure_store(store: Path, scale: float) -> dict[str, Any]:
+    """The generated store for ``scale`` (reused when ``_bench.json`` says it has that size),
+    generated in a child process so this one stays small."""
+    want = {**sizes(scale), "days": DAYS, "end_date": END_DATE.isoformat()}
+    marker = store / "_bench.json"
+    if marker.exists() and json.loads(marker.read_text()).get("sizes") == want:
+        log.info("store %s already has %s", store, want)
+        return dict(json.loads(marker.read_text()))
+    store.parent.mkdir(parents=True, exist_ok=True)
+    out = store.parent / "datagen.json"
+    status, _, _ = run_child(["_child", "datagen", str(out), json.dumps({"store": str(store), "scale": scale})])
+    if status != 0:
+        raise RuntimeError(f"generating the store {store} failed (exit {status})")
+    summary = json.loads(out.read_text())
+    info = {"sizes": want, "generate_seconds": summary["seconds"], "users_with_events": summary["users"],
+            "generate_peak_kib": summary["peak_kib"]}
+    marker.write_text(json.dumps(info))
+    return info
+
+
+def child_datagen(out: Path, store: str, scale: float) -> int:
+    from recsys.datagen import generate_store
+
+    summary = generate_store(Path(store), days=DAYS, end_date=END_DATE, **sizes(scale))
+    out.write_text(json.dumps({**summary, "peak_kib": rss_kib("VmHWM")}))
+    return 0
+
+
+def start_dynamodb_local(home: Path) -> Any:
+    sys.path.insert(0, str(REPO / "bench"))
+    from publish import start_server  # type: ignore[import-not-found]
+
+    from recsys.config import Settings
+
+    return start_server(Settings.from_env(), None)
+
+
+def mib(kib: int | float) -> str:
+    return f"{kib / 1024:,.0f}"
+
+
+def rate(count: float | None, seconds: float) -> str:
+    if not count or seconds <= 0:
+        return ""
+    return f"{count / seconds:,.0f}" if count / seconds >= 10 else f"{count / seconds:.3f}"
+
+
+def print_table(dag: dict[str, Any], base: dict[str, Any], scale: float, window_events: int) -> None:
+    by_stage: dict[str, dict[str, Any]] = {}
+    for record in dag["stages"]:
+        entry = by_stage.setdefault(record["stage"], {"seconds": 0.0, "peak_kib": 0, "rss_start_kib": record["rss_start_kib"],
+                                                      "runs": 0, "result": record["result"]})
+        entry["seconds"] += record["seconds"]
+        entry["peak_kib"] = max(entry["peak_kib"], record["peak_kib"])
+        entry["runs"] += 1
+    results = {name: entry["result"] or {} for name, entry in by_stage.items()}
+    counts: dict[str, tuple[float | None, str]] = {
+        "extract": (results.get("extract", {}).get("rows"), "rows"),
+        "validate": (results.get("validate", {}).get("rows") or window_events, "rows"),
+        "aggregate": (window_events, "events"),
+        "tune": (by_stage.get("tune", {}).get("runs"), "candidates"),
+        "train": (results.get("train", {}).get("train_users") or base.get("implicit", {}).get("users"), "users"),
+        "recommend": (results.get("recommend", {}).get("rows"), "rows"),
+        "publish": (results.get("publish", {}).get("items"), "items"),
+        "verify": (results.get("verify", {}).get("checked"), "items"),
+    }
+    header = (f"{'stage':<16} {'wall s':>8} {'RSS at start':>12} {'peak RSS MiB':>12} {'count':>11} {'per s':>10}   "
+              f"{'baseline (same data, same run)':<34} {'base s':>7} {'base MiB':>9} {'ratio':>6}")
+    print(f"\nscale {scale:g}: {sizes(scale)} over {DAYS} days; DAG state {dag['state']}")
+    print(header)
+    print("-" * len(header))
+    implicit = base.get("implicit")
+    for name in STAGES:
+        if name not in by_stage:
+            continue
+        e = by_stage[name]
+        count, unit = counts[name]
+        label = f"{name} x{e['runs']}" if e["runs"] > 1 else name
+        line = (f"{label:<16} {e['seconds']:>8.1f} {mib(e['rss_start_kib']):>12} {mib(e['peak_kib']):>12} "
+                f"{(f'{count:,.0f} {unit}' if count else ''):>11} {rate(count, e['seconds']):>10}   ")
+        baseline = ""
+        if name == "aggregate" and "duckdb" in base:
+            b = base["duckdb"]
+            baseline = (f"{'one raw DuckDB query':<34} {b['seconds']:>7.1f} {mib(b['peak_kib']):>9} "
+                        f"{e['seconds'] / b['seconds']:>5.2f}x")
+        elif name == "train" and implicit:
+            baseline = (f"{'implicit fit':<34} {implicit['fit_seconds']:>7.1f} {mib(implicit['peak_kib']):>9} "
+                        f"{e['seconds'] / implicit['fit_seconds']:>5.2f}x")
+        elif name == "recommend" and implicit:
+            baseline = (f"{'implicit recommend (all users)':<34} {implicit['recommend_seconds']:>7.1f} {'':>9} "
+                        f"{e['seconds'] / implicit['recommend_seconds']:>5.2f}x")
+        elif name == "publish" and "plain" in base:
+            b = base["plain"]
+            baseline = (f"{'plain writer (bench/publish.py)':<34} {b['seconds']:>7.1f} {mib(b['peak_kib']):>9} "
+                        f"{e['seconds'] / b['seconds']:>5.2f}x")
+        print(line + baseline)
+    print("-" * len(header))
+    if implicit:
+        project = by_stage.get("train", {}).get("seconds", 0.0) + by_stage.get("recommend", {}).get("seconds", 0.0)
+        raw = implicit["fit_seconds"] + implicit["recommend_seconds"]
+        inner = dag["inner"]
+        core = inner.get("train.fit", 0.0) + inner.get("recommend.recommend_als", 0.0)
+        print(f"ALS fit + recommend: the stages train + recommend {project:.1f} s vs raw implicit {raw:.1f} s "
+              f"= {project / raw:.2f}x; inside them train_als + recommend_als {core:.1f} s = {core / raw:.2f}x "
+              f"({implicit['users']:,} users x {implicit['items']:,} items, {implicit['nnz']:,} non-zeros)")
+        if base.get("duckdb", {}).get("best", {}).get("project"):
+            b = base["duckdb"]["best"]
+            print(f"same process, interleaved raw/project/project/raw, best of each: aggregate stage {b['project']:.1f} s "
+                  f"vs one raw DuckDB query {b['raw']:.1f} s = {b['project'] / b['raw']:.2f}x")
+        if implicit.get("best", {}).get("project"):
+            b = implicit["best"]
+            print(f"same process, interleaved raw/project/project/raw, best of each: project fit {b['project'][0]:.1f} s + "
+                  f"recommend {b['project'][1]:.1f} s vs raw fit {b['raw'][0]:.1f} s + recommend {b['raw'][1]:.1f} s "
+                  f"= {sum(b['project']) / sum(b['raw']):.2f}x")
+    total = sum(e["seconds"] for n, e in by_stage.items() if n not in ("publish", "verify"))
+    tasks = dag["tasks"]
+    task_total = sum(s for t, s in tasks.items() if t not in ("publish", "verify"))
+    print(f"DAG without publish/verify: stages {total:.1f} s, Airflow task instances {task_total:.1f} s; "
+          f"dag.test() wall {dag['seconds']:.1f} s in all; DAG process peak RSS {mib(dag['peak_kib'])} MiB")
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--scale", type=float, default=1.0, help="1 = 100k users, 800k events; 10 = 1M, 8M")
+    parser.add_argument("--home", type=Path, help="RECSYS_HOME of the run (default var/bench/scale<N>)")
+    parser.add_argument("--publish", choices=("skip", "local"), default="skip",
+                        help="skip publish + verify (default) or publish into a DynamoDB Local started here")
+    parser.add_argument("--plain-publish", action="store_true", help="also time bench/publish.py's plain writer")
+    parser.add_argument("--grid", help="RECSYS_TUNING_GRID for the run (default: the settings' grid)")
+    parser.add_argument("--no-baselines", action="store_true", help="only the DAG")
+    parser.add_argument("--interleave", action="store_true",
+                        help="also time the project's train_als + recommend_als against raw implicit in one process, "
+                             "raw/project/project/raw, best of each (3 more fits)")
+    args = parser.parse_args(argv)
+    if args.plain_publish and args.publish != "local":
+        parser.error("--plain-publish needs --publish local")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] == "_child":
+        kind, out, rest = argv[1], Path(argv[2]), json.loads(argv[3])
+        logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s %(message)s")
+        return {"dag": child_dag, "duckdb": child_raw_duckdb, "implicit": child_raw_implicit,
+                "plain": child_plain_publish, "datagen": child_datagen}[kind](out, **rest)
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s %(message)s")
+    args = parse_args(argv)
+    home = (args.home or REPO / "var" / "bench" / f"scale{args.scale:g}").resolve()
+    store = home / "store"
+    info = ensure_store(store, args.scale)
+    log.info("store: %s", info)
+    for stale in ("lake", "duckdb-tmp"):
+        shutil.rmtree(home / stale, ignore_errors=True)  # a first run: extract copies the whole window
+    work = home / "bench-out"
+    work.mkdir(parents=True, exist_ok=True)
+    run_log = work / f"run-{time.strftime('%Y%m%d-%H%M%S')}.log"
+    env = {**os.environ, "PYTHONPATH": str(REPO), "RECSYS_HOME": str(home),
+           "RECSYS_SOURCE": str(store / "interactions"), "RECSYS_CATALOG": str(store / "catalog.parquet"),
+           "RECSYS_TABLE": f"bench_pipeline_{uuid.uuid4().hex[:8]}"}
+    if args.grid is not None:
+        env["RECSYS_TUNING_GRID"] = args.grid
+    server = start_dynamodb_local(home) if args.publish == "local" else None
+    try:
+        if server:
+            env["RECSYS_DYNAMODB_ENDPOINT"] = server.endpoint
+        log.info("DAG run for %s (log: %s)", END_DATE, run_log)
+        status, wall, peak = run_child(["_child", "dag", str(work / "dag.json"), json.dumps({"publish": server is not None})],
+                                       env, run_log)
+        if status != 0 or not (work / "dag.json").exists():
+            log.error("the DAG run failed (exit %d); see %s", status, run_log)
+            return 1
+        dag = json.loads((work / "dag.json").read_text())
+        dag["child_peak_kib"] = peak
+        base: dict[str, Any] = {}
+        if not args.no_baselines:
+            base = run_baselines(args, home, store, env, server, work, run_log)
+    finally:
+        if server:
+            server.stop()
+    from recsys import lake
+    from recsys.config import Settings
+    from recsys.window import Window
+
+    settings = Settings.from_env({"RECSYS_HOME": str(home), "RECSYS_SOURCE": str(store / "interactions"),
+                                  "RECSYS_CATALOG": str(store / "catalog.parquet")})
+    import pyarrow.parquet as pq
+
+    window_events = sum(pq.ParquetFile(lake.partition_file(settings.lake, "interactions", d)).metadata.num_rows
+                        for d in Window.of(settings, END_DATE).days
+                        if lake.partition_exists(settings.lake, "interactions", d))
+    print_table(dag, base, args.scale, window_events)
+    print(f"store generated in {info.get('generate_seconds', 0):.1f} s (not part of the DAG); "
+          f"DAG child process wall {wall:.1f} s; log {run_log}")
+    (work / "summary.json").write_text(json.dumps({"dag": dag, "baselines": base, "window_events": window_events}, indent=1))
+    return 0
+
+
+def run_baselines(args: argparse.Namespace, home: Path, store: Path, env: dict[str, str], server: Any,
+                  work: Path, run_log: Path) -> dict[str, Any]:
+    """Each baseline in a fresh child process over the data the DAG just used."""
+    from recsys import lake
+    from recsys.config import Settings
+    from recsys.window import Window
+
+    settings = Settings.from_env({k: v for k, v in env.items() if k.startswith("RECSYS_")})
+    window = Window.of(settings, END_DATE)
+    files = [str(lake.partition_file(settings.lake, "interactions", d)) for d in window.days
+             if lake.partition_exists(settings.lake, "interactions", d)]
+    base: dict[str, Any] = {}
+
+    def child(kind: str, **kwargs: Any) -> dict[str, Any] | None:
+        out = work / f"{kind}.json"
+        out.unlink(missing_ok=True)
+        status, _, peak = run_child(["_child", kind, str(out), json.dumps(kwargs)], env, run_log)
+        if status != 0 or not out.exists():
+            log.error("baseline %s failed (exit %d); see %s", kind, status, run_log)
+            return None
+        return {"wait4_peak_kib": peak, **json.loads(out.read_text())}
+
+    result = child("duckdb", files=files, start=window.start.isoformat(), end=window.end.isoformat(),
+                   weights=settings.event_weights, interleave=args.interleave)
+    if result:
+        base["duckdb"] = result
+    params = lake.read_json(lake.partition_dir(settings.lake, "models", END_DATE) / "params.json")["als"]
+    result = child("implicit", confidence=str(lake.partition_file(settings.lake, "confidence", END_DATE)),
+                   catalog=str(store / "catalog.parquet"), params=params, k=settings.k,
+                   batch=settings.recommend_batch_users, interleave=args.interleave)
+    if result:
+        base["implicit"] = result
+    if args.plain_publish and server:
+        result = child("plain", endpoint=server.endpoint,
+                       recommendations=str(lake.partition_file(settings.lake, "recommendations", END_DATE)))
+        if result:
+            base["plain"] = result
+    return base
+
+
+if __name__ == "__main__":
+    sys.exit(main())
