@@ -49,7 +49,8 @@ DEFAULT_ARGS = {
         "iterations": Param(None, type=["null", "integer"], minimum=1, description="ALS iterations"),
         "recency_half_life_days": Param(None, type=["null", "number"], minimum=0, description="Older events count less (0 = off)"),
         "force_publish": Param(False, type="boolean", description="Publish even if the table serves a newer run date"),
-        "tuning_grid": Param(None, type=["null", "string"], description="Candidates tried each night, e.g. factors=32,64;alpha=2,10 (empty: no tuning)"),
+        "tuning_grid": Param(None, type=["null", "string"], description="Candidates tried each night, e.g. factors=32,64;alpha=2,10;half_life=0,14;weights=configured,uniform | model=bpr;factors=64 (empty: no tuning)"),
+        "model": Param(None, type=["null", "string"], enum=[None, "als", "bpr"], description="Model family outside the grid (als or bpr)"),
     },
 )
 def recsys_nightly() -> None:

@@ -22,6 +22,7 @@ PARAM_FIELDS = (
     "iterations",
     "recency_half_life_days",
     "tuning_grid",
+    "model",
 )
 
 
