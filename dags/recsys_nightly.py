@@ -4,7 +4,8 @@
 Turns one day of storefront events into a fresh top-20 list for every user in DynamoDB.
 
 `extract` → `validate` (Great Expectations) → `aggregate` (DuckDB, `sql/*.sql`) →
-`tune` (one mapped task per candidate setting, scored on the held-out newest days) →
+`tune` (one mapped task per candidate — ALS or BPR, event weights, recency half-life — scored on
+the held-out newest days) →
 `train` (the best candidate, gated against popularity, retrained on the whole window) → `recommend` →
 `publish` (DynamoDB; skipped for backfill runs and for dates older than the one served,
 unless the `force_publish` Param is set) → `verify`.

@@ -125,7 +125,7 @@ class PairEvents:
     offsets: np.ndarray
     ages: np.ndarray
 
-    ARRAYS = ("indptr", "indices", "pair", "type_code", "counts", "offsets", "ages")
+    ARRAYS = ("indptr", "indices", "pair", "type_code", "counts", "ages")  # offsets: cumsum of counts
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -138,6 +138,7 @@ class PairEvents:
     @classmethod
     def from_arrays(cls, arrays: Any, user_ids: pa.Array, item_ids: pa.Array) -> "PairEvents":
         return cls(user_ids=user_ids, item_ids=item_ids, event_types=[str(t) for t in arrays["event_types"]],
+                   offsets=np.concatenate([[0], np.cumsum(arrays["counts"], dtype=np.int64)]),
                    **{k: arrays[k] for k in cls.ARRAYS})
 
 
@@ -168,7 +169,7 @@ def build_pair_events(events: pa.Table) -> PairEvents:
         indptr=np.concatenate([[0], np.cumsum(np.bincount(pair_keys // n_items, minlength=len(users)))]).astype(np.int64),
         indices=(pair_keys % n_items).astype(np.int32),
         event_types=types.to_pylist(),
-        pair=pair.astype(np.int64).ravel(),
+        pair=pair.astype(np.int32).ravel(),
         type_code=type_code[order],
         counts=counts,
         offsets=np.concatenate([[0], np.cumsum(counts)]).astype(np.int64),

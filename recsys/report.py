@@ -111,8 +111,9 @@ def params_text(params: dict[str, Any], configured: dict[str, float] | None = No
     Event weights read ``configured`` (RECSYS_EVENT_WEIGHTS), ``uniform`` (every type 1), or
     ``View:1 Purchase:20 …``; random_state is left out.
     """
+    order = ("model", "factors", "regularization", "alpha", "weighting", "learning_rate", "iterations")
     parts = []
-    for key, value in params.items():
+    for key, value in sorted(params.items(), key=lambda kv: order.index(kv[0]) if kv[0] in order else len(order)):
         if key == "random_state":
             continue
         if key == "event_weights":
