@@ -4,7 +4,8 @@
 Turns one day of storefront events into a fresh top-20 list for every user in DynamoDB.
 
 `extract` → `validate` (Great Expectations) → `aggregate` (DuckDB, `sql/*.sql`) →
-`tune` (one mapped task per candidate setting, scored on the held-out newest days) →
+`tune` (one mapped task per candidate — ALS or BPR, event weights, recency half-life — scored on
+the held-out newest days) →
 `train` (the best candidate, gated against popularity, retrained on the whole window) → `recommend` →
 `plan_publish` (skips backfill runs and dates older than the one served, unless the
 `force_publish` Param is set; else splits the users into `publish_shards` ranges) →
@@ -56,8 +57,9 @@ DEFAULT_ARGS = {
         "iterations": Param(None, type=["null", "integer"], minimum=1, description="ALS iterations"),
         "recency_half_life_days": Param(None, type=["null", "number"], minimum=0, description="Older events count less (0 = off)"),
         "force_publish": Param(False, type="boolean", description="Publish even if the table serves a newer run date"),
-        "tuning_grid": Param(None, type=["null", "string"], description="Candidates tried each night, e.g. factors=32,64;alpha=2,10 (empty: no tuning)"),
+        "tuning_grid": Param(None, type=["null", "string"], description="Candidates tried each night, e.g. factors=32,64;alpha=2,10;half_life=0,14;weights=configured,uniform | model=bpr;factors=64 (empty: no tuning)"),
         "publish_shards": Param(None, type=["null", "integer"], minimum=1, description="Publish tasks the users are split into (default RECSYS_PUBLISH_SHARDS)"),
+        "model": Param(None, type=["null", "string"], enum=[None, "als", "bpr"], description="Model family outside the grid (als or bpr)"),
     },
 )
 def recsys_nightly() -> None:

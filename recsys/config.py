@@ -27,19 +27,35 @@ DEFAULT_ENDPOINT = "http://127.0.0.1:8000"
 CANONICAL_COLUMNS = ("user_id", "item_id", "event_type", "event_ts")
 OPTIONAL_COLUMNS = ("event_id",)
 POPULAR_USER_ID = "__popular__"
+# Grid keys: model fields (recsys.model.ModelParams), then what the confidence matrix is
+# built from: the event weights (a preset, or one event type's weight: weight.<type>) and
+# the recency half-life in days (0 = off).
 TUNABLE: dict[str, type] = {
+    "model": str,
     "factors": int,
     "regularization": float,
     "alpha": float,
     "iterations": int,
     "weighting": str,
+    "learning_rate": float,
+    "weights": str,
+    "half_life": float,
 }
+WEIGHT_KEY_PREFIX = "weight."
+MODELS = ("als", "bpr")
 WEIGHTINGS = ("log", "bm25")
 # DuckDB's memory_limit: a number and a unit (DuckDB spills to temp_directory beyond it).
 MEMORY_LIMIT = re.compile(r"\d+(\.\d+)?\s*(B|KB|MB|GB|TB|KiB|MiB|GiB|TiB)", re.IGNORECASE)
-DEFAULT_TUNING_GRID = "factors=16,64,128;alpha=2,10;weighting=log,bm25"
 DEFAULT_PUBLISH_POOL = "recsys_dynamodb"
 DEFAULT_SOURCE_CONN_ID = "recsys_source"
+WEIGHT_PRESETS = ("configured", "uniform")
+# 12 candidates, as many as the grid had before recency: on the demo store log weighting
+# scored best with alpha 10 at every size and BM25 with alpha 2 (or equal at 128 factors), so
+# the grid spends the two other pairs on a recency half-life instead (see README, Tuning).
+DEFAULT_TUNING_GRID = (
+    "weighting=log;alpha=10;factors=16,64,128;half_life=0,14"
+    " | weighting=bm25;alpha=2;factors=16,64,128;half_life=0,14"
+)
 
 
 class ConfigError(ValueError):
@@ -57,19 +73,25 @@ def parse_mapping(text: str, variable: str) -> dict[str, str]:
     return out
 
 
-def parse_grid(text: str) -> dict[str, list[float | int]]:
-    """Parse a tuning grid ``factors=32,64;alpha=2,10`` into {name: [values]}.
+def parse_grid(text: str) -> dict[str, list[Any]]:
+    """Parse one tuning grid ``factors=32,64;alpha=2,10`` into {name: [values]}.
 
-    Raises ConfigError naming the grid when a name is not tunable or a value not a number.
+    Names are the keys of TUNABLE or ``weight.<event type>``. Raises ConfigError naming the
+    grid when a name is not tunable or a value not a number.
     """
-    grid: dict[str, list[float | int]] = {}
+    grid: dict[str, list[Any]] = {}
     for part in filter(None, (p.strip() for p in text.split(";"))):
         name, sep, values = part.partition("=")
         name = name.strip()
-        if not sep or name not in TUNABLE:
-            raise ConfigError(f"tuning grid {text!r}: expected 'name=v1,v2;...' with names among {sorted(TUNABLE)}, got {part!r}")
+        weight_key = name.startswith(WEIGHT_KEY_PREFIX) and len(name) > len(WEIGHT_KEY_PREFIX)
+        if not sep or not (name in TUNABLE or weight_key):
+            raise ConfigError(
+                f"tuning grid {text!r}: expected 'name=v1,v2;...' with names among {sorted(TUNABLE)} "
+                f"or {WEIGHT_KEY_PREFIX}<event type>, got {part!r}"
+            )
+        kind = float if weight_key else TUNABLE[name]
         try:
-            grid[name] = [TUNABLE[name](v) for v in values.split(",") if v.strip()]
+            grid[name] = [kind(v.strip()) for v in values.split(",") if v.strip()]
         except ValueError:
             raise ConfigError(f"tuning grid {text!r}: values of {name} must be numbers, got {values!r}") from None
     return grid
@@ -83,6 +105,15 @@ def publish_pool_from_env(env: Mapping[str, str] | None = None) -> str:
     """
     env = os.environ if env is None else env
     return (env.get("RECSYS_PUBLISH_POOL") or "").strip() or DEFAULT_PUBLISH_POOL
+
+
+def parse_grids(text: str) -> list[dict[str, list[Any]]]:
+    """Parse a tuning grid that may be a union of grids, ``grid | grid``: one dict per grid.
+
+    Each grid is a cartesian product; the union lets a family (e.g. ``model=bpr``) be tried
+    without multiplying the other grid. Raises ConfigError like :func:`parse_grid`.
+    """
+    return [parse_grid(part) for part in text.split("|") if part.strip()]
 
 
 def _parse_weights(text: str) -> dict[str, float]:
@@ -118,6 +149,10 @@ class Settings:
     random_state: int = 42
     tuning_grid: str = DEFAULT_TUNING_GRID
     weighting: str = "log"
+    model: str = "als"
+    learning_rate: float = 0.01
+    bpr_regularization: float = 0.01
+    bpr_iterations: int = 100
     gate_min_lift: float = 0.05
     gate_max_drop: float = 0.25
     exclude_seen: str = "all"
@@ -215,6 +250,10 @@ class Settings:
             "RECSYS_ITERATIONS": "iterations",
             "RECSYS_TUNING_GRID": "tuning_grid",
             "RECSYS_WEIGHTING": "weighting",
+            "RECSYS_MODEL": "model",
+            "RECSYS_LEARNING_RATE": "learning_rate",
+            "RECSYS_BPR_REGULARIZATION": "bpr_regularization",
+            "RECSYS_BPR_ITERATIONS": "bpr_iterations",
             "RECSYS_GATE_MIN_LIFT": "gate_min_lift",
             "RECSYS_GATE_MAX_DROP": "gate_max_drop",
             "RECSYS_EXCLUDE_SEEN": "exclude_seen",
@@ -285,10 +324,24 @@ class Settings:
             )
         if settings.k < 1:
             raise ConfigError(f"k must be at least 1, got {settings.k}")
-        grid = parse_grid(settings.tuning_grid)
-        for weighting in [settings.weighting, *grid.get("weighting", [])]:
-            if weighting not in WEIGHTINGS:
-                raise ConfigError(f"weighting must be one of {WEIGHTINGS}, got {weighting!r}")
+        grids = parse_grids(settings.tuning_grid)
+        for name, allowed, default in (("weighting", WEIGHTINGS, settings.weighting), ("model", MODELS, settings.model),
+                                       ("weights", WEIGHT_PRESETS, "configured")):
+            for value in [default, *(v for grid in grids for v in grid.get(name, []))]:
+                if value not in allowed:
+                    raise ConfigError(f"{name} must be one of {allowed}, got {value!r}")
+        for grid in grids:
+            for name, values in grid.items():
+                event_type = name[len(WEIGHT_KEY_PREFIX):]
+                if name.startswith(WEIGHT_KEY_PREFIX) and event_type not in settings.event_weights:
+                    raise ConfigError(
+                        f"tuning grid key {name}: {event_type!r} is not a configured event type "
+                        f"(RECSYS_EVENT_WEIGHTS has {sorted(settings.event_weights)})"
+                    )
+                if (name.startswith(WEIGHT_KEY_PREFIX) or name == "half_life") and any(v < 0 for v in values):
+                    raise ConfigError(f"tuning grid key {name}: values must be 0 or more, got {values}")
+        if settings.recency_half_life_days < 0:
+            raise ConfigError(f"recency_half_life_days must be 0 (off) or more, got {settings.recency_half_life_days}")
         if settings.exclude_seen not in ("all", "purchased"):
             raise ConfigError(f"exclude_seen must be 'all' or 'purchased', got {settings.exclude_seen!r}")
         if settings.max_per_category < 0:

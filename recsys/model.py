@@ -1,7 +1,10 @@
-"""The one wrapper around ``implicit``: the user × item matrix, ALS training and top-k lists.
+"""The one wrapper around ``implicit``: the user × item matrix, model training (ALS or BPR)
+and top-k lists.
 
 Models take a users × items CSR matrix and nothing else; ids stay outside, as the row and
-column labels returned by :func:`build_user_item_matrix`.
+column labels returned by :func:`build_user_item_matrix`. Every family comes out as the same
+:class:`Factors` (user and item vectors whose dot product ranks items), so recommending,
+evaluating and saving never ask which family made them.
 """
 
 from __future__ import annotations
@@ -13,34 +16,54 @@ import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import scipy.sparse as sp
 
-if TYPE_CHECKING:
-    from implicit.cpu.als import AlternatingLeastSquares
-
 log = logging.getLogger(__name__)
 
 DEFAULT_BATCH_USERS = 20_000
 
 
-@dataclass(frozen=True)
-class ALSParams:
-    """What an ALS model is trained with."""
+ALS_ONLY = ("alpha", "weighting")
+BPR_ONLY = ("learning_rate",)
 
+
+@dataclass(frozen=True)
+class ModelParams:
+    """What a model is trained with: the family (``als`` or ``bpr``) and its parameters."""
+
+    model: str = "als"
     factors: int = 64
     regularization: float = 0.05
-    alpha: float = 2.0
+    alpha: float = 2.0  # ALS: confidence = alpha * weighting(x)
     iterations: int = 15
     random_state: int = 42
-    weighting: str = "log"  # how the confidence matrix is weighted: "log" or "bm25"
+    weighting: str = "log"  # ALS: how the confidence matrix is weighted: "log" or "bm25"
+    learning_rate: float = 0.01  # BPR: SGD step
 
     def as_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """The fields that matter to the family (BPR ignores alpha and weighting, ALS the learning rate)."""
+        unused = BPR_ONLY if self.model == "als" else ALS_ONLY
+        return {k: v for k, v in dataclasses.asdict(self).items() if k not in unused}
+
+
+@dataclass
+class Factors:
+    """A trained factor model: score(user, item) = user_factors[user] · item_factors[item]."""
+
+    user_factors: np.ndarray
+    item_factors: np.ndarray
+    model: str = "als"
+
+    @property
+    def item_embeddings(self) -> np.ndarray:
+        """Item vectors for item-to-item similarity: BPR's last column is the item bias (its
+        users' last column is 1), which says how popular an item is, not what it is like."""
+        return self.item_factors[:, :-1] if self.model == "bpr" else self.item_factors
 
 
 @dataclass
@@ -80,6 +103,99 @@ def build_user_item_matrix(
     return UserItemMatrix(matrix=matrix, user_ids=users, item_ids=items)
 
 
+@dataclass
+class PairEvents:
+    """The window's events per (user, item) pair and event type, with the age of each event:
+    what every candidate builds its confidence matrix from, whatever event weights and
+    recency half-life it tries, without re-reading the events.
+
+    The pairs are the non-zeros of a users × items CSR structure (``indptr``, ``indices``).
+    Entry ``e`` (sorted by pair, then type) says pair ``pair[e]`` had ``counts[e]`` events of
+    type ``event_types[type_code[e]]``, whose ages in days are ``ages[offsets[e]:offsets[e + 1]]``.
+    """
+
+    user_ids: pa.Array
+    item_ids: pa.Array
+    indptr: np.ndarray
+    indices: np.ndarray
+    event_types: list[str]
+    pair: np.ndarray
+    type_code: np.ndarray
+    counts: np.ndarray
+    offsets: np.ndarray
+    ages: np.ndarray
+
+    ARRAYS = ("indptr", "indices", "pair", "type_code", "counts", "ages")  # offsets: cumsum of counts
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return len(self.user_ids), len(self.item_ids)
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        """Everything but the ids, as numpy arrays (for ``np.savez``)."""
+        return {"event_types": np.array(self.event_types, dtype=str), **{k: getattr(self, k) for k in self.ARRAYS}}
+
+    @classmethod
+    def from_arrays(cls, arrays: Any, user_ids: pa.Array, item_ids: pa.Array) -> "PairEvents":
+        return cls(user_ids=user_ids, item_ids=item_ids, event_types=[str(t) for t in arrays["event_types"]],
+                   offsets=np.concatenate([[0], np.cumsum(arrays["counts"], dtype=np.int64)]),
+                   **{k: arrays[k] for k in cls.ARRAYS})
+
+
+def build_pair_events(events: pa.Table) -> PairEvents:
+    """Index a (user_id, item_id, event_type, events, age_days list) table (what
+    ``sql/event_ages.sql`` returns) by (user, item) pair; rows and columns are the sorted
+    distinct ids, like :func:`build_user_item_matrix`. Entries and ages come out sorted
+    whatever the row order, so the sums built from them are the same on every run."""
+    users = pc.unique(events["user_id"]).sort()
+    items = pc.unique(events["item_id"]).sort()
+    n_items = max(len(items), 1)
+    types = pc.unique(events["event_type"]).sort()
+    keys = (pc.index_in(events["user_id"], value_set=users).to_numpy().astype(np.int64) * n_items
+            + pc.index_in(events["item_id"], value_set=items).to_numpy().astype(np.int64))
+    type_code = pc.index_in(events["event_type"], value_set=types).to_numpy().astype(np.int16)
+    order = np.lexsort((type_code, keys))
+    pair_keys, pair = np.unique(keys[order], return_inverse=True)
+    lists = events["age_days"].combine_chunks()
+    flat = pc.list_flatten(lists).to_numpy(zero_copy_only=False).astype(np.float64)
+    rank = np.empty_like(order)
+    rank[order] = np.arange(len(order))
+    entry_of_age = rank[pc.list_parent_indices(lists).to_numpy()]
+    by_entry = np.lexsort((flat, entry_of_age))
+    counts = np.bincount(entry_of_age, minlength=len(order)).astype(np.int32)
+    return PairEvents(
+        user_ids=users,
+        item_ids=items,
+        indptr=np.concatenate([[0], np.cumsum(np.bincount(pair_keys // n_items, minlength=len(users)))]).astype(np.int64),
+        indices=(pair_keys % n_items).astype(np.int32),
+        event_types=types.to_pylist(),
+        pair=pair.astype(np.int32).ravel(),
+        type_code=type_code[order],
+        counts=counts,
+        offsets=np.concatenate([[0], np.cumsum(counts)]).astype(np.int64),
+        ages=flat[by_entry],
+    )
+
+
+def confidence_matrix(events: PairEvents, weights: dict[str, float], half_life_days: float) -> UserItemMatrix:
+    """The users × items confidence matrix of one candidate: per pair, the sum over its events
+    of the event type's weight, each event decayed by ``0.5 ** (age / half_life_days)``
+    when the half-life is > 0 (an event that old counts half).
+
+    Event types missing from ``weights`` weigh 0; pairs left with confidence 0 are not stored
+    (the model does not see them).
+    """
+    type_weight = np.array([weights.get(t, 0.0) for t in events.event_types], dtype=np.float64)
+    if half_life_days > 0 and len(events.ages):
+        per_entry = np.add.reduceat(np.power(0.5, events.ages / half_life_days), events.offsets[:-1])
+    else:
+        per_entry = events.counts.astype(np.float64)
+    sums = np.bincount(events.pair, weights=type_weight[events.type_code] * per_entry, minlength=len(events.indices))
+    matrix = sp.csr_matrix((sums.astype(np.float32), events.indices, events.indptr), shape=events.shape)
+    matrix.eliminate_zeros()
+    return UserItemMatrix(matrix=matrix, user_ids=events.user_ids, item_ids=events.item_ids)
+
+
 def scale_confidence(matrix: sp.csr_matrix, alpha: float, weighting: str = "log") -> sp.csr_matrix:
     """The matrix ALS fits on.
 
@@ -100,29 +216,53 @@ def scale_confidence(matrix: sp.csr_matrix, alpha: float, weighting: str = "log"
     raise ValueError(f"unknown weighting {weighting!r}; expected 'log' or 'bm25'")
 
 
-def train_als(matrix: sp.csr_matrix, params: ALSParams) -> "AlternatingLeastSquares":
-    """Fit ALS on a users × items confidence matrix (already scaled); returns the model."""
-    from implicit.cpu.als import AlternatingLeastSquares
+def train_model(matrix: sp.csr_matrix, params: ModelParams) -> Factors:
+    """Fit the family ``params.model`` on a users × items confidence matrix; returns its factors.
+
+    ALS fits ``scale_confidence(matrix)``; BPR only sees which entries are non-zero (it
+    samples a liked item per step, whatever its weight). Raises ValueError for another family.
+    """
     from threadpoolctl import threadpool_limits
 
     started = time.perf_counter()
     # implicit runs its own threads; a multi-threaded BLAS under them only thrashes.
     with threadpool_limits(1, "blas"):
-        model = AlternatingLeastSquares(
-            factors=params.factors,
-            regularization=params.regularization,
-            alpha=1.0,  # confidence is scaled by scale_confidence, once
-            iterations=params.iterations,
-            random_state=params.random_state,
-            calculate_training_loss=False,
-        )
-        model.fit(scale_confidence(matrix, params.alpha, params.weighting), show_progress=False)
+        if params.model == "als":
+            from implicit.cpu.als import AlternatingLeastSquares
+
+            als = AlternatingLeastSquares(
+                factors=params.factors,
+                regularization=params.regularization,
+                alpha=1.0,  # confidence is scaled by scale_confidence, once
+                iterations=params.iterations,
+                random_state=params.random_state,
+                calculate_training_loss=False,
+            )
+            als.fit(scale_confidence(matrix, params.alpha, params.weighting), show_progress=False)
+            factors = Factors(als.user_factors, als.item_factors, "als")
+        elif params.model == "bpr":
+            from implicit.cpu.bpr import BayesianPersonalizedRanking
+
+            binary = matrix.copy()
+            binary.data = np.ones_like(binary.data, dtype=np.float32)
+            bpr = BayesianPersonalizedRanking(
+                factors=params.factors,
+                learning_rate=params.learning_rate,
+                regularization=params.regularization,
+                iterations=params.iterations,
+                random_state=params.random_state,
+                num_threads=1,  # SGD on several threads races, and a rerun must give the same lists
+            )
+            bpr.fit(binary, show_progress=False)
+            factors = Factors(bpr.user_factors, bpr.item_factors, "bpr")
+        else:
+            raise ValueError(f"unknown model family {params.model!r}; expected 'als' or 'bpr'")
     seconds = time.perf_counter() - started
     log.info(
-        "ALS fit: %d users x %d items, %d non-zeros, %s in %.1f s",
-        matrix.shape[0], matrix.shape[1], matrix.nnz, params.as_dict(), seconds,
+        "%s fit: %d users x %d items, %d non-zeros, %s in %.1f s",
+        params.model.upper(), matrix.shape[0], matrix.shape[1], matrix.nnz, params.as_dict(), seconds,
     )
-    return model
+    return factors
 
 
 def top_k_items(
@@ -166,7 +306,7 @@ def top_k_items(
     return ids, scores
 
 
-def recommend_als(
+def recommend_factors(
     user_factors: np.ndarray,
     item_factors: np.ndarray,
     seen: sp.csr_matrix,
@@ -189,9 +329,16 @@ def recommend_popular(
     return top_k_items(popularity.reshape(-1, 1).astype(np.float32), queries, seen, k, exclude_items)
 
 
-def save_model(model: "AlternatingLeastSquares", path: Path) -> None:
-    """Save the factors as ``.npz`` (what serving-time scoring needs)."""
-    np.savez(path, user_factors=model.user_factors, item_factors=model.item_factors)
+def save_model(factors: Factors, path: Path) -> None:
+    """Save the factors and the family as ``.npz`` (what serving-time scoring needs)."""
+    np.savez(path, user_factors=factors.user_factors, item_factors=factors.item_factors, model=np.array(factors.model))
+
+
+def load_model(path: Path) -> Factors:
+    """The factors saved by :func:`save_model` (a file without a family is ALS)."""
+    with np.load(path, allow_pickle=False) as saved:
+        model = str(saved["model"]) if "model" in saved.files else "als"
+        return Factors(saved["user_factors"], saved["item_factors"], model)
 
 
 def fingerprint(*parts: Any) -> str:
@@ -234,7 +381,8 @@ def cap_per_category(
 
 
 def similar_items(item_factors: np.ndarray, k: int, exclude_items: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
-    """Item-to-item top-k by cosine similarity of the item factors (never the item itself)."""
+    """Item-to-item top-k by cosine similarity of the item vectors (``Factors.item_embeddings``),
+    never the item itself."""
     norms = np.linalg.norm(item_factors, axis=1, keepdims=True)
     normed = (item_factors / np.maximum(norms, 1e-12)).astype(np.float32)
     itself = sp.identity(len(normed), dtype=np.float32, format="csr")

@@ -7,6 +7,7 @@ returns a small dict for XCom: counts, paths, timings — never the data.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import logging
 import time
@@ -24,7 +25,6 @@ from recsys.schemas import RECOMMENDATIONS_SCHEMA
 from recsys.window import Window
 
 log = logging.getLogger(__name__)
-
 
 
 class QualityGateError(RuntimeError):
@@ -57,8 +57,14 @@ def _register_window(con: Any, settings: Settings, window: Window) -> int:
 
 
 def aggregate(settings: Settings, day: dt.date) -> dict[str, Any]:
-    """Confidence per (user, item) over the window and its training part, hold-out truth and
-    popularity, into ``lake/confidence/dt=D/``; returns row counts."""
+    """Everything the modelling stages of one run share, into ``lake/confidence/dt=D/``:
+    confidence per (user, item) over the window (``part-0.parquet``) and its training part,
+    hold-out truth, popularity, and — built once here so that no tuning task rebuilds them —
+    the events per (user, item, event type) with their ages, of the training part and of
+    the whole window, indexed by user and item (``train_events.npz``, ``events.npz``, ids in
+    ``train_users/train_items/users/items.parquet``) and the hold-out (``holdout.npz``).
+    Returns row counts."""
+    from recsys.model import build_pair_events
     from recsys.sqlrun import connect, run_sql
 
     window = Window.of(settings, day)
@@ -74,14 +80,22 @@ def aggregate(settings: Settings, day: dt.date) -> dict[str, Any]:
         "popular_train.parquet": run_sql(con, "popular_items", {**params, "end": window.split}),
         "popular_by_category.parquet": run_sql(con, "popular_by_category", params),
     }
+    train_events = build_pair_events(run_sql(con, "event_ages", {**params, "end": window.split}))
+    events = build_pair_events(run_sql(con, "event_ages", params))
+    holdout = build_holdout(
+        settings, train_events, outputs["train.parquet"], outputs["holdout.parquet"],
+        outputs["popular_train.parquet"], ItemFilters.load(settings, train_events.item_ids),
+    )
     with lake.replace_partition(settings.lake, "confidence", day) as tmp:
         for name, table in outputs.items():
             pq.write_table(table, tmp / name, compression="zstd")
+        save_pair_events(tmp, "train_", train_events)
+        save_pair_events(tmp, "", events)
+        save_holdout(tmp, holdout)
     seconds = time.perf_counter() - started
     counts = {name.removesuffix(".parquet"): t.num_rows for name, t in outputs.items()}
-    log.info(
-        "aggregate: %d day partition(s) of the window -> %s in %.1f s", partitions, counts, seconds
-    )
+    counts.update(train_events=len(train_events.ages), events=len(events.ages), holdout_users=len(holdout.rows))
+    log.info("aggregate: %d day partition(s) of the window -> %s in %.1f s", partitions, counts, seconds)
     return {"partitions": partitions, "rows": counts, "seconds": round(seconds, 2)}
 
 
@@ -118,11 +132,11 @@ def serve_lists(
     settings: Settings, user_factors: np.ndarray, item_factors: np.ndarray, seen: Any, filters: ItemFilters
 ) -> tuple[np.ndarray, np.ndarray]:
     """Top-k lists the way they are served: seen and inactive items out, category cap applied."""
-    from recsys.model import cap_per_category, recommend_als
+    from recsys.model import cap_per_category, recommend_factors
 
     cap = settings.max_per_category
     width = settings.k * 3 if cap else settings.k
-    ids, scores = recommend_als(user_factors, item_factors, seen, width, filters.exclude)
+    ids, scores = recommend_factors(user_factors, item_factors, seen, width, filters.exclude)
     if cap:
         ids, scores = cap_per_category(ids, scores, filters.categories, cap, settings.k)
     return ids, scores
@@ -152,9 +166,9 @@ def _popularity_vector(popular: pa.Table, item_ids: pa.Array) -> np.ndarray:
 
 @dataclass
 class Holdout:
-    """What every hold-out evaluation of one run shares: the training matrix and the truth."""
+    """What every hold-out evaluation of one run shares: the training events and the truth."""
 
-    train: Any  # UserItemMatrix of the training days
+    events: Any  # PairEvents of the training days: each candidate's matrix is built from them
     rows: np.ndarray  # training-matrix rows of the users with hold-out truth
     truth: Any  # csr (len(rows) x items incl. hold-out-only items): what each should have found
     seen: Any  # csr (len(rows) x training items): what their lists must not repeat
@@ -164,44 +178,104 @@ class Holdout:
 
     @property
     def eligible_items(self) -> int:
-        return int(self.train.shape[1] - len(self.filters.exclude))
+        return int(self.events.shape[1] - len(self.filters.exclude))
 
 
-def load_holdout(settings: Settings, day: dt.date) -> Holdout:
-    """The training matrix and hold-out truth written by aggregate for ``day``."""
+def build_holdout(
+    settings: Settings, events: Any, train: pa.Table, holdout: pa.Table, popular_train: pa.Table, filters: ItemFilters
+) -> Holdout:
+    """The hold-out of one run from aggregate's tables: truth = the items each user touched in
+    the hold-out days and not before (``holdout_relevant.sql``), for the users the training
+    days know; ``seen`` = what their served lists leave out."""
     from recsys.model import build_user_item_matrix
 
-    folder = lake.partition_dir(settings.lake, "confidence", day)
-    train_table = pq.read_table(folder / "train.parquet")
-    train = build_user_item_matrix(train_table)
-    holdout = pq.read_table(folder / "holdout.parquet")
     # Item space: training items first, then items only the hold-out has (still relevant, never hit).
     holdout_items = pc.unique(holdout["item_id"])
-    extra = pc.filter(holdout_items, pc.invert(pc.is_in(holdout_items, value_set=train.item_ids)))
-    all_items = pa.concat_arrays([train.item_ids, extra.sort()])
-    relevant = build_user_item_matrix(holdout, item_ids=all_items, user_ids=train.user_ids).matrix
+    extra = pc.filter(holdout_items, pc.invert(pc.is_in(holdout_items, value_set=events.item_ids)))
+    all_items = pa.concat_arrays([events.item_ids, extra.sort()])
+    relevant = build_user_item_matrix(holdout, item_ids=all_items, user_ids=events.user_ids).matrix
     rows = np.flatnonzero(np.diff(relevant.indptr) > 0)
     return Holdout(
-        train=train,
+        events=events,
         rows=rows,
         truth=relevant[rows],
-        seen=seen_matrix(settings, train_table, train.user_ids, train.item_ids)[rows],
-        filters=ItemFilters.load(settings, train.item_ids),
-        popularity=_popularity_vector(pq.read_table(folder / "popular_train.parquet"), train.item_ids),
+        seen=seen_matrix(settings, train, events.user_ids, events.item_ids)[rows],
+        filters=filters,
+        popularity=_popularity_vector(popular_train, events.item_ids),
         cold_users=int(pc.count_distinct(holdout["user_id"]).as_py()) - len(rows),
     )
 
 
-def score_params(settings: Settings, data: Holdout, params: Any) -> dict[str, Any]:
-    """Train ALS with ``params`` on the training days; metrics of its lists on the hold-out.
+def _csr_arrays(name: str, matrix: Any) -> dict[str, np.ndarray]:
+    return {f"{name}_indptr": matrix.indptr, f"{name}_indices": matrix.indices, f"{name}_data": matrix.data,
+            f"{name}_shape": np.array(matrix.shape)}
 
-    Lists are made the way they are served (seen and inactive items filtered).
+
+def _csr_from(arrays: Any, name: str) -> Any:
+    import scipy.sparse as sp
+
+    return sp.csr_matrix((arrays[f"{name}_data"], arrays[f"{name}_indices"], arrays[f"{name}_indptr"]),
+                         shape=tuple(arrays[f"{name}_shape"]))
+
+
+def save_pair_events(folder: Any, prefix: str, events: Any) -> None:
+    """``<prefix>events.npz`` and the row and column ids (``<prefix>users/items.parquet``)."""
+    np.savez(folder / f"{prefix}events.npz", **events.arrays())
+    pq.write_table(pa.table({"user_id": events.user_ids}), folder / f"{prefix}users.parquet")
+    pq.write_table(pa.table({"item_id": events.item_ids}), folder / f"{prefix}items.parquet")
+
+
+def load_pair_events(folder: Any, prefix: str) -> Any:
+    """What :func:`save_pair_events` wrote; raises FileNotFoundError naming the file."""
+    from recsys.model import PairEvents
+
+    path = folder / f"{prefix}events.npz"
+    if not path.exists():
+        raise FileNotFoundError(f"{path} is missing: rerun aggregate for this date (it writes the event counts)")
+    users = pq.read_table(folder / f"{prefix}users.parquet")["user_id"].combine_chunks()
+    items = pq.read_table(folder / f"{prefix}items.parquet")["item_id"].combine_chunks()
+    with np.load(path, allow_pickle=False) as arrays:
+        return PairEvents.from_arrays({k: arrays[k] for k in arrays.files}, users, items)
+
+
+def save_holdout(folder: Any, holdout: Holdout) -> None:
+    """``holdout.npz``: rows, truth, seen, filters and popularity (the events are saved apart)."""
+    np.savez(
+        folder / "holdout.npz", rows=holdout.rows, **_csr_arrays("truth", holdout.truth),
+        **_csr_arrays("seen", holdout.seen), exclude=holdout.filters.exclude, categories=holdout.filters.categories,
+        popularity=holdout.popularity, cold_users=np.array(holdout.cold_users),
+    )
+
+
+def load_holdout(settings: Settings, day: dt.date) -> Holdout:
+    """The training events and hold-out truth written by aggregate for ``day``."""
+    folder = lake.partition_dir(settings.lake, "confidence", day)
+    events = load_pair_events(folder, "train_")
+    with np.load(folder / "holdout.npz", allow_pickle=False) as arrays:
+        return Holdout(
+            events=events,
+            rows=arrays["rows"],
+            truth=_csr_from(arrays, "truth"),
+            seen=_csr_from(arrays, "seen"),
+            filters=ItemFilters(exclude=arrays["exclude"], categories=arrays["categories"]),
+            popularity=arrays["popularity"],
+            cold_users=int(arrays["cold_users"]),
+        )
+
+
+def score_candidate(settings: Settings, data: Holdout, candidate: dict[str, Any]) -> dict[str, Any]:
+    """Train the candidate (its family and parameters, on the training days' matrix built with
+    its event weights and half-life); metrics of its lists on the hold-out.
+
+    Lists are made the way they are served (seen and inactive items filtered, category cap).
     """
     from recsys.metrics import evaluate_lists
-    from recsys.model import train_als
+    from recsys.model import confidence_matrix, train_model
 
-    model = train_als(data.train.matrix, params)
-    ids, _ = serve_lists(settings, model.user_factors[data.rows], model.item_factors, data.seen, data.filters)
+    params, weights, half_life = split_candidate(candidate)
+    matrix = confidence_matrix(data.events, weights, half_life).matrix
+    factors = train_model(matrix, params)
+    ids, _ = serve_lists(settings, factors.user_factors[data.rows], factors.item_factors, data.seen, data.filters)
     return evaluate_lists(ids, data.truth, settings.k, data.eligible_items)
 
 
@@ -215,36 +289,72 @@ def score_popularity(settings: Settings, data: Holdout) -> dict[str, Any]:
     return evaluate_lists(ids, data.truth, settings.k, data.eligible_items)
 
 
-def _als_params(settings: Settings, overrides: dict[str, Any] | None = None) -> Any:
-    from recsys.model import ALSParams
+def make_candidate(settings: Settings, choice: dict[str, Any] | None = None) -> dict[str, Any]:
+    """One candidate: model family and parameters, event weights and recency half-life.
 
-    values = {
-        "factors": settings.factors,
-        "regularization": settings.regularization,
-        "alpha": settings.alpha,
-        "iterations": settings.iterations,
-        "random_state": settings.random_state,
-        "weighting": settings.weighting,
-    }
-    values.update(overrides or {})
-    return ALSParams(**values)
+    ``choice`` holds grid values (keys of config.TUNABLE and ``weight.<type>``); what it does
+    not name comes from the settings, with each family's own defaults (BPR: ``bpr_iterations``,
+    ``bpr_regularization``, ``learning_rate``). BPR only sees which pairs have a weighted event,
+    so its weights are reduced to 1/0 and its half-life to the settings' (equal candidates
+    then collapse into one).
+    """
+    from recsys.config import WEIGHT_KEY_PREFIX
+    from recsys.model import ModelParams
+
+    choice = choice or {}
+    family = choice.get("model", settings.model)
+    values: dict[str, Any] = {"model": family, "factors": settings.factors, "random_state": settings.random_state}
+    if family == "bpr":
+        values.update(regularization=settings.bpr_regularization, iterations=settings.bpr_iterations,
+                      learning_rate=settings.learning_rate)
+    else:
+        values.update(regularization=settings.regularization, alpha=settings.alpha, iterations=settings.iterations,
+                      weighting=settings.weighting)
+    fields = {f.name for f in dataclasses.fields(ModelParams)}
+    values.update({k: v for k, v in choice.items() if k in fields})
+    params = ModelParams(**values)
+    if choice.get("weights", "configured") == "uniform":
+        weights = {t: 1.0 for t in settings.event_weights}
+    else:
+        weights = {t: float(w) for t, w in settings.event_weights.items()}
+    weights.update({k[len(WEIGHT_KEY_PREFIX):]: float(v) for k, v in choice.items() if k.startswith(WEIGHT_KEY_PREFIX)})
+    half_life = float(choice.get("half_life", settings.recency_half_life_days))
+    if family == "bpr":
+        weights = {t: float(w > 0) for t, w in weights.items()}
+        half_life = float(settings.recency_half_life_days)
+    return {**params.as_dict(), "event_weights": weights, "half_life_days": half_life}
+
+
+def split_candidate(candidate: dict[str, Any]) -> tuple[Any, dict[str, float], float]:
+    """(ModelParams, event weights, half-life days) of a candidate made by :func:`make_candidate`."""
+    from recsys.model import ModelParams
+
+    fields = {f.name for f in dataclasses.fields(ModelParams)}
+    params = ModelParams(**{k: v for k, v in candidate.items() if k in fields})
+    return params, dict(candidate["event_weights"]), float(candidate["half_life_days"])
 
 
 def tuning_candidates(settings: Settings) -> list[dict[str, Any]]:
-    """The candidate settings of this run: the cartesian product of the tuning grid.
+    """The candidate settings of this run: the cartesian product of each tuning grid (a grid
+    ``a | b`` is the union of two products), equal candidates once, in grid order.
 
-    The grid is ``name=v1,v2;name=v1`` over ALS fields (factors, regularization, alpha,
-    iterations); fields it does not name keep their settings value. An empty grid is one
-    candidate: the settings themselves.
+    The grid is ``name=v1,v2;name=v1`` over model fields (model, factors, regularization,
+    alpha, iterations, weighting, learning_rate), ``weights`` (configured, uniform),
+    ``weight.<event type>`` and ``half_life``; what it does not name keeps its settings
+    value. An empty grid is one candidate: the settings themselves.
     """
     from itertools import product
 
-    from recsys.config import parse_grid
+    from recsys.config import parse_grids
 
-    grid = parse_grid(settings.tuning_grid)
-    names = sorted(grid)
-    candidates = [dict(zip(names, values)) for values in product(*(grid[n] for n in names))] or [{}]
-    return [_als_params(settings, c).as_dict() for c in candidates]
+    candidates: list[dict[str, Any]] = []
+    for grid in parse_grids(settings.tuning_grid) or [{}]:
+        names = sorted(grid)
+        for values in product(*(grid[n] for n in names)):
+            candidate = make_candidate(settings, dict(zip(names, values)))
+            if candidate not in candidates:
+                candidates.append(candidate)
+    return candidates
 
 
 def tune(settings: Settings, day: dt.date, candidate: dict[str, Any]) -> dict[str, Any]:
@@ -252,14 +362,16 @@ def tune(settings: Settings, day: dt.date, candidate: dict[str, Any]) -> dict[st
     from recsys.model import fingerprint
 
     started = time.perf_counter()
-    params = _als_params(settings, candidate)
-    metrics = score_params(settings, load_holdout(settings, day), params)
-    result = {"params": params.as_dict(), "metrics": metrics, "seconds": round(time.perf_counter() - started, 2)}
+    data = load_holdout(settings, day)
+    loaded = time.perf_counter() - started
+    metrics = score_candidate(settings, data, candidate)
+    result = {"params": candidate, "metrics": metrics, "seconds": round(time.perf_counter() - started, 2)}
     folder = lake.partition_dir(settings.lake, "tuning", day)
     folder.mkdir(parents=True, exist_ok=True)
-    lake.write_json(folder / f"candidate-{fingerprint(params.as_dict())}.json", result)
-    log.info("tune %s: ndcg@%d=%.4f map@%d=%.4f in %.1f s", params.as_dict(), settings.k,
-             metrics["ndcg_at_k"], settings.k, metrics["map_at_k"], result["seconds"])
+    lake.write_json(folder / f"candidate-{fingerprint(candidate)}.json", result)
+    log.info("tune %s: ndcg@%d=%.4f map@%d=%.4f on %d hold-out users in %.1f s (%.1f s loading)", candidate,
+             settings.k, metrics["ndcg_at_k"], settings.k, metrics["map_at_k"], metrics["users_evaluated"],
+             result["seconds"], loaded)
     return result
 
 
@@ -310,39 +422,44 @@ def check_gate(settings: Settings, day: dt.date, metrics: dict[str, Any]) -> dic
     return gate
 
 
+GRID_METRICS = ("ndcg_at_k", "map_at_k", "precision_at_k", "recall_at_k", "catalog_coverage")
+
+
 def train(settings: Settings, day: dt.date, results: list[dict[str, Any]] | None = None) -> dict[str, Any]:
-    """Pick the best candidate on NDCG@k, gate it against popularity, train it on the whole
-    window and write ``lake/models/dt=D/`` (model.npz, params.json, metrics.json).
+    """Pick the best candidate on NDCG@k, gate it against popularity, train it (its family,
+    event weights and half-life) on the whole window and write ``lake/models/dt=D/``
+    (model.npz, users/items.parquet, params.json, metrics.json with every candidate).
 
     ``results`` are the tune tasks' outputs; without them the settings' own parameters are
     scored here. Returns {"model_version", "metrics"}. Raises QualityGateError when the best
     candidate does not beat the popularity baseline.
     """
-    from recsys.model import build_user_item_matrix, fingerprint, save_model, train_als
+    from recsys.model import confidence_matrix, fingerprint, save_model, train_model
 
     started = time.perf_counter()
     data = load_holdout(settings, day)
     if not results:
-        params = _als_params(settings)
-        results = [{"params": params.as_dict(), "metrics": score_params(settings, data, params)}]
+        candidate = make_candidate(settings)
+        results = [{"params": candidate, "metrics": score_candidate(settings, data, candidate),
+                    "seconds": round(time.perf_counter() - started, 2)}]
     ranked = sorted(results, key=lambda r: -r["metrics"]["ndcg_at_k"])
-    best = ranked[0]
-    params = _als_params(settings, best["params"])
+    best = ranked[0]["params"]
+    params, weights, half_life = split_candidate(best)
     metrics = {
-        "model": best["metrics"],
+        "model": ranked[0]["metrics"],
         "popularity": score_popularity(settings, data),
-        "grid": [{"params": r["params"], **{m: r["metrics"][m] for m in ("ndcg_at_k", "map_at_k", "recall_at_k")}}
+        "grid": [{"params": r["params"], **{m: r["metrics"][m] for m in GRID_METRICS}, "seconds": r.get("seconds")}
                  for r in ranked],
         "holdout_users_cold": data.cold_users,
-        "train_users": data.train.shape[0],
-        "train_items": data.train.shape[1],
-        "train_nonzeros": int(data.train.matrix.nnz),
+        "train_users": data.events.shape[0],
+        "train_items": data.events.shape[1],
+        "train_nonzeros": len(data.events.indices),
     }
     k = settings.k
     model_ndcg, pop_ndcg = metrics["model"]["ndcg_at_k"], metrics["popularity"]["ndcg_at_k"]
     log.info(
-        "hold-out (%d warm users, %d cold): best %s ndcg@%d=%.4f map@%d=%.4f | popularity ndcg@%d=%.4f map@%d=%.4f",
-        len(data.rows), data.cold_users, params.as_dict(), k, model_ndcg, k, metrics["model"]["map_at_k"],
+        "hold-out (%d warm users, %d cold): best of %d %s ndcg@%d=%.4f map@%d=%.4f | popularity ndcg@%d=%.4f map@%d=%.4f",
+        len(data.rows), data.cold_users, len(ranked), best, k, model_ndcg, k, metrics["model"]["map_at_k"],
         k, pop_ndcg, k, metrics["popularity"]["map_at_k"],
     )
     from recsys.report import write_report
@@ -352,18 +469,19 @@ def train(settings: Settings, day: dt.date, results: list[dict[str, Any]] | None
     except QualityGateError as exc:
         write_report(settings, day, metrics, model_version=None, gate_error=str(exc))
         raise
-    full = build_user_item_matrix(lake.read_partition(settings.lake, "confidence", day))
-    model = train_als(full.matrix, params)
-    version = f"{day.isoformat()}-{fingerprint(params.as_dict(), full.matrix.indptr, full.matrix.indices, full.matrix.data)}"
+    events = load_pair_events(lake.partition_dir(settings.lake, "confidence", day), "")
+    full = confidence_matrix(events, weights, half_life)
+    factors = train_model(full.matrix, params)
+    version = f"{day.isoformat()}-{fingerprint(best, full.matrix.indptr, full.matrix.indices, full.matrix.data)}"
     seconds = time.perf_counter() - started
     with lake.replace_partition(settings.lake, "models", day) as tmp:
-        save_model(model, tmp / "model.npz")
+        save_model(factors, tmp / "model.npz")
         pq.write_table(pa.table({"user_id": full.user_ids}), tmp / "users.parquet")
         pq.write_table(pa.table({"item_id": full.item_ids}), tmp / "items.parquet")
-        lake.write_json(tmp / "params.json", {"model_version": version, "als": params.as_dict(), "k": k,
+        lake.write_json(tmp / "params.json", {"model_version": version, "model": params.as_dict(), "k": k,
                                               "window_days": settings.window_days,
                                               "holdout_days": settings.holdout_days,
-                                              "event_weights": settings.event_weights})
+                                              "event_weights": weights, "half_life_days": half_life})
         lake.write_json(tmp / "metrics.json", {"model_version": version, "run_date": day.isoformat(),
                                                "k": k, **metrics, "seconds": round(seconds, 2)})
     report = write_report(settings, day, metrics, model_version=version, gate_error=None)
@@ -385,7 +503,7 @@ def recommend(settings: Settings, day: dt.date) -> dict[str, Any]:
     into the Parquet file, so memory holds the factors, the seen matrix and one batch of
     lists, whatever the number of users.
     """
-    from recsys.model import similar_items
+    from recsys.model import load_model, similar_items
 
     started = time.perf_counter()
     models = lake.partition_dir(settings.lake, "models", day)
@@ -393,8 +511,8 @@ def recommend(settings: Settings, day: dt.date) -> dict[str, Any]:
     users = pq.read_table(models / "users.parquet")["user_id"].combine_chunks()
     items = pq.read_table(models / "items.parquet")["item_id"].combine_chunks()
     version = lake.read_json(models / "params.json")["model_version"]
-    factors = np.load(models / "model.npz")
-    user_factors, item_factors = factors["user_factors"], factors["item_factors"]
+    factors = load_model(models / "model.npz")
+    user_factors, item_factors = factors.user_factors, factors.item_factors
     columns = ["user_id", "item_id"] + (["purchases"] if settings.exclude_seen == "purchased" else [])
     seen = seen_matrix(settings, pq.read_table(lake.partition_file(settings.lake, "confidence", day), columns=columns),
                        users, items)
@@ -419,7 +537,7 @@ def recommend(settings: Settings, day: dt.date) -> dict[str, Any]:
                 settings, pq.read_table(confidence_dir / "popular.parquet"),
                 pq.read_table(confidence_dir / "popular_by_category.parquet"),
             )
-            similar_ids, similar_scores = similar_items(item_factors, settings.k, filters.exclude)
+            similar_ids, similar_scores = similar_items(factors.item_embeddings, settings.k, filters.exclude)
             item_keys = pc.binary_join_element_wise(pa.scalar("item#"), items, "")
             similar = _lists_table(item_keys, items, similar_ids, similar_scores)
             writer.write_table(popular)

@@ -61,8 +61,9 @@ def write_report(
     )
     grid = metrics.get("grid", [])
     grid_rows = "".join(
-        f"<tr><td>{i + 1}</td><td><code>{html.escape(_params_text(g['params']))}</code></td>"
-        f"<td>{g['ndcg_at_k']:.4f}</td><td>{g['map_at_k']:.4f}</td><td>{g['recall_at_k']:.4f}</td></tr>"
+        f"<tr><td>{i + 1}</td><td><code>{html.escape(params_text(g['params'], settings.event_weights))}</code></td>"
+        + "".join(f"<td>{g[m]:.4f}</td>" if m in g else "<td>—</td>" for m in METRICS)
+        + (f"<td>{g['seconds']:.1f}</td>" if g.get("seconds") is not None else "<td>—</td>") + "</tr>"
         for i, g in enumerate(grid)
     )
     gate = metrics.get("gate") or {}
@@ -87,7 +88,8 @@ Training part: {metrics.get('train_users', 0):,} users × {metrics.get('train_it
 {f"and ≥ {gate['required_over_champion']:.4f} (served champion {html.escape(gate['champion']['model_version'])} − {settings.gate_max_drop:.0%})" if gate.get('champion') else "(no champion served yet)"}.</p>
 <h2>Tuning candidates (best first)</h2>
 {_bar_chart([g['ndcg_at_k'] for g in grid], [str(i + 1) for i in range(len(grid))], f"NDCG@{k} per candidate", metrics['popularity']['ndcg_at_k'])}
-<table><tr><th>#</th><th>parameters</th><th>NDCG@{k}</th><th>MAP@{k}</th><th>recall@{k}</th></tr>{grid_rows}</table>
+<table><tr><th>#</th><th>candidate</th><th>NDCG@{k}</th><th>MAP@{k}</th><th>precision@{k}</th><th>recall@{k}</th>
+<th>coverage</th><th>seconds</th></tr>{grid_rows}</table>
 <h2>Past nights</h2>
 {_line_chart(history, k)}
 </body></html>
@@ -103,8 +105,30 @@ def _lift(model: float, baseline: float) -> str:
     return f"{model / baseline:.2f}×" if baseline > 0 else "—"
 
 
-def _params_text(params: dict[str, Any]) -> str:
-    return ", ".join(f"{k}={v}" for k, v in params.items() if k != "random_state")
+def params_text(params: dict[str, Any], configured: dict[str, float] | None = None) -> str:
+    """``model=als, factors=64, …, weights=configured, half_life=0``: a candidate in one line.
+
+    Event weights read ``configured`` (RECSYS_EVENT_WEIGHTS), ``uniform`` (every type 1), or
+    ``View:1 Purchase:20 …``; random_state is left out.
+    """
+    order = ("model", "factors", "regularization", "alpha", "weighting", "learning_rate", "iterations")
+    parts = []
+    for key, value in sorted(params.items(), key=lambda kv: order.index(kv[0]) if kv[0] in order else len(order)):
+        if key == "random_state":
+            continue
+        if key == "event_weights":
+            if configured is not None and value == {t: float(w) for t, w in configured.items()}:
+                label = "configured"
+            elif set(value.values()) == {1.0}:
+                label = "uniform"
+            else:
+                label = " ".join(f"{t}:{w:g}" for t, w in value.items())
+            parts.append(f"weights={label}")
+        elif key == "half_life_days":
+            parts.append(f"half_life={value:g}")
+        else:
+            parts.append(f"{key}={value}")
+    return ", ".join(parts)
 
 
 def _bar_chart(values: Sequence[float], labels: Sequence[str], title: str, baseline: float) -> str:

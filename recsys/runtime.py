@@ -23,6 +23,7 @@ PARAM_FIELDS = (
     "recency_half_life_days",
     "tuning_grid",
     "publish_shards",
+    "model",
 )
 
 # Stages that also need to know what kind of run this is: keyword -> how it is read.

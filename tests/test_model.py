@@ -9,7 +9,14 @@ import pytest
 import pyarrow as pa
 import scipy.sparse as sp
 
-from recsys.model import ALSParams, build_user_item_matrix, recommend_als, recommend_popular, top_k_items, train_als
+from recsys.model import (
+    ModelParams,
+    build_user_item_matrix,
+    recommend_factors,
+    recommend_popular,
+    top_k_items,
+    train_model,
+)
 from recsys.ingest import _chunks
 from recsys.pipeline import _lists_table
 from recsys.runtime import is_backfill, resolve_run_date
@@ -46,8 +53,8 @@ def test_als_learns_two_blocks() -> None:
         block = 0 if u < 20 else 5
         dense[u, block + rng.choice(5, size=3, replace=False)] = 1.0
     matrix = sp.csr_matrix(dense)
-    model = train_als(matrix, ALSParams(factors=2, regularization=0.1, alpha=5.0, iterations=20))
-    ids, _ = recommend_als(model.user_factors, model.item_factors, matrix, 2, None)
+    model = train_model(matrix, ModelParams(factors=2, regularization=0.1, alpha=5.0, iterations=20))
+    ids, _ = recommend_factors(model.user_factors, model.item_factors, matrix, 2, None)
     for u in range(40):
         block = range(0, 5) if u < 20 else range(5, 10)
         assert set(ids[u].tolist()) <= set(block), (u, ids[u])
@@ -97,17 +104,124 @@ def test_tuning_candidates_are_the_grid_product_over_settings(tmp_path) -> None:
     from recsys.config import ConfigError, Settings
     from recsys.pipeline import tuning_candidates
 
-    s = Settings.from_env({"RECSYS_HOME": str(tmp_path), "RECSYS_TUNING_GRID": "factors=8,16;alpha=1.5", "RECSYS_ITERATIONS": "3"})
+    env = {"RECSYS_HOME": str(tmp_path), "RECSYS_EVENT_WEIGHTS": "view=1,buy=5"}
+    s = Settings.from_env({**env, "RECSYS_TUNING_GRID": "factors=8,16;alpha=1.5", "RECSYS_ITERATIONS": "3"})
+    configured = {"view": 1.0, "buy": 5.0}
     assert tuning_candidates(s) == [
-        {"factors": 8, "regularization": 0.05, "alpha": 1.5, "iterations": 3, "random_state": 42, "weighting": "log"},
-        {"factors": 16, "regularization": 0.05, "alpha": 1.5, "iterations": 3, "random_state": 42, "weighting": "log"},
+        {"model": "als", "factors": 8, "regularization": 0.05, "alpha": 1.5, "iterations": 3, "random_state": 42,
+         "weighting": "log", "event_weights": configured, "half_life_days": 0.0},
+        {"model": "als", "factors": 16, "regularization": 0.05, "alpha": 1.5, "iterations": 3, "random_state": 42,
+         "weighting": "log", "event_weights": configured, "half_life_days": 0.0},
     ]
-    none = Settings.from_env({"RECSYS_HOME": str(tmp_path), "RECSYS_TUNING_GRID": "", "RECSYS_FACTORS": "12"})
+    none = Settings.from_env({**env, "RECSYS_TUNING_GRID": "", "RECSYS_FACTORS": "12"})
     assert [c["factors"] for c in tuning_candidates(none)] == [12]
+
+    # Weights, half-lives and families; BPR ignores confidence values, so its variants collapse.
+    grid = "model=als,bpr;weights=configured,uniform;half_life=0,14 | weight.buy=20;half_life=28"
+    many = tuning_candidates(Settings.from_env({**env, "RECSYS_TUNING_GRID": grid}))
+    als = [(c["event_weights"], c["half_life_days"]) for c in many if c["model"] == "als"]
+    uniform = {"view": 1.0, "buy": 1.0}
+    assert als == [(configured, 0.0), (uniform, 0.0), (configured, 14.0), (uniform, 14.0), ({"view": 1.0, "buy": 20.0}, 28.0)]
+    bpr = [c for c in many if c["model"] == "bpr"]
+    assert bpr == [{"model": "bpr", "factors": 64, "regularization": 0.01, "iterations": 100, "random_state": 42,
+                    "learning_rate": 0.01, "event_weights": {"view": 1.0, "buy": 1.0}, "half_life_days": 0.0}]
+
     with pytest.raises(ConfigError, match="names among"):
         Settings.from_env({"RECSYS_TUNING_GRID": "depth=3"})
     with pytest.raises(ConfigError, match="must be numbers"):
         Settings.from_env({"RECSYS_TUNING_GRID": "factors=lots"})
+    with pytest.raises(ConfigError, match="'Teleport' is not a configured event type"):
+        Settings.from_env({"RECSYS_TUNING_GRID": "weight.Teleport=3"})
+    with pytest.raises(ConfigError, match="model must be one of"):
+        Settings.from_env({"RECSYS_TUNING_GRID": "model=svd"})
+    with pytest.raises(ConfigError, match="weights must be one of"):
+        Settings.from_env({"RECSYS_TUNING_GRID": "weights=heavy"})
+
+
+def _event_ages() -> pa.Table:
+    """What sql/event_ages.sql returns (in no particular order) for: u1 viewed a twice (7 and
+    14 days before the end) and bought it once (just now), u1 viewed b 21 days ago, u2 bought b
+    7 days ago."""
+    return pa.table({
+        "user_id": ["u2", "u1", "u1", "u1"],
+        "item_id": ["b", "a", "b", "a"],
+        "event_type": ["buy", "view", "view", "buy"],
+        "events": [1, 2, 1, 1],
+        "age_days": [[7.0], [14.0, 7.0], [21.0], [0.0]],
+    })
+
+
+def test_confidence_matrix_sums_weights_times_decayed_events() -> None:
+    from recsys.model import build_pair_events, confidence_matrix
+
+    events = build_pair_events(_event_ages())
+    assert events.user_ids.to_pylist() == ["u1", "u2"] and events.item_ids.to_pylist() == ["a", "b"]
+    assert events.event_types == ["buy", "view"] and len(events.indices) == 3  # pairs (u1,a), (u1,b), (u2,b)
+    assert events.ages.tolist() == [0.0, 7.0, 14.0, 21.0, 7.0]  # by pair, then type, then age
+    plain = confidence_matrix(events, {"view": 1.0, "buy": 10.0}, 0.0)
+    assert plain.matrix.toarray().tolist() == [[12.0, 1.0], [0.0, 10.0]]
+    decayed = confidence_matrix(events, {"view": 1.0, "buy": 10.0}, 7.0).matrix.toarray()
+    # u1,a: 10 * 0.5^0 + 1 * (0.5^1 + 0.5^2); u1,b: 0.5^3; u2,b: 10 * 0.5^1
+    assert decayed.tolist() == [[10.75, 0.125], [0.0, 5.0]]
+    assert confidence_matrix(events, {"view": 1.0, "buy": 10.0}, 14.0).matrix[0, 0] == pytest.approx(10 + 0.5 + 0.5 ** 0.5)
+    # A weight of 0 (or a type left out) drops the pairs it alone made: u1 never bought b.
+    bought = confidence_matrix(events, {"buy": 2.0}, 0.0).matrix
+    assert bought.toarray().tolist() == [[2.0, 0.0], [0.0, 2.0]] and bought.nnz == 2
+
+
+def test_event_ages_sql_counts_configured_events_and_their_ages() -> None:
+    """sql/event_ages.sql on hand-made events: counts and ages in days at $end, to the second."""
+    from recsys.sqlrun import connect, run_sql
+
+    end = dt.datetime(2026, 1, 15, tzinfo=dt.timezone.utc)
+    con = connect()
+    con.register("window_interactions", pa.table({
+        "user_id": ["u1", "u1", "u1", "u2", "u2", "u2"],
+        "item_id": ["a", "a", "a", "b", "b", "b"],
+        "event_type": ["view", "view", "buy", "buy", "Teleport", "view"],
+        "event_ts": pa.array([end - dt.timedelta(days=d) for d in (7, 14, 0.5, 3.25, 1, 40)], pa.timestamp("us", tz="UTC")),
+    }))
+    con.register("event_weights", pa.table({"event_type": ["view", "buy"], "weight": [1.0, 10.0]}))
+    out = run_sql(con, "event_ages", {"start": end - dt.timedelta(days=30), "end": end})
+    got = {(r["user_id"], r["item_id"], r["event_type"]): (r["events"], sorted(r["age_days"])) for r in out.to_pylist()}
+    assert got == {("u1", "a", "buy"): (1, [0.5]), ("u1", "a", "view"): (2, [7.0, 14.0]), ("u2", "b", "buy"): (1, [3.25])}
+    # Teleport has no weight and the 40-day-old view is outside the window: neither is counted.
+
+
+def test_bpr_through_the_wrapper_learns_two_blocks_and_saves() -> None:
+    """The same contract as ALS: Factors whose dot product ranks the unseen items of the user's block."""
+
+    rng = np.random.default_rng(0)
+    dense = np.zeros((60, 10), dtype=np.float32)
+    for u in range(60):
+        block = 0 if u < 30 else 5
+        dense[u, block + rng.choice(5, size=3, replace=False)] = rng.integers(1, 50, size=3)  # values are ignored
+    matrix = sp.csr_matrix(dense)
+    params = ModelParams(model="bpr", factors=4, regularization=0.01, learning_rate=0.05, iterations=200)
+    model = train_model(matrix, params)
+    assert model.model == "bpr" and model.item_factors.shape == (10, 5)  # + the item bias column
+    assert model.item_embeddings.shape == (10, 4) and np.all(model.user_factors[:, -1] == 1.0)
+    ids, _ = recommend_factors(model.user_factors, model.item_factors, matrix, 2, None)
+    blocks = [set(range(0, 5) if u < 30 else range(5, 10)) for u in range(60)]
+    assert all(ids[u, 0] in blocks[u] for u in range(60))  # every user's best item is of their block
+    assert sum(set(ids[u].tolist()) <= blocks[u] for u in range(60)) >= 40  # by chance: ~3 of 60
+    assert not any(set(ids[u].tolist()) & set(np.flatnonzero(dense[u]).tolist()) for u in range(60))
+    again = train_model(matrix, params)
+    assert np.array_equal(again.item_factors, model.item_factors)  # one thread: reruns give the same lists
+    assert "learning_rate" in params.as_dict() and "alpha" not in params.as_dict()
+    assert "alpha" in ModelParams().as_dict() and "learning_rate" not in ModelParams().as_dict()
+    with pytest.raises(ValueError, match="unknown model family"):
+        train_model(matrix, ModelParams(model="svd"))
+
+
+def test_saved_factors_load_with_their_family(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from recsys.model import Factors, load_model, save_model
+
+    factors = Factors(np.ones((2, 3), np.float32), np.arange(12, dtype=np.float32).reshape(4, 3), "bpr")
+    save_model(factors, tmp_path / "model.npz")
+    loaded = load_model(tmp_path / "model.npz")
+    assert loaded.model == "bpr" and np.array_equal(loaded.item_factors, factors.item_factors)
+    assert loaded.item_embeddings.tolist() == [[0, 1], [3, 4], [6, 7], [9, 10]]
 
 
 def test_cap_per_category_keeps_the_best_of_each_category_in_order() -> None:

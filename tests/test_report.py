@@ -19,8 +19,12 @@ def metrics(ndcg: float, pop: float) -> dict:
     row = {"ndcg_at_k": ndcg, "map_at_k": ndcg / 2, "precision_at_k": 0.05, "recall_at_k": 0.3,
            "catalog_coverage": 0.4, "users_evaluated": 1234}
     base = {**row, "ndcg_at_k": pop, "map_at_k": pop / 2}
-    grid = [{"params": {"factors": 32, "alpha": 2.0}, "ndcg_at_k": ndcg, "map_at_k": ndcg / 2, "recall_at_k": 0.3},
-            {"params": {"factors": 64, "alpha": 2.0}, "ndcg_at_k": ndcg * 0.8, "map_at_k": ndcg / 3, "recall_at_k": 0.2}]
+    grid = [{"params": {"model": "als", "factors": 32, "alpha": 2.0, "event_weights": {"View": 1.0, "AddToCart": 4.0,
+             "ViewCart": 2.0, "StartCheckout": 6.0, "Purchase": 10.0}, "half_life_days": 14.0},
+             "ndcg_at_k": ndcg, "map_at_k": ndcg / 2, "precision_at_k": 0.05, "recall_at_k": 0.3,
+             "catalog_coverage": 0.4, "seconds": 3.25},
+            {"params": {"model": "bpr", "factors": 64, "learning_rate": 0.01, "event_weights": {"View": 1.0, "Purchase": 0.0},
+             "half_life_days": 0.0}, "ndcg_at_k": ndcg * 0.8, "map_at_k": ndcg / 3, "recall_at_k": 0.2}]
     return {"model": row, "popularity": base, "grid": grid, "holdout_users_cold": 10, "train_users": 5000,
             "train_items": 300, "train_nonzeros": 40000,
             "gate": {"required_over_popularity": pop * 1.05, "champion": None, "popularity_ndcg_at_k": pop}}
@@ -39,7 +43,11 @@ def test_report_shows_metrics_grid_and_history(settings: Settings) -> None:
     page = write_report(settings, second, metrics(0.25, 0.08), model_version="2026-03-02-abc", gate_error=None).read_text()
     assert "Quality gate passed" in page and "2026-03-02-abc" in page
     assert "<td>ndcg@20</td><td>0.2500</td><td>0.0800</td><td>3.12×</td>" in page
-    assert "factors=64, alpha=2.0" in page and page.count("<rect") == 2  # a bar per candidate
+    assert page.count("<rect") == 2  # a bar per candidate
+    # Every candidate with its family, weights and half-life, and all its metrics and seconds
+    assert ("<code>model=als, factors=32, alpha=2.0, weights=configured, half_life=14</code></td>"
+            "<td>0.2500</td><td>0.1250</td><td>0.0500</td><td>0.3000</td><td>0.4000</td><td>3.2</td>") in page
+    assert "<code>model=bpr, factors=64, learning_rate=0.01, weights=View:1 Purchase:0, half_life=0</code>" in page
     assert "<polyline" in page and "2026-03-01" in page  # the chart of past nights starts at the first
 
 

@@ -1,0 +1,102 @@
+"""Tuning on a small generated store, without Airflow: the matrices every candidate builds
+from aggregate's event ages, and the hold-out every family is scored on."""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from recsys import lake, pipeline
+from recsys.config import Settings
+from recsys.datagen import generate_store
+
+END = dt.date(2026, 5, 31)
+
+
+@pytest.fixture(scope="module")
+def settings(tmp_path_factory: pytest.TempPathFactory) -> Settings:
+    home = tmp_path_factory.mktemp("tuning")
+    generate_store(home / "demo", users=1_500, items=150, events=30_000, days=21, seed=5, end_date=END, categories=6)
+    s = Settings.from_env({"RECSYS_HOME": str(home), "RECSYS_SOURCE": str(home / "demo" / "interactions"),
+                           "RECSYS_CATALOG": str(home / "demo" / "catalog.parquet"), "RECSYS_WINDOW_DAYS": "21",
+                           "RECSYS_HOLDOUT_DAYS": "4", "RECSYS_TUNING_GRID": ""})
+    from recsys import ingest
+
+    ingest.extract(s, END)
+    pipeline.aggregate(s, END)
+    return s
+
+
+def _sql_confidence(settings: Settings, half_life: float) -> pa.Table:
+    """The training part's confidence the old way: sql/confidence.sql over the raw events."""
+    from recsys.sqlrun import connect, run_sql
+    from recsys.window import Window
+
+    window = Window.of(settings, END)
+    con = connect()
+    pipeline._register_window(con, settings, window)
+    params = {**window.sql_params(settings), "end": window.split, "half_life_days": half_life}
+    return run_sql(con, "confidence", params)
+
+
+@pytest.mark.parametrize("half_life", [0.0, 3.5])
+def test_candidate_matrix_equals_the_sql_confidence(settings: Settings, half_life: float) -> None:
+    from recsys.model import build_user_item_matrix, confidence_matrix
+
+    data = pipeline.load_holdout(settings, END)
+    built = confidence_matrix(data.events, settings.event_weights, half_life)
+    expected = build_user_item_matrix(_sql_confidence(settings, half_life))
+    assert built.user_ids.equals(expected.user_ids) and built.item_ids.equals(expected.item_ids)
+    assert (built.matrix != expected.matrix).nnz == 0 if half_life == 0 else np.allclose(
+        built.matrix.toarray(), expected.matrix.toarray(), rtol=1e-6, atol=0)
+    assert built.matrix.nnz == expected.matrix.nnz > 10_000
+
+
+def test_every_family_is_scored_on_new_items_with_served_lists(settings: Settings) -> None:
+    from recsys.model import confidence_matrix, train_model
+
+    data = pipeline.load_holdout(settings, END)
+    train_pairs = confidence_matrix(data.events, settings.event_weights, 0.0).matrix[data.rows]
+    n_items = data.events.shape[1]
+    assert data.truth[:, :n_items].multiply(train_pairs).nnz == 0  # relevant = not touched before the hold-out
+    assert (data.seen != (train_pairs > 0)).nnz == 0  # exclude_seen=all: every training pair is filtered
+    users = None
+    for choice in ({"model": "als", "factors": 8}, {"model": "bpr", "factors": 8},
+                   {"model": "als", "factors": 8, "weights": "uniform", "half_life": 7.0}):
+        candidate = pipeline.make_candidate(settings, choice)
+        params, weights, half_life = pipeline.split_candidate(candidate)
+        factors = train_model(confidence_matrix(data.events, weights, half_life).matrix, params)
+        ids, _ = pipeline.serve_lists(settings, factors.user_factors[data.rows], factors.item_factors, data.seen, data.filters)
+        listed = np.zeros(data.seen.shape, dtype=bool)
+        np.put_along_axis(listed, np.maximum(ids, 0), ids >= 0, axis=1)
+        assert listed.sum() > 0.9 * listed.size / 150 * settings.k  # lists are (nearly) full
+        assert not (listed & (data.seen.toarray() > 0)).any() and not listed[:, data.filters.exclude].any()
+        metrics = pipeline.score_candidate(settings, data, candidate)
+        assert users in (None, metrics["users_evaluated"])  # every family faces the same users and truth
+        users = metrics["users_evaluated"]
+        assert metrics["ndcg_at_k"] > 0.0
+    assert users == len(data.rows) > 100
+
+
+def test_train_keeps_the_winners_family_and_recommend_uses_it(settings: Settings) -> None:
+    bpr = pipeline.make_candidate(settings, {"model": "bpr", "factors": 8})
+    data = pipeline.load_holdout(settings, END)
+    results = [{"params": bpr, "metrics": pipeline.score_candidate(settings, data, bpr), "seconds": 1.0}]
+    results[0]["metrics"]["ndcg_at_k"] = 1.0  # the winner whatever it scored: train must honour it
+    pipeline.train(settings, END, results)
+    models = lake.partition_dir(settings.lake, "models", END)
+    params = lake.read_json(models / "params.json")
+    assert params["model"]["model"] == "bpr" and params["event_weights"] == bpr["event_weights"]
+    from recsys.model import load_model
+
+    factors = load_model(models / "model.npz")
+    assert factors.model == "bpr" and factors.item_factors.shape[1] == 9
+    out = pipeline.recommend(settings, END)
+    assert out["users"] == factors.user_factors.shape[0] and out["short_lists"] == 0
+    metrics = lake.read_json(models / "metrics.json")
+    assert metrics["grid"][0]["params"] == bpr and metrics["grid"][0]["seconds"] == 1.0
+    assert set(metrics["grid"][0]) >= {"ndcg_at_k", "map_at_k", "precision_at_k", "recall_at_k", "catalog_coverage"}
