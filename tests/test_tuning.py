@@ -26,7 +26,7 @@ def settings(tmp_path_factory: pytest.TempPathFactory) -> Settings:
                            "RECSYS_HOLDOUT_DAYS": "4", "RECSYS_TUNING_GRID": ""})
     from recsys import ingest
 
-    ingest.extract(s, END)
+    ingest.validate(s, END, ingest.extract(s, END)["days"])
     pipeline.aggregate(s, END)
     return s
 
