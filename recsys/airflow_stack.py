@@ -236,6 +236,11 @@ def up(config: StackConfig, timeout: float = 180.0) -> dict[str, Any]:
         raise StackError(f"'airflow db migrate' failed ({done.returncode}):\n{done.stderr[-3000:]}")
     log.info("metadata database %s %s and migrated in %.1f s", config.db_url.rsplit("/", 1)[-1],
              "created" if created else "found", time.perf_counter() - started)
+    # The publish shards run in an Airflow pool; a scheduler never starts tasks of a missing pool.
+    done = subprocess.run([sys.executable, "-m", "recsys.cli", "pool"], env=env, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise StackError(f"creating the publish pool failed ({done.returncode}):\n{done.stderr[-3000:]}")
+    log.info("%s", done.stdout.strip())
     alive = running(config)
     for name, args in config.components():
         if name in alive:

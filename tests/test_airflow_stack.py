@@ -78,6 +78,8 @@ def test_backfill_through_the_rest_api_rebuilds_the_lake_and_leaves_the_served_t
         dag = wait_for("the dag-processor to parse the DAG", lambda: _get_or_none(api, f"/api/v2/dags/{DAG_ID}"), 180)
         assert dag["timetable_summary"] and not dag["has_import_errors"]
         api.patch(f"/api/v2/dags/{DAG_ID}", {"is_paused": False})
+        # The publish shards' pool exists, or the scheduler would never start them.
+        assert api.get(f"/api/v2/pools/{Settings.from_env().publish_pool}")["slots"] >= 1
 
         # What the storefront is served: the run for END, through the real scheduler.
         api.post(f"/api/v2/dags/{DAG_ID}/dagRuns", {"logical_date": f"{END.isoformat()}T00:00:00Z"})
