@@ -40,7 +40,7 @@ def _register_window(con: Any, settings: Settings, window: Window) -> int:
     from recsys.sqlrun import register_parquet
 
     paths = [
-        lake.partition_file(settings.lake, "interactions", d)
+        lake.fetch_partition(settings.lake, "interactions", d, [lake.DATA_FILE]) / lake.DATA_FILE
         for d in window.days
         if lake.partition_exists(settings.lake, "interactions", d)
     ]
@@ -171,7 +171,7 @@ def load_holdout(settings: Settings, day: dt.date) -> Holdout:
     """The training matrix and hold-out truth written by aggregate for ``day``."""
     from recsys.model import build_user_item_matrix
 
-    folder = lake.partition_dir(settings.lake, "confidence", day)
+    folder = lake.fetch_partition(settings.lake, "confidence", day, ["train.parquet", "holdout.parquet", "popular_train.parquet"])
     train_table = pq.read_table(folder / "train.parquet")
     train = build_user_item_matrix(train_table)
     holdout = pq.read_table(folder / "holdout.parquet")
@@ -255,19 +255,19 @@ def tune(settings: Settings, day: dt.date, candidate: dict[str, Any]) -> dict[st
     params = _als_params(settings, candidate)
     metrics = score_params(settings, load_holdout(settings, day), params)
     result = {"params": params.as_dict(), "metrics": metrics, "seconds": round(time.perf_counter() - started, 2)}
-    folder = lake.partition_dir(settings.lake, "tuning", day)
-    folder.mkdir(parents=True, exist_ok=True)
-    lake.write_json(folder / f"candidate-{fingerprint(params.as_dict())}.json", result)
+    name = f"candidate-{fingerprint(params.as_dict())}.json"
+    lake.write_lake_json(settings.lake, f"{lake.partition_key('tuning', day)}/{name}", result)
     log.info("tune %s: ndcg@%d=%.4f map@%d=%.4f in %.1f s", params.as_dict(), settings.k,
              metrics["ndcg_at_k"], settings.k, metrics["map_at_k"], result["seconds"])
     return result
 
 
-def champion_path(settings: Settings) -> Any:
-    """``lake/models/champion.json``: the model the storefront is being served (set by verify)."""
-    from pathlib import Path
+CHAMPION = "models/champion.json"  # under the lake root: the model the storefront is being served (set by verify)
 
-    return Path(settings.lake) / "models" / "champion.json"
+
+def read_champion(settings: Settings) -> dict[str, Any] | None:
+    """``lake/models/champion.json``, or None before the first verified publish."""
+    return lake.read_lake_json(settings.lake, CHAMPION)  # type: ignore[no-any-return]
 
 
 def check_gate(settings: Settings, day: dt.date, metrics: dict[str, Any]) -> dict[str, Any]:
@@ -279,8 +279,7 @@ def check_gate(settings: Settings, day: dt.date, metrics: dict[str, Any]) -> dic
     """
     k = settings.k
     model_ndcg, pop_ndcg = metrics["model"]["ndcg_at_k"], metrics["popularity"]["ndcg_at_k"]
-    path = champion_path(settings)
-    champion = lake.read_json(path) if path.exists() else None
+    champion = read_champion(settings)
     gate = {
         "popularity_ndcg_at_k": pop_ndcg,
         "required_over_popularity": pop_ndcg * (1 + settings.gate_min_lift),
@@ -384,8 +383,8 @@ def recommend(settings: Settings, day: dt.date) -> dict[str, Any]:
     from recsys.model import similar_items
 
     started = time.perf_counter()
-    models = lake.partition_dir(settings.lake, "models", day)
-    confidence_dir = lake.partition_dir(settings.lake, "confidence", day)
+    models = lake.fetch_partition(settings.lake, "models", day)
+    confidence_dir = lake.fetch_partition(settings.lake, "confidence", day, ["popular.parquet", "popular_by_category.parquet"])
     users = pq.read_table(models / "users.parquet")["user_id"].combine_chunks()
     items = pq.read_table(models / "items.parquet")["item_id"].combine_chunks()
     version = lake.read_json(models / "params.json")["model_version"]
@@ -491,8 +490,7 @@ def plan_publish(settings: Settings, day: dt.date, is_backfill: bool = False, fo
             settings.table, served["run_date"], served["model_version"], day,
         )
         return []
-    folder = lake.partition_dir(settings.lake, "recommendations", day)
-    version = lake.read_json(folder / "_meta.json")["model_version"]
+    version = lake.read_partition_json(settings.lake, "recommendations", day, "_meta.json")["model_version"]
     users = lake.read_partition(settings.lake, "recommendations", day, columns=["user_id"])["user_id"]
     generated_at = dt.datetime.now(dt.timezone.utc).replace(microsecond=0)
     expires_at = int((generated_at + dt.timedelta(days=settings.ttl_days)).timestamp())
@@ -538,7 +536,7 @@ def publish_shard(settings: Settings, day: dt.date, shard: dict[str, Any]) -> di
     if stats["items"] != shard["users"]:
         raise dynamodb.PublicationError(
             f"{label}: wrote {stats['items']} users but the plan counted {shard['users']} in "
-            f"[{shard['first']!r}, {shard['end']!r}) of partition {lake.partition_dir(settings.lake, 'recommendations', day)}; "
+            f"[{shard['first']!r}, {shard['end']!r}) of partition {lake.partition_uri(settings.lake, 'recommendations', day)}; "
             f"the partition changed after plan_publish: rerun the run from recommend"
         )
     keep = ("shard", "shards", "first", "end")
@@ -609,8 +607,8 @@ def verify(settings: Settings, day: dt.date, published: dict[str, Any]) -> dict[
             f"table {settings.table} marks model {served.get('model_version')} (run date {served.get('run_date')}) "
             f"as served, not {published['model_version']} just published for {day}"
         )
-    metrics = lake.read_json(lake.partition_dir(settings.lake, "models", day) / "metrics.json")
-    lake.write_json(champion_path(settings), {
+    metrics = lake.read_partition_json(settings.lake, "models", day, "metrics.json")
+    lake.write_lake_json(settings.lake, CHAMPION, {
         "model_version": published["model_version"], "run_date": day.isoformat(),
         "ndcg_at_k": metrics["model"]["ndcg_at_k"], "map_at_k": metrics["model"]["map_at_k"],
     })
@@ -630,7 +628,7 @@ def _check_shard_counts(settings: Settings, day: dt.date, recs: pa.Table, shards
             wrong.append(f"shard {shard['shard']}: {shard['items']} written, {expected} in the partition")
     if wrong:
         raise dynamodb.PublicationError(
-            f"publish of {day} to {settings.table} does not match {lake.partition_dir(settings.lake, 'recommendations', day)}: "
+            f"publish of {day} to {settings.table} does not match {lake.partition_uri(settings.lake, 'recommendations', day)}: "
             + "; ".join(wrong) + ". Rerun the publish for this date"
         )
     log.info("verify: users written per shard match the partition (%d shard(s))", len(shards))
