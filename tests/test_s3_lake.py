@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import logging
 import subprocess
 import sys
 import time
@@ -161,7 +162,9 @@ def test_a_half_written_partition_is_invisible(s3_lake: str, monkeypatch: pytest
     assert lake.list_days(s3_lake, "interactions") == []
 
 
-def test_a_rerun_replaces_the_partition_on_every_machine(s3_lake: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_rerun_replaces_the_partition_on_every_machine(
+    s3_lake: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
     lake.write_partition(s3_lake, "confidence", DAY, table(3), extra_files={"_meta.json": {"run": 1}})
     first = lake.read_manifest(s3_lake, "confidence", DAY)
 
@@ -182,6 +185,28 @@ def test_a_rerun_replaces_the_partition_on_every_machine(s3_lake: str, tmp_path:
     assert lake.read_partition(s3_lake, "confidence", DAY).equals(table(6))
     assert lake.read_partition_json(s3_lake, "confidence", DAY, "_meta.json") == {"run": 2}
     assert not copy.exists(), "the stale working copy is dropped"
+
+    # A reader that read the manifest just before a rerun finds the old files gone: it reads
+    # the new manifest and downloads the new version instead of failing.
+    stale = lake.read_manifest(s3_lake, "confidence", DAY)
+    lake.write_partition(s3_lake, "confidence", DAY, table(4))
+    real = lake.read_manifest
+    answers = iter([stale])
+    monkeypatch.setattr(lake, "read_manifest", lambda *args: next(answers, None) or real(*args))
+    monkeypatch.setenv("RECSYS_HOME", str(tmp_path / "third-worker"))
+    with caplog.at_level(logging.INFO, logger="recsys.lake"):
+        assert lake.read_partition(s3_lake, "confidence", DAY).equals(table(4))
+    assert "changed while it was downloaded" in caplog.text
+
+
+def test_s3_errors_name_the_fix(s3_lake: str) -> None:
+    missing = "s3://no-such-bucket-" + uuid.uuid4().hex[:8] + "/lake"
+    with pytest.raises(lake.LakeError, match="no-such-bucket-.*Check the bucket exists, RECSYS_S3_ENDPOINT"):
+        lake.write_partition(missing, "interactions", DAY, table(1))
+    with pytest.raises(lake.LakeError, match="s3:GetObject, s3:PutObject, s3:ListBucket and s3:DeleteObject"):
+        lake.partition_exists(missing, "interactions", DAY)
+    with pytest.raises(lake.LakeError, match="bucket name is missing"):
+        lake.partition_exists("s3:///lake", "interactions", DAY)
 
 
 def test_whole_dag_on_an_s3_lake(
