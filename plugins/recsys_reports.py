@@ -1,7 +1,8 @@
 """Airflow UI plugin: the nightly model reports of recsys, one click from the Airflow UI.
 
 A FastAPI app mounted on the api-server at ``/recsys`` serves the reports that the train
-task writes to ``lake/reports/dt=D/report.html``; an external view adds "Recsys reports" to
+task writes to ``lake/reports/dt=D/report.html`` (a local lake or S3, read through
+:mod:`recsys.lake`); an external view adds "Recsys reports" to
 the navigation and a "Model report" tab to the DAG's page.
 """
 
@@ -9,8 +10,6 @@ from __future__ import annotations
 
 import datetime as dt
 import html
-from pathlib import Path
-
 from airflow.plugins_manager import AirflowPlugin
 from fastapi import FastAPI, HTTPException
 from fastapi.responses import FileResponse, HTMLResponse
@@ -18,17 +17,18 @@ from fastapi.responses import FileResponse, HTMLResponse
 app = FastAPI(title="recsys reports", description="Nightly model reports of the recsys_nightly DAG")
 
 
-def _reports_root() -> Path:
+def _lake() -> str:
     from recsys.config import Settings
 
-    return Path(Settings.from_env().lake) / "reports"
+    return Settings.from_env().lake
 
 
 @app.get("/reports/", response_class=HTMLResponse)
 def list_reports() -> str:
     """An index of every night's report, newest first."""
-    root = _reports_root()
-    days = sorted((p.parent.name[3:] for p in root.glob("dt=*/report.html")), reverse=True) if root.exists() else []
+    from recsys import lake
+
+    days = [d.isoformat() for d in reversed(lake.list_days(_lake(), "reports"))]
     items = "".join(f'<li><a href="{html.escape(d)}">{html.escape(d)}</a></li>' for d in days)
     return (
         "<!doctype html><html><head><meta charset='utf-8'><title>recsys reports</title></head>"
@@ -44,8 +44,14 @@ def get_report(day: str) -> FileResponse:
         parsed = dt.date.fromisoformat(day)
     except ValueError:
         raise HTTPException(status_code=400, detail=f"expected a date YYYY-MM-DD, got {day!r}") from None
-    path = _reports_root() / f"dt={parsed.isoformat()}" / "report.html"
-    if not path.exists():
+    from recsys import lake
+    from recsys.report import REPORT_FILE
+
+    try:  # an S3 lake: the report is downloaded to this machine's working copy first
+        path = lake.fetch_partition(_lake(), "reports", parsed, [REPORT_FILE]) / REPORT_FILE
+    except FileNotFoundError:
+        path = None
+    if path is None or not path.exists():
         raise HTTPException(status_code=404, detail=f"no report for {parsed}: was recsys_nightly run for that date?")
     return FileResponse(path, media_type="text/html")
 

@@ -219,7 +219,7 @@ def cmd_run(args: argparse.Namespace) -> int:
               f"See the task errors above.", file=sys.stderr)
         return 1
     served = served_now(settings)
-    built = lake.read_json(lake.partition_dir(settings.lake, "recommendations", day) / "_meta.json")["model_version"]
+    built = lake.read_partition_json(settings.lake, "recommendations", day, "_meta.json")["model_version"]
     if not served or served["model_version"] != built:
         print(f"recsys run {day}: lists built (model {built}) but NOT published: the table {settings.table} serves "
               f"{served}. Publishing an older date needs --conf '{{\"force_publish\": true}}'.", file=sys.stderr)
@@ -289,7 +289,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     client = dynamodb.make_client(settings)
     for user in (known, "someone-new-" + day.isoformat()):
         print(_format_lookup(dynamodb.get_recommendations(client, settings.table, user, limit=args.limit)))
-    metrics = lake.read_json(lake.partition_dir(settings.lake, "models", day) / "metrics.json")
+    metrics = lake.read_partition_json(settings.lake, "models", day, "metrics.json")
     k = metrics["k"]
     print(f"hold-out NDCG@{k}: model {metrics['model']['ndcg_at_k']:.4f} vs popularity "
           f"{metrics['popularity']['ndcg_at_k']:.4f}; MAP@{k}: {metrics['model']['map_at_k']:.4f} vs "

@@ -116,6 +116,22 @@ def parse_grids(text: str) -> list[dict[str, list[Any]]]:
     return [parse_grid(part) for part in text.split("|") if part.strip()]
 
 
+def home_from_env(env: Mapping[str, str] | None = None) -> Path:
+    """``RECSYS_HOME`` (default ``var``), resolved: where every local working folder lives."""
+    env = os.environ if env is None else env
+    return Path(env.get("RECSYS_HOME") or "var").expanduser().resolve()
+
+
+def s3_endpoint_from_env(env: Mapping[str, str] | None = None) -> str | None:
+    """``RECSYS_S3_ENDPOINT``: the URL of an S3-compatible server (MinIO, moto), or None for AWS S3.
+
+    A function of its own, like :func:`publish_pool_from_env`, because :mod:`recsys.lake` is
+    called with the lake root string only; credentials come from the standard AWS chain.
+    """
+    env = os.environ if env is None else env
+    return (env.get("RECSYS_S3_ENDPOINT") or "").strip() or None
+
+
 def _parse_weights(text: str) -> dict[str, float]:
     weights: dict[str, float] = {}
     for key, value in parse_mapping(text, "RECSYS_EVENT_WEIGHTS").items():
@@ -209,7 +225,7 @@ class Settings:
     def from_env(cls, env: Mapping[str, str] | None = None) -> "Settings":
         """Build settings from ``RECSYS_*`` variables; raises ConfigError on a bad value."""
         env = os.environ if env is None else env
-        home = Path(env.get("RECSYS_HOME") or "var").expanduser().resolve()
+        home = home_from_env(env)
         demo = home / "demo"
         source_set = bool(env.get("RECSYS_SOURCE"))
         source = env.get("RECSYS_SOURCE") or str(demo / "interactions")

@@ -40,7 +40,7 @@ def _register_window(con: Any, settings: Settings, window: Window) -> int:
     from recsys.sqlrun import register_parquet
 
     paths = [
-        lake.partition_file(settings.lake, "interactions", d)
+        lake.fetch_partition(settings.lake, "interactions", d, [lake.DATA_FILE]) / lake.DATA_FILE
         for d in window.days
         if lake.partition_exists(settings.lake, "interactions", d)
     ]
@@ -218,6 +218,11 @@ def _csr_from(arrays: Any, name: str) -> Any:
                          shape=tuple(arrays[f"{name}_shape"]))
 
 
+def pair_event_files(prefix: str) -> list[str]:
+    """The files :func:`save_pair_events` writes with ``prefix``."""
+    return [f"{prefix}events.npz", f"{prefix}users.parquet", f"{prefix}items.parquet"]
+
+
 def save_pair_events(folder: Any, prefix: str, events: Any) -> None:
     """``<prefix>events.npz`` and the row and column ids (``<prefix>users/items.parquet``)."""
     np.savez(folder / f"{prefix}events.npz", **events.arrays())
@@ -249,7 +254,7 @@ def save_holdout(folder: Any, holdout: Holdout) -> None:
 
 def load_holdout(settings: Settings, day: dt.date) -> Holdout:
     """The training events and hold-out truth written by aggregate for ``day``."""
-    folder = lake.partition_dir(settings.lake, "confidence", day)
+    folder = lake.fetch_partition(settings.lake, "confidence", day, [*pair_event_files("train_"), "holdout.npz"])
     events = load_pair_events(folder, "train_")
     with np.load(folder / "holdout.npz", allow_pickle=False) as arrays:
         return Holdout(
@@ -366,20 +371,19 @@ def tune(settings: Settings, day: dt.date, candidate: dict[str, Any]) -> dict[st
     loaded = time.perf_counter() - started
     metrics = score_candidate(settings, data, candidate)
     result = {"params": candidate, "metrics": metrics, "seconds": round(time.perf_counter() - started, 2)}
-    folder = lake.partition_dir(settings.lake, "tuning", day)
-    folder.mkdir(parents=True, exist_ok=True)
-    lake.write_json(folder / f"candidate-{fingerprint(candidate)}.json", result)
+    lake.write_lake_json(settings.lake, f"{lake.partition_key('tuning', day)}/candidate-{fingerprint(candidate)}.json", result)
     log.info("tune %s: ndcg@%d=%.4f map@%d=%.4f on %d hold-out users in %.1f s (%.1f s loading)", candidate,
              settings.k, metrics["ndcg_at_k"], settings.k, metrics["map_at_k"], metrics["users_evaluated"],
              result["seconds"], loaded)
     return result
 
 
-def champion_path(settings: Settings) -> Any:
-    """``lake/models/champion.json``: the model the storefront is being served (set by verify)."""
-    from pathlib import Path
+CHAMPION = "models/champion.json"  # under the lake root: the model the storefront is being served (set by verify)
 
-    return Path(settings.lake) / "models" / "champion.json"
+
+def read_champion(settings: Settings) -> dict[str, Any] | None:
+    """``lake/models/champion.json``, or None before the first verified publish."""
+    return lake.read_lake_json(settings.lake, CHAMPION)  # type: ignore[no-any-return]
 
 
 def check_gate(settings: Settings, day: dt.date, metrics: dict[str, Any]) -> dict[str, Any]:
@@ -391,8 +395,7 @@ def check_gate(settings: Settings, day: dt.date, metrics: dict[str, Any]) -> dic
     """
     k = settings.k
     model_ndcg, pop_ndcg = metrics["model"]["ndcg_at_k"], metrics["popularity"]["ndcg_at_k"]
-    path = champion_path(settings)
-    champion = lake.read_json(path) if path.exists() else None
+    champion = read_champion(settings)
     gate = {
         "popularity_ndcg_at_k": pop_ndcg,
         "required_over_popularity": pop_ndcg * (1 + settings.gate_min_lift),
@@ -469,7 +472,7 @@ def train(settings: Settings, day: dt.date, results: list[dict[str, Any]] | None
     except QualityGateError as exc:
         write_report(settings, day, metrics, model_version=None, gate_error=str(exc))
         raise
-    events = load_pair_events(lake.partition_dir(settings.lake, "confidence", day), "")
+    events = load_pair_events(lake.fetch_partition(settings.lake, "confidence", day, pair_event_files("")), "")
     full = confidence_matrix(events, weights, half_life)
     factors = train_model(full.matrix, params)
     version = f"{day.isoformat()}-{fingerprint(best, full.matrix.indptr, full.matrix.indices, full.matrix.data)}"
@@ -506,16 +509,16 @@ def recommend(settings: Settings, day: dt.date) -> dict[str, Any]:
     from recsys.model import load_model, similar_items
 
     started = time.perf_counter()
-    models = lake.partition_dir(settings.lake, "models", day)
-    confidence_dir = lake.partition_dir(settings.lake, "confidence", day)
+    models = lake.fetch_partition(settings.lake, "models", day)
+    confidence_dir = lake.fetch_partition(settings.lake, "confidence", day, ["popular.parquet", "popular_by_category.parquet"])
     users = pq.read_table(models / "users.parquet")["user_id"].combine_chunks()
     items = pq.read_table(models / "items.parquet")["item_id"].combine_chunks()
     version = lake.read_json(models / "params.json")["model_version"]
     factors = load_model(models / "model.npz")
     user_factors, item_factors = factors.user_factors, factors.item_factors
     columns = ["user_id", "item_id"] + (["purchases"] if settings.exclude_seen == "purchased" else [])
-    seen = seen_matrix(settings, pq.read_table(lake.partition_file(settings.lake, "confidence", day), columns=columns),
-                       users, items)
+    confidence = lake.fetch_partition(settings.lake, "confidence", day, [lake.DATA_FILE])
+    seen = seen_matrix(settings, pq.read_table(confidence / lake.DATA_FILE, columns=columns), users, items)
     filters = ItemFilters.load(settings, items)
     batch = settings.recommend_batch_users
     rows = short = 0
@@ -629,8 +632,7 @@ def plan_publish(settings: Settings, day: dt.date, is_backfill: bool = False, fo
             settings.table, served["run_date"], served["model_version"], day,
         )
         return []
-    folder = lake.partition_dir(settings.lake, "recommendations", day)
-    version = lake.read_json(folder / "_meta.json")["model_version"]
+    version = lake.read_partition_json(settings.lake, "recommendations", day, "_meta.json")["model_version"]
     users = lake.read_partition(settings.lake, "recommendations", day, columns=["user_id"])["user_id"]
     generated_at = dt.datetime.now(dt.timezone.utc).replace(microsecond=0)
     expires_at = int((generated_at + dt.timedelta(days=settings.ttl_days)).timestamp())
@@ -676,7 +678,7 @@ def publish_shard(settings: Settings, day: dt.date, shard: dict[str, Any]) -> di
     if stats["items"] != shard["users"]:
         raise dynamodb.PublicationError(
             f"{label}: wrote {stats['items']} users but the plan counted {shard['users']} in "
-            f"[{shard['first']!r}, {shard['end']!r}) of partition {lake.partition_dir(settings.lake, 'recommendations', day)}; "
+            f"[{shard['first']!r}, {shard['end']!r}) of partition {lake.partition_uri(settings.lake, 'recommendations', day)}; "
             f"the partition changed after plan_publish: rerun the run from recommend"
         )
     keep = ("shard", "shards", "first", "end")
@@ -747,8 +749,8 @@ def verify(settings: Settings, day: dt.date, published: dict[str, Any]) -> dict[
             f"table {settings.table} marks model {served.get('model_version')} (run date {served.get('run_date')}) "
             f"as served, not {published['model_version']} just published for {day}"
         )
-    metrics = lake.read_json(lake.partition_dir(settings.lake, "models", day) / "metrics.json")
-    lake.write_json(champion_path(settings), {
+    metrics = lake.read_partition_json(settings.lake, "models", day, "metrics.json")
+    lake.write_lake_json(settings.lake, CHAMPION, {
         "model_version": published["model_version"], "run_date": day.isoformat(),
         "ndcg_at_k": metrics["model"]["ndcg_at_k"], "map_at_k": metrics["model"]["map_at_k"],
     })
@@ -768,7 +770,7 @@ def _check_shard_counts(settings: Settings, day: dt.date, recs: pa.Table, shards
             wrong.append(f"shard {shard['shard']}: {shard['items']} written, {expected} in the partition")
     if wrong:
         raise dynamodb.PublicationError(
-            f"publish of {day} to {settings.table} does not match {lake.partition_dir(settings.lake, 'recommendations', day)}: "
+            f"publish of {day} to {settings.table} does not match {lake.partition_uri(settings.lake, 'recommendations', day)}: "
             + "; ".join(wrong) + ". Rerun the publish for this date"
         )
     log.info("verify: users written per shard match the partition (%d shard(s))", len(shards))

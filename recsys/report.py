@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import html
-import json
 import logging
-from pathlib import Path
 from typing import Any, Sequence
 
 from recsys import lake
@@ -24,26 +22,25 @@ REPORT_FILE = "report.html"
 METRICS = ("ndcg_at_k", "map_at_k", "precision_at_k", "recall_at_k", "catalog_coverage")
 
 
-def report_path(settings: Settings, day: dt.date) -> Path:
-    """``lake/reports/dt=D/report.html``."""
-    return lake.partition_file(settings.lake, "reports", day, REPORT_FILE)
+def report_uri(settings: Settings, day: dt.date) -> str:
+    """``lake/reports/dt=D/report.html`` (a local path or an ``s3://`` URI)."""
+    return f"{lake.partition_uri(settings.lake, 'reports', day)}/{REPORT_FILE}"
 
 
 def past_metrics(settings: Settings, until: dt.date, nights: int = 60) -> list[dict[str, Any]]:
     """metrics.json of the models of up to ``nights`` run dates before ``until``, oldest first."""
-    root = Path(settings.lake) / "models"
     found = []
-    for folder in sorted(root.glob("dt=*")) if root.exists() else []:
-        day = dt.date.fromisoformat(folder.name[3:])
-        path = folder / "metrics.json"
-        if day < until and path.exists():
-            found.append(json.loads(path.read_text()))
-    return found[-nights:]
+    for day in [d for d in lake.list_days(settings.lake, "models") if d < until][-nights:]:
+        try:
+            found.append(lake.read_partition_json(settings.lake, "models", day, "metrics.json"))
+        except FileNotFoundError:
+            continue  # a model partition without metrics (not written by train)
+    return found
 
 
 def write_report(
     settings: Settings, day: dt.date, metrics: dict[str, Any], *, model_version: str | None, gate_error: str | None
-) -> Path:
+) -> str:
     """Write the night's report (also when the gate failed: it shows why); returns its path."""
     history = past_metrics(settings, day) + [{"run_date": day.isoformat(), **metrics}]
     k = settings.k
@@ -94,11 +91,11 @@ Training part: {metrics.get('train_users', 0):,} users × {metrics.get('train_it
 {_line_chart(history, k)}
 </body></html>
 """
-    path = report_path(settings, day)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    lake.write_text(path, page)
-    log.info("report: %s", path)
-    return path
+    with lake.replace_partition(settings.lake, "reports", day) as tmp:
+        lake.write_text(tmp / REPORT_FILE, page)
+    where = report_uri(settings, day)
+    log.info("report: %s", where)
+    return where
 
 
 def _lift(model: float, baseline: float) -> str:

@@ -33,7 +33,6 @@ import datetime as dt
 import json
 import logging
 import os
-import shutil
 import time
 from collections import Counter
 from dataclasses import dataclass
@@ -42,7 +41,6 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from recsys import lake
 from recsys.config import Settings
@@ -372,7 +370,7 @@ def validate_partitions(settings: Settings, days: Sequence[dt.date], run_date: d
     tables = []
     for day in sorted(days):
         table = lake.read_partition(settings.lake, STAGING, day)
-        metas[day] = lake.read_json(lake.partition_file(settings.lake, STAGING, day, EXTRACT_META))
+        metas[day] = lake.read_partition_json(settings.lake, STAGING, day, EXTRACT_META)
         tables.append(table.append_column("dt", pa.array([day] * table.num_rows, pa.date32())))
     rows = pa.concat_tables(tables)
     frame = row_frame(rows, settings)
@@ -506,7 +504,7 @@ def _lake_counts(settings: Settings, days: list[dt.date]) -> dict[dt.date, int]:
     start = min(days) - dt.timedelta(days=lookback)
     for candidate in lake.days_between(start, max(days)):
         if candidate not in wanted and lake.partition_exists(settings.lake, "interactions", candidate):
-            counts[candidate] = pq.read_metadata(lake.partition_file(settings.lake, "interactions", candidate)).num_rows
+            counts[candidate] = lake.partition_rows(settings.lake, "interactions", candidate)
     return counts
 
 
@@ -586,7 +584,7 @@ def _file_problems(settings: Settings, files: list[dict[str, Any]], result: Any 
 
 
 def _quarantine_dirs(settings: Settings, stats: dict[dt.date, DayStats]) -> str:
-    dirs = [str(lake.partition_dir(settings.lake, QUARANTINE, d)) for d, s in stats.items() if s.kept < s.staged]
+    dirs = [lake.partition_uri(settings.lake, QUARANTINE, d) for d, s in stats.items() if s.kept < s.staged]
     return ", ".join(dirs[:3]) + (f" and {len(dirs) - 3} more" if len(dirs) > 3 else "") if dirs else "none"
 
 
@@ -610,7 +608,7 @@ def _where(settings: Settings, s: DayStats) -> str:
 
     files = sorted(s.source_files.items(), key=lambda kv: -kv[1])
     named = ", ".join(os.path.basename(f) for f, _ in files[:3]) + (f" and {len(files) - 3} more" if len(files) > 3 else "")
-    return f"{lake.partition_dir(settings.lake, STAGING, s.day)} (from {named or 'no file'})"
+    return f"{lake.partition_uri(settings.lake, STAGING, s.day)} (from {named or 'no file'})"
 
 
 def _examples(rows: pa.Table, reasons: list[list[str]], day: dt.date, code: str, limit: int = 3) -> str:
@@ -719,8 +717,7 @@ def _frame(records: list[dict[str, Any]]) -> "pd.DataFrame":
 
 def _write_docs(settings: Settings, context: Any, run_date: dt.date, summary: dict[str, Any]) -> str:
     """Build the GX Data Docs (and summary.json) into ``lake/validation/dt=D/``; returns index.html's path."""
-    final = lake.partition_dir(settings.lake, VALIDATION, run_date)
-    with lake.replace_dir(final) as tmp:
+    with lake.replace_partition(settings.lake, VALIDATION, run_date) as tmp:
         context.add_data_docs_site(
             DOCS_SITE,
             {
@@ -731,7 +728,7 @@ def _write_docs(settings: Settings, context: Any, run_date: dt.date, summary: di
         )
         context.build_data_docs(site_names=[DOCS_SITE])
         lake.write_json(tmp / "summary.json", {"run_date": run_date.isoformat(), **summary})
-    return str(final / "index.html")
+    return f"{lake.partition_uri(settings.lake, VALIDATION, run_date)}/index.html"
 
 
 def _write_quarantine(settings: Settings, rows: pa.Table, reasons: list[list[str]], stats: dict[dt.date, DayStats]) -> None:
@@ -743,5 +740,5 @@ def _write_quarantine(settings: Settings, rows: pa.Table, reasons: list[list[str
         part = with_reason.filter(mask).select(QUARANTINE_SCHEMA.names).cast(QUARANTINE_SCHEMA)
         if part.num_rows:
             lake.write_partition(settings.lake, QUARANTINE, day, part)
-        elif lake.partition_dir(settings.lake, QUARANTINE, day).exists():
-            shutil.rmtree(lake.partition_dir(settings.lake, QUARANTINE, day))
+        else:
+            lake.delete_partition(settings.lake, QUARANTINE, day)

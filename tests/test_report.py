@@ -40,7 +40,8 @@ def test_report_shows_metrics_grid_and_history(settings: Settings) -> None:
     models = lake.partition_dir(settings.lake, "models", first)
     models.mkdir(parents=True)
     lake.write_json(models / "metrics.json", {"run_date": first.isoformat(), **metrics(0.20, 0.07)})
-    page = write_report(settings, second, metrics(0.25, 0.08), model_version="2026-03-02-abc", gate_error=None).read_text()
+    page = write_report(settings, second, metrics(0.25, 0.08), model_version="2026-03-02-abc", gate_error=None)
+    page = Path(page).read_text()
     assert "Quality gate passed" in page and "2026-03-02-abc" in page
     assert "<td>ndcg@20</td><td>0.2500</td><td>0.0800</td><td>3.12×</td>" in page
     assert page.count("<rect") == 2  # a bar per candidate
@@ -53,7 +54,8 @@ def test_report_shows_metrics_grid_and_history(settings: Settings) -> None:
 
 def test_failed_gate_report_says_why(settings: Settings) -> None:
     page = write_report(settings, dt.date(2026, 3, 2), metrics(0.05, 0.08), model_version=None,
-                        gate_error="NDCG@20 0.0500 is below popularity's 0.0800").read_text()
+                        gate_error="NDCG@20 0.0500 is below popularity's 0.0800")
+    page = Path(page).read_text()
     assert "Quality gate FAILED: NDCG@20 0.0500 is below popularity&#x27;s 0.0800" in page
 
 
