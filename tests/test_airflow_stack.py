@@ -103,9 +103,16 @@ def test_backfill_through_the_rest_api_rebuilds_the_lake_and_leaves_the_served_t
             for dataset in ("interactions", "confidence", "recommendations"):
                 assert lake.partition_exists(settings.lake, dataset, day), (dataset, day)
             assert (lake.partition_dir(settings.lake, "models", day) / "metrics.json").exists()
-        for run in runs:  # publish ran and declined: a backfill never touches the served table
-            xcom = api.get(f"/api/v2/dags/{DAG_ID}/dagRuns/{run['dag_run_id']}/taskInstances/publish/xcomEntries/return_value")
-            assert "backfill" in str(xcom["value"]), xcom
+        # plan_publish ran and declined (no shards), so nothing after it ran: a backfill never
+        # touches the served table.
+        for run_id, states in _task_states(api, runs).items():
+            assert states["plan_publish"] == "success", (run_id, states)
+            assert {states[t] for t in ("publish_shard", "finish_publish", "verify")} == {"skipped"}, (run_id, states)
+            xcom = api.get(f"/api/v2/dags/{DAG_ID}/dagRuns/{run_id}/taskInstances/plan_publish/xcomEntries/return_value")
+            assert xcom["value"] in ([], "[]"), xcom
+            logs = "".join(p.read_text(errors="replace") for p in
+                           (config.home / "logs").glob(f"dag_id={DAG_ID}/run_id={run_id}/task_id=plan_publish/**/*.log"))
+            assert "is a backfill run; lake partitions rebuilt, nothing published" in logs
         assert scan(dynamodb_client, settings.table, with_meta=True) == served  # nothing served changed
         wait_for("the backfill to complete", lambda: api.get(f"/api/v2/backfills/{backfill['id']}")["completed_at"], 60)
 
