@@ -12,15 +12,19 @@
    Each stage is timed there, and its peak RSS is the process's high-water mark during the
    stage (reset with ``/proc/self/clear_refs`` when the stage starts; "RSS at start" says
    how much the process already held). ``--publish local`` publishes into a DynamoDB Local
-   the script starts; ``skip`` (the default) skips publish and verify, which are bound by
-   DynamoDB Local's own speed (see ``bench/publish.py``);
+   the script starts and times plan_publish, every publish_shard (summed) and finish_publish,
+   and prints the shards' wall time; ``skip`` (the default) makes plan_publish return no
+   shards without calling it, so Airflow skips publish_shard, finish_publish and verify
+   (publishing is bound by DynamoDB Local's own speed, see ``bench/publish.py``);
 3. runs the raw baselines on the same data, each in a fresh child process (its peak RSS
    from ``os.wait4``):
    * aggregate vs one DuckDB query (sum of event weights per user and item over the
      window's Parquet files, written to Parquet) with DuckDB's defaults;
-   * train + recommend vs ``implicit`` called directly: the winning parameters, fit on the
-     same scaled matrix, then ``model.recommend`` for every user (seen and inactive items
-     filtered), no wrapper of ours in between;
+   * train + recommend vs ``implicit`` called directly: the run's winner as train wrote it
+     (``models/dt=D/params.json``: family, parameters, event weights, half-life), fit on the
+     matrix train fits (``confidence_matrix`` of ``confidence/dt=D/events.npz``, scaled for
+     ALS, 0/1 for BPR), then ``model.recommend`` for every user (the seen matrix recommend
+     uses and inactive items filtered), no wrapper of ours in between;
    * publish vs the plain writer of ``bench/publish.py`` (``--plain-publish``; needs
      ``--publish local``).
 
@@ -53,7 +57,9 @@ log = logging.getLogger("bench.pipeline")
 BASE = {"users": 100_000, "items": 2_465, "events": 800_000}
 DAYS = 70
 END_DATE = dt.date(2026, 10, 31)
-STAGES = ("extract", "validate", "aggregate", "tune", "train", "recommend", "publish", "verify")
+STAGES = ("extract", "validate", "aggregate", "tune", "train", "recommend", "plan_publish", "publish_shard",
+          "finish_publish", "verify")
+PUBLISH_STAGES = ("plan_publish", "publish_shard", "finish_publish", "verify")
 
 
 # --------------------------------------------------------------------------- memory
@@ -108,8 +114,8 @@ def child_dag(out: Path, publish: bool) -> int:
     run_stage = runtime.run_stage
 
     def timed_stage(name: str, *args: Any, **kwargs: Any) -> Any:
-        if name in ("publish", "verify") and not publish:
-            return {"published": False, "reason": "bench: publish skipped"} if name == "publish" else {}
+        if name == "plan_publish" and not publish:
+            return []  # no shards: Airflow skips publish_shard, finish_publish and verify
         current[0] = name
         reset_peak()
         record: dict[str, Any] = {"stage": name, "rss_start_kib": rss_kib()}
@@ -121,7 +127,8 @@ def child_dag(out: Path, publish: bool) -> int:
             record["peak_kib"] = rss_kib("VmHWM")
             records.append(record)
             current[0] = ""
-        record["result"] = json.loads(json.dumps(result, default=str)) if isinstance(result, dict) else None
+        summary = {"shards": len(result)} if isinstance(result, list) else result  # plan_publish: its shards
+        record["result"] = json.loads(json.dumps(summary, default=str)) if isinstance(summary, dict) else None
         return result
 
     def timed(fn: Any, label: str) -> Any:
@@ -135,20 +142,24 @@ def child_dag(out: Path, publish: bool) -> int:
         return wrapper
 
     runtime.run_stage = timed_stage
-    model.train_als = timed(model.train_als, "fit")
-    model.recommend_als = timed(model.recommend_als, "recommend_als")
+    # recsys.pipeline imports these inside its functions, so patching the module reaches them.
+    model.confidence_matrix = timed(model.confidence_matrix, "confidence_matrix")
+    model.train_model = timed(model.train_model, "fit")
+    model.recommend_factors = timed(model.recommend_factors, "recommend_factors")
     model.similar_items = timed(model.similar_items, "similar_items")
     settings = Settings.from_env()
     started = time.perf_counter()
     dag_run = run_dag(settings, END_DATE)
     seconds = time.perf_counter() - started
     tasks = {}
+    states: dict[str, str] = {}
     for ti in dag_run.get_task_instances():
+        states[ti.task_id] = str(ti.state).rsplit(".", 1)[-1].lower()
         if ti.start_date and ti.end_date:
             tasks.setdefault(ti.task_id, 0.0)
             tasks[ti.task_id] += (ti.end_date - ti.start_date).total_seconds()
     out.write_text(json.dumps({
-        "state": str(dag_run.state), "seconds": seconds, "stages": records, "inner": inner, "tasks": tasks,
+        "state": str(dag_run.state), "seconds": seconds, "stages": records, "inner": inner, "tasks": tasks, "states": states,
         "peak_kib": max([rss_kib("VmHWM"), *(r["peak_kib"] for r in records)]),
     }, indent=1))
     return 0 if str(dag_run.state).endswith("success") else 1
@@ -203,24 +214,37 @@ def child_raw_duckdb(out: Path, files: list[str], start: str, end: str, weights:
     return 0
 
 
-def child_raw_implicit(out: Path, confidence: str, catalog: str, params: dict[str, Any], k: int,
+def child_raw_implicit(out: Path, models: str, confidence_dir: str, catalog: str, k: int,
                        batch: int = 50_000, interleave: bool = False) -> int:
-    """``implicit`` on its own: fit the winning parameters on the same scaled matrix, then recommend
-    the top-k for every user with seen and inactive items filtered (implicit batches and threads)."""
+    """``implicit`` on its own: the winner of the run (``models/dt=D/params.json``: family,
+    parameters, event weights, half-life) fit on the matrix train built (``confidence_matrix``
+    of ``confidence/dt=D/events.npz`` with those weights and half-life, scaled as train_model
+    scales it), then the top-k for every user with seen and inactive items filtered (implicit
+    batches and threads)."""
     import numpy as np
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
-    from implicit.cpu.als import AlternatingLeastSquares
     from threadpoolctl import threadpool_limits
 
-    from recsys.model import ALSParams, build_user_item_matrix, recommend_als, scale_confidence, train_als
+    from recsys import lake, pipeline
+    from recsys.config import Settings
+    from recsys.model import ModelParams, confidence_matrix, recommend_factors, scale_confidence, train_model
 
-    table = pq.read_table(confidence, columns=["user_id", "item_id", "confidence"])
-    full = build_user_item_matrix(table)
-    del table
-    scaled = scale_confidence(full.matrix, params["alpha"], params["weighting"])
-    seen = full.matrix.copy()
-    seen.data[:] = 1.0
+    winner = lake.read_json(Path(models) / "params.json")
+    params = ModelParams(**winner["model"])
+    events = pipeline.load_pair_events(Path(confidence_dir), "")
+    full = confidence_matrix(events, dict(winner["event_weights"]), float(winner["half_life_days"]))
+    del events
+    if params.model == "als":
+        fit_on = scale_confidence(full.matrix, params.alpha, params.weighting)
+    else:
+        fit_on = full.matrix.copy()
+        fit_on.data = np.ones_like(fit_on.data, dtype=np.float32)
+    # What recommend leaves out: the same seen matrix it builds (exclude_seen), rows and columns as the model's.
+    settings = Settings.from_env()
+    columns = ["user_id", "item_id"] + (["purchases"] if settings.exclude_seen == "purchased" else [])
+    seen = pipeline.seen_matrix(settings, pq.read_table(Path(confidence_dir) / lake.DATA_FILE, columns=columns),
+                                full.user_ids, full.item_ids)
     cat = pq.read_table(catalog, columns=["item_id", "active"])
     inactive = pc.filter(cat["item_id"], pc.invert(cat["active"]))
     index = pc.index_in(inactive, value_set=full.item_ids)
@@ -229,23 +253,33 @@ def child_raw_implicit(out: Path, confidence: str, catalog: str, params: dict[st
     def raw() -> tuple[float, float]:
         with threadpool_limits(1, "blas"):
             started = time.perf_counter()
-            model = AlternatingLeastSquares(
-                factors=params["factors"], regularization=params["regularization"], alpha=1.0,
-                iterations=params["iterations"], random_state=params["random_state"], calculate_training_loss=False,
-            )
-            model.fit(scaled, show_progress=False)
+            if params.model == "als":
+                from implicit.cpu.als import AlternatingLeastSquares
+
+                model: Any = AlternatingLeastSquares(
+                    factors=params.factors, regularization=params.regularization, alpha=1.0,
+                    iterations=params.iterations, random_state=params.random_state, calculate_training_loss=False,
+                )
+            else:
+                from implicit.cpu.bpr import BayesianPersonalizedRanking
+
+                model = BayesianPersonalizedRanking(
+                    factors=params.factors, learning_rate=params.learning_rate, regularization=params.regularization,
+                    iterations=params.iterations, random_state=params.random_state, num_threads=1,
+                )
+            model.fit(fit_on, show_progress=False)
             fitted = time.perf_counter()
             model.recommend(np.arange(full.shape[0]), seen, N=k, filter_already_liked_items=True, filter_items=exclude)
             return fitted - started, time.perf_counter() - fitted
 
     def project() -> tuple[float, float]:
-        """The project's own calls on the same matrix: train_als, then recommend_als batch by batch."""
+        """The project's own calls on the same matrix: train_model, then recommend_factors batch by batch."""
         started = time.perf_counter()
-        model = train_als(full.matrix, ALSParams(**params))
+        factors = train_model(full.matrix, params)
         fitted = time.perf_counter()
         for first in range(0, full.shape[0], batch):
-            recommend_als(model.user_factors[first:first + batch], model.item_factors, seen[first:first + batch], k,
-                          exclude)
+            recommend_factors(factors.user_factors[first:first + batch], factors.item_factors,
+                              seen[first:first + batch], k, exclude)
         return fitted - started, time.perf_counter() - fitted
 
     # raw, project, project, raw: the machine is shared, so each side is timed early and late
@@ -259,8 +293,8 @@ def child_raw_implicit(out: Path, confidence: str, catalog: str, params: dict[st
     best = {name: min(r, key=sum) for name, r in runs.items() if r}
     out.write_text(json.dumps({
         "fit_seconds": first[0], "recommend_seconds": first[1], "users": int(full.shape[0]),
-        "items": int(full.shape[1]), "nnz": int(full.matrix.nnz), "interleaved": runs, "best": best,
-        "peak_kib": rss_kib("VmHWM"),
+        "items": int(full.shape[1]), "nnz": int(full.matrix.nnz), "model": params.model,
+        "interleaved": runs, "best": best, "peak_kib": rss_kib("VmHWM"),
     }))
     return 0
 
@@ -342,8 +376,9 @@ def print_table(dag: dict[str, Any], base: dict[str, Any], scale: float, window_
     by_stage: dict[str, dict[str, Any]] = {}
     for record in dag["stages"]:
         entry = by_stage.setdefault(record["stage"], {"seconds": 0.0, "peak_kib": 0, "rss_start_kib": record["rss_start_kib"],
-                                                      "runs": 0, "result": record["result"]})
+                                                      "runs": 0, "result": record["result"], "items": 0})
         entry["seconds"] += record["seconds"]
+        entry["items"] += (record["result"] or {}).get("items") or 0
         entry["peak_kib"] = max(entry["peak_kib"], record["peak_kib"])
         entry["runs"] += 1
     results = {name: entry["result"] or {} for name, entry in by_stage.items()}
@@ -352,9 +387,11 @@ def print_table(dag: dict[str, Any], base: dict[str, Any], scale: float, window_
         "validate": (results.get("validate", {}).get("rows") or window_events, "rows"),
         "aggregate": (window_events, "events"),
         "tune": (by_stage.get("tune", {}).get("runs"), "candidates"),
-        "train": (results.get("train", {}).get("train_users") or base.get("implicit", {}).get("users"), "users"),
+        "train": (base.get("implicit", {}).get("users"), "users"),
         "recommend": (results.get("recommend", {}).get("rows"), "rows"),
-        "publish": (results.get("publish", {}).get("items"), "items"),
+        "plan_publish": (results.get("plan_publish", {}).get("shards"), "shards"),
+        "publish_shard": (by_stage.get("publish_shard", {}).get("items"), "items"),
+        "finish_publish": (None, ""),  # its items are the shards'; the publish line below gives their rate
         "verify": (results.get("verify", {}).get("checked"), "items"),
     }
     header = (f"{'stage':<16} {'wall s':>8} {'RSS at start':>12} {'peak RSS MiB':>12} {'count':>11} {'per s':>10}   "
@@ -382,7 +419,7 @@ def print_table(dag: dict[str, Any], base: dict[str, Any], scale: float, window_
         elif name == "recommend" and implicit:
             baseline = (f"{'implicit recommend (all users)':<34} {implicit['recommend_seconds']:>7.1f} {'':>9} "
                         f"{e['seconds'] / implicit['recommend_seconds']:>5.2f}x")
-        elif name == "publish" and "plain" in base:
+        elif name == "publish_shard" and "plain" in base:
             b = base["plain"]
             baseline = (f"{'plain writer (bench/publish.py)':<34} {b['seconds']:>7.1f} {mib(b['peak_kib']):>9} "
                         f"{e['seconds'] / b['seconds']:>5.2f}x")
@@ -392,9 +429,11 @@ def print_table(dag: dict[str, Any], base: dict[str, Any], scale: float, window_
         project = by_stage.get("train", {}).get("seconds", 0.0) + by_stage.get("recommend", {}).get("seconds", 0.0)
         raw = implicit["fit_seconds"] + implicit["recommend_seconds"]
         inner = dag["inner"]
-        core = inner.get("train.fit", 0.0) + inner.get("recommend.recommend_als", 0.0)
-        print(f"ALS fit + recommend: the stages train + recommend {project:.1f} s vs raw implicit {raw:.1f} s "
-              f"= {project / raw:.2f}x; inside them train_als + recommend_als {core:.1f} s = {core / raw:.2f}x "
+        core = inner.get("train.fit", 0.0) + inner.get("recommend.recommend_factors", 0.0)
+        family = implicit.get("model", "als").upper()
+        print(f"{family} fit + recommend (the winner): the stages train + recommend {project:.1f} s vs raw implicit "
+              f"{raw:.1f} s = {project / raw:.2f}x; inside them train_model + recommend_factors {core:.1f} s = "
+              f"{core / raw:.2f}x "
               f"({implicit['users']:,} users x {implicit['items']:,} items, {implicit['nnz']:,} non-zeros)")
         if base.get("duckdb", {}).get("best", {}).get("project"):
             b = base["duckdb"]["best"]
@@ -405,9 +444,19 @@ def print_table(dag: dict[str, Any], base: dict[str, Any], scale: float, window_
             print(f"same process, interleaved raw/project/project/raw, best of each: project fit {b['project'][0]:.1f} s + "
                   f"recommend {b['project'][1]:.1f} s vs raw fit {b['raw'][0]:.1f} s + recommend {b['raw'][1]:.1f} s "
                   f"= {sum(b['project']) / sum(b['raw']):.2f}x")
-    total = sum(e["seconds"] for n, e in by_stage.items() if n not in ("publish", "verify"))
+    finished = results.get("finish_publish", {})
+    if finished.get("published"):
+        shard_sum = by_stage.get("publish_shard", {}).get("seconds", 0.0)
+        publish_all = sum(by_stage.get(n, {}).get("seconds", 0.0) for n in PUBLISH_STAGES if n != "verify")
+        print(f"publish: {finished['items']:,} items in {by_stage['publish_shard']['runs']} shard(s), shards {shard_sum:.1f} s "
+              f"summed, {finished['seconds']:.1f} s wall first start to last end (finish_publish's figure, "
+              f"{finished['items_per_second']:,.0f} items/s); plan + shards + finish {publish_all:.1f} s")
+    total = sum(e["seconds"] for n, e in by_stage.items() if n not in PUBLISH_STAGES)
     tasks = dag["tasks"]
-    task_total = sum(s for t, s in tasks.items() if t not in ("publish", "verify"))
+    task_total = sum(s for t, s in tasks.items() if t not in PUBLISH_STAGES)
+    not_run = sorted(t for t, state in dag.get("states", {}).items() if state != "success")
+    if not_run:
+        print("tasks not succeeded: " + ", ".join(f"{t} {dag['states'][t]}" for t in not_run))
     print(f"DAG without publish/verify: stages {total:.1f} s, Airflow task instances {task_total:.1f} s; "
           f"dag.test() wall {dag['seconds']:.1f} s in all; DAG process peak RSS {mib(dag['peak_kib'])} MiB")
 
@@ -515,9 +564,9 @@ def run_baselines(args: argparse.Namespace, home: Path, store: Path, env: dict[s
                    weights=settings.event_weights, interleave=args.interleave)
     if result:
         base["duckdb"] = result
-    params = lake.read_json(lake.partition_dir(settings.lake, "models", END_DATE) / "params.json")["als"]
-    result = child("implicit", confidence=str(lake.partition_file(settings.lake, "confidence", END_DATE)),
-                   catalog=str(store / "catalog.parquet"), params=params, k=settings.k,
+    result = child("implicit", models=str(lake.partition_dir(settings.lake, "models", END_DATE)),
+                   confidence_dir=str(lake.partition_dir(settings.lake, "confidence", END_DATE)),
+                   catalog=str(store / "catalog.parquet"), k=settings.k,
                    batch=settings.recommend_batch_users, interleave=args.interleave)
     if result:
         base["implicit"] = result

@@ -35,16 +35,19 @@ class QualityGateError(RuntimeError):
 
 
 def _register_window(con: Any, settings: Settings, window: Window) -> int:
-    """Views window_interactions, event_weights and catalog for one run; returns partitions found."""
+    """The table window_interactions (the window's events, ``sql/window_interactions.sql``: one
+    scan of the day partitions that every aggregate query then reads) and the views
+    event_weights and catalog for one run; returns partitions found."""
     from recsys.source import register_catalog
-    from recsys.sqlrun import register_parquet
+    from recsys.sqlrun import create_table, register_parquet
 
     paths = [
         lake.fetch_partition(settings.lake, "interactions", d, [lake.DATA_FILE]) / lake.DATA_FILE
         for d in window.days
         if lake.partition_exists(settings.lake, "interactions", d)
     ]
-    register_parquet(con, "window_interactions", paths)
+    register_parquet(con, "interaction_files", paths)
+    create_table(con, "window_interactions", window.sql_params(settings))
     weights = pa.table(
         {
             "event_type": pa.array(list(settings.event_weights), pa.string()),

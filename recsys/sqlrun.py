@@ -64,6 +64,19 @@ def run_sql(con: "duckdb.DuckDBPyConnection", name: str, params: Mapping[str, An
     return result
 
 
+def create_table(con: "duckdb.DuckDBPyConnection", name: str, params: Mapping[str, Any] | None = None) -> int:
+    """Run ``sql/<name>.sql`` (parameters bound as in :func:`run_sql`) into a temporary table
+    named ``name``, replacing one of that name, for later queries on the connection to read;
+    returns its row count. The table lives in DuckDB (spilling under its memory limit), not
+    in Python."""
+    text = load_sql(name)
+    used = {k: v for k, v in (params or {}).items() if f"${k}" in text}
+    con.execute(f"create or replace temp table {name} as {text}", used)
+    rows = int(con.sql(f"select count(*) from {name}").fetchall()[0][0])
+    log.debug("sql/%s.sql: %d rows into temp table %s", name, rows, name)
+    return rows
+
+
 def register_parquet(con: "duckdb.DuckDBPyConnection", view: str, paths: Sequence[Path | str]) -> None:
     """Register Parquet files as a view named ``view`` (an empty list is an error)."""
     if not paths:
