@@ -234,7 +234,6 @@ def child_raw_implicit(out: Path, models: str, confidence_dir: str, catalog: str
     params = ModelParams(**winner["model"])
     events = pipeline.load_pair_events(Path(confidence_dir), "")
     full = confidence_matrix(events, dict(winner["event_weights"]), float(winner["half_life_days"]))
-    del events
     if params.model == "als":
         fit_on = scale_confidence(full.matrix, params.alpha, params.weighting)
     else:
@@ -242,9 +241,8 @@ def child_raw_implicit(out: Path, models: str, confidence_dir: str, catalog: str
         fit_on.data = np.ones_like(fit_on.data, dtype=np.float32)
     # What recommend leaves out: the same seen matrix it builds (exclude_seen), rows and columns as the model's.
     settings = Settings.from_env()
-    columns = ["user_id", "item_id"] + (["purchases"] if settings.exclude_seen == "purchased" else [])
-    seen = pipeline.seen_matrix(settings, pq.read_table(Path(confidence_dir) / lake.DATA_FILE, columns=columns),
-                                full.user_ids, full.item_ids)
+    seen = pipeline.seen_matrix(settings, events)
+    del events
     cat = pq.read_table(catalog, columns=["item_id", "active"])
     inactive = pc.filter(cat["item_id"], pc.invert(cat["active"]))
     index = pc.index_in(inactive, value_set=full.item_ids)

@@ -155,13 +155,14 @@ class Settings:
     source_query: str | None = None
     window_days: int = 70
     holdout_days: int = 7
+    holdout_max_users: int = 20_000
     k: int = 20
     event_weights: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_EVENT_WEIGHTS))
     recency_half_life_days: float = 0.0
     factors: int = 64
     regularization: float = 0.05
     alpha: float = 2.0
-    iterations: int = 15
+    iterations: int = 10
     random_state: int = 42
     tuning_grid: str = DEFAULT_TUNING_GRID
     weighting: str = "log"
@@ -258,6 +259,7 @@ class Settings:
         simple = {
             "RECSYS_WINDOW_DAYS": "window_days",
             "RECSYS_HOLDOUT_DAYS": "holdout_days",
+            "RECSYS_HOLDOUT_MAX_USERS": "holdout_max_users",
             "RECSYS_K": "k",
             "RECSYS_RECENCY_HALF_LIFE_DAYS": "recency_half_life_days",
             "RECSYS_FACTORS": "factors",
@@ -338,6 +340,8 @@ class Settings:
                 f"holdout_days must be between 1 and window_days-1 ({settings.window_days - 1}), "
                 f"got {settings.holdout_days}"
             )
+        if settings.holdout_max_users < 0:
+            raise ConfigError(f"holdout_max_users must be 0 (every warm user) or more, got {settings.holdout_max_users}")
         if settings.k < 1:
             raise ConfigError(f"k must be at least 1, got {settings.k}")
         grids = parse_grids(settings.tuning_grid)

@@ -10,6 +10,7 @@ evaluating and saving never ask which family made them.
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 import hashlib
 import json
 import logging
@@ -42,7 +43,7 @@ class ModelParams:
     factors: int = 64
     regularization: float = 0.05
     alpha: float = 2.0  # ALS: confidence = alpha * weighting(x)
-    iterations: int = 15
+    iterations: int = 10
     random_state: int = 42
     weighting: str = "log"  # ALS: how the confidence matrix is weighted: "log" or "bm25"
     learning_rate: float = 0.01  # BPR: SGD step
@@ -144,39 +145,68 @@ class PairEvents:
                    **{k: arrays[k] for k in cls.ARRAYS})
 
 
-def build_pair_events(events: pa.Table) -> PairEvents:
-    """Index a (user_id, item_id, event_type, events, age_days list) table (what
-    ``sql/event_ages.sql`` returns) by (user, item) pair; rows and columns are the sorted
-    distinct ids, like :func:`build_user_item_matrix`. Entries and ages come out sorted
-    whatever the row order, so the sums built from them are the same on every run."""
-    users = pc.unique(events["user_id"]).sort()
-    items = pc.unique(events["item_id"]).sort()
+def build_pair_events(events: pa.Table, end: dt.datetime) -> PairEvents:
+    """Index the weighted events before ``end`` (a (user_id, item_id, event_type, event_us)
+    table, one row per event: what ``sql/weighted_events.sql`` returns) by (user, item) pair,
+    with each event's age at ``end`` in days (second boundaries crossed, as
+    ``sql/confidence.sql`` counts them). Rows and columns are the sorted distinct ids of
+    those events, like :func:`build_user_item_matrix`. Entries and ages come out sorted
+    whatever the row order, so the sums built from them are the same on every run.
+
+    Everything is vectorised: one hash lookup per id column and one sort of the events."""
+    end_us = int(end.timestamp()) * 1_000_000 + end.microsecond
+    events = events.filter(pc.less(events["event_us"], pa.scalar(end_us, pa.int64())))
+    users, user = _sorted_codes(events["user_id"])
+    items, item = _sorted_codes(events["item_id"])
+    types, kind = _sorted_codes(events["event_type"])
+    # Second boundaries crossed, as sql/confidence.sql's date_diff('second', ...), so the sums agree.
+    ages = (end_us // 1_000_000 - events["event_us"].to_numpy().astype(np.int64) // 1_000_000) / 86_400.0
+    # One int64 key per (user, item, type), in that order: 10M users x 1M items x 100 types fit.
+    key = (user * max(len(items), 1) + item) * max(len(types), 1) + kind
+    order = np.lexsort((ages, key))
+    key, ages = key[order], ages[order]
+    pair_key = key // max(len(types), 1)
+    new_entry = np.ones(len(key), dtype=bool)
+    new_entry[1:] = key[1:] != key[:-1]
+    new_pair = np.ones(len(key), dtype=bool)
+    new_pair[1:] = pair_key[1:] != pair_key[:-1]
+    entry_starts = np.flatnonzero(new_entry)
+    pair_starts = pair_key[np.flatnonzero(new_pair)]
+    counts = np.diff(np.append(entry_starts, len(key))).astype(np.int32)
     n_items = max(len(items), 1)
-    types = pc.unique(events["event_type"]).sort()
-    keys = (pc.index_in(events["user_id"], value_set=users).to_numpy().astype(np.int64) * n_items
-            + pc.index_in(events["item_id"], value_set=items).to_numpy().astype(np.int64))
-    type_code = pc.index_in(events["event_type"], value_set=types).to_numpy().astype(np.int16)
-    order = np.lexsort((type_code, keys))
-    pair_keys, pair = np.unique(keys[order], return_inverse=True)
-    lists = events["age_days"].combine_chunks()
-    flat = pc.list_flatten(lists).to_numpy(zero_copy_only=False).astype(np.float64)
-    rank = np.empty_like(order)
-    rank[order] = np.arange(len(order))
-    entry_of_age = rank[pc.list_parent_indices(lists).to_numpy()]
-    by_entry = np.lexsort((flat, entry_of_age))
-    counts = np.bincount(entry_of_age, minlength=len(order)).astype(np.int32)
     return PairEvents(
         user_ids=users,
         item_ids=items,
-        indptr=np.concatenate([[0], np.cumsum(np.bincount(pair_keys // n_items, minlength=len(users)))]).astype(np.int64),
-        indices=(pair_keys % n_items).astype(np.int32),
+        indptr=np.concatenate([[0], np.cumsum(np.bincount(pair_starts // n_items, minlength=len(users)))]).astype(np.int64),
+        indices=(pair_starts % n_items).astype(np.int32),
         event_types=types.to_pylist(),
-        pair=pair.astype(np.int32).ravel(),
-        type_code=type_code[order],
+        pair=(np.cumsum(new_pair)[entry_starts] - 1).astype(np.int32),
+        type_code=(key[entry_starts] % max(len(types), 1)).astype(np.int16),
         counts=counts,
         offsets=np.concatenate([[0], np.cumsum(counts)]).astype(np.int64),
-        ages=flat[by_entry],
+        ages=ages,
     )
+
+
+def _sorted_codes(values: pa.ChunkedArray) -> tuple[pa.Array, np.ndarray]:
+    """(the sorted distinct values, each value's position among them as int64)."""
+    encoded = values.combine_chunks().dictionary_encode()
+    order = pc.sort_indices(encoded.dictionary).to_numpy()
+    rank = np.empty(len(order), dtype=np.int64)
+    rank[order] = np.arange(len(order))
+    return encoded.dictionary.take(pa.array(order)), rank[encoded.indices.to_numpy(zero_copy_only=False)]
+
+
+def pairs_matrix(events: PairEvents, event_types: Any = None) -> sp.csr_matrix:
+    """The users × items 0/1 matrix of every pair with an event, or with ``event_types``,
+    only of the pairs with an event of one of those types."""
+    shape = events.shape
+    if event_types is None:
+        return sp.csr_matrix((np.ones(len(events.indices), dtype=np.float32), events.indices, events.indptr), shape=shape)
+    wanted = np.isin(np.array(events.event_types, dtype=object), list(event_types))
+    pairs = np.unique(events.pair[wanted[events.type_code]])
+    rows = np.repeat(np.arange(shape[0]), np.diff(events.indptr))[pairs]
+    return sp.csr_matrix((np.ones(len(pairs), dtype=np.float32), (rows, events.indices[pairs])), shape=shape)
 
 
 def confidence_matrix(events: PairEvents, weights: dict[str, float], half_life_days: float) -> UserItemMatrix:

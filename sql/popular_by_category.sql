@@ -1,11 +1,11 @@
 -- popular_by_category: active catalog items ranked inside their category by how many
--- distinct users touched them in [$start, $end): the cold-start list for a category page
+-- distinct users touched them over the window: the cold-start list for a category page
 -- (published as __popular__#<category>) and the category of every item (for the cap).
-with interactions as (
-    select user_id, item_id
-    from window_interactions
-    inner join event_weights on window_interactions.event_type = event_weights.event_type
-    where event_ts >= $start and event_ts < $end
+-- The counts are those of popular_items (the output of sql/popular_items.sql for the same
+-- window, registered under that name), so the events are not counted a second time.
+with popular as (
+    select item_id, users, events
+    from popular_items
 ),
 
 items as (
@@ -18,11 +18,10 @@ counted as (
     select
         items.item_id,
         items.category,
-        cast(count(distinct interactions.user_id) as bigint) as users,
-        cast(count(interactions.user_id) as bigint) as events
+        popular.users,
+        popular.events
     from items
-    inner join interactions on items.item_id = interactions.item_id
-    group by items.item_id, items.category
+    inner join popular on items.item_id = popular.item_id
 ),
 
 final as (

@@ -138,54 +138,86 @@ def test_tuning_candidates_are_the_grid_product_over_settings(tmp_path) -> None:
         Settings.from_env({"RECSYS_TUNING_GRID": "weights=heavy"})
 
 
-def _event_ages() -> pa.Table:
-    """What sql/event_ages.sql returns (in no particular order) for: u1 viewed a twice (7 and
-    14 days before the end) and bought it once (just now), u1 viewed b 21 days ago, u2 bought b
-    7 days ago."""
+END = dt.datetime(2026, 1, 15, tzinfo=dt.timezone.utc)
+
+
+def _weighted_events() -> pa.Table:
+    """What sql/weighted_events.sql returns (in no particular order) for: u1 viewed a twice (7
+    and 14 days before END) and bought it once (just before END), u1 viewed b 21 days ago, u2
+    bought b 7 days ago, and u3 viewed c at END (not before it: outside the window)."""
+    def us(days_before: float) -> int:
+        return int((END - dt.timedelta(days=days_before)).timestamp() * 1_000_000)
+
     return pa.table({
-        "user_id": ["u2", "u1", "u1", "u1"],
-        "item_id": ["b", "a", "b", "a"],
-        "event_type": ["buy", "view", "view", "buy"],
-        "events": [1, 2, 1, 1],
-        "age_days": [[7.0], [14.0, 7.0], [21.0], [0.0]],
+        "user_id": ["u2", "u1", "u1", "u1", "u1", "u3"],
+        "item_id": ["b", "a", "b", "a", "a", "c"],
+        "event_type": ["buy", "view", "view", "buy", "view", "view"],
+        "event_us": [us(7), us(7), us(21), us(0.5), us(14), us(0)],
     })
 
 
 def test_confidence_matrix_sums_weights_times_decayed_events() -> None:
     from recsys.model import build_pair_events, confidence_matrix
 
-    events = build_pair_events(_event_ages())
+    events = build_pair_events(_weighted_events(), END)
     assert events.user_ids.to_pylist() == ["u1", "u2"] and events.item_ids.to_pylist() == ["a", "b"]
     assert events.event_types == ["buy", "view"] and len(events.indices) == 3  # pairs (u1,a), (u1,b), (u2,b)
-    assert events.ages.tolist() == [0.0, 7.0, 14.0, 21.0, 7.0]  # by pair, then type, then age
+    assert events.ages.tolist() == [0.5, 7.0, 14.0, 21.0, 7.0]  # by pair, then type, then age
+    assert events.counts.tolist() == [1, 2, 1, 1] and events.pair.tolist() == [0, 0, 1, 2]
+    assert events.indptr.tolist() == [0, 2, 3] and events.indices.tolist() == [0, 1, 1]
     plain = confidence_matrix(events, {"view": 1.0, "buy": 10.0}, 0.0)
     assert plain.matrix.toarray().tolist() == [[12.0, 1.0], [0.0, 10.0]]
     decayed = confidence_matrix(events, {"view": 1.0, "buy": 10.0}, 7.0).matrix.toarray()
-    # u1,a: 10 * 0.5^0 + 1 * (0.5^1 + 0.5^2); u1,b: 0.5^3; u2,b: 10 * 0.5^1
-    assert decayed.tolist() == [[10.75, 0.125], [0.0, 5.0]]
-    assert confidence_matrix(events, {"view": 1.0, "buy": 10.0}, 14.0).matrix[0, 0] == pytest.approx(10 + 0.5 + 0.5 ** 0.5)
+    # u1,a: 10 * 0.5^(0.5/7) + 1 * (0.5^1 + 0.5^2); u1,b: 0.5^3; u2,b: 10 * 0.5^1
+    assert decayed[0] == pytest.approx([10 * 0.5 ** (0.5 / 7) + 0.75, 0.125])
+    assert decayed[1].tolist() == [0.0, 5.0]
     # A weight of 0 (or a type left out) drops the pairs it alone made: u1 never bought b.
     bought = confidence_matrix(events, {"buy": 2.0}, 0.0).matrix
     assert bought.toarray().tolist() == [[2.0, 0.0], [0.0, 2.0]] and bought.nnz == 2
 
 
-def test_event_ages_sql_counts_configured_events_and_their_ages() -> None:
-    """sql/event_ages.sql on hand-made events: counts and ages in days at $end, to the second."""
+def test_pair_events_of_the_training_days_are_aged_at_their_own_end() -> None:
+    """The same events cut at an earlier end: only what happened before it, aged at it, with
+    rows and columns of the ids that remain."""
+    from recsys.model import build_pair_events
+
+    split = END - dt.timedelta(days=7)
+    train = build_pair_events(_weighted_events(), split)
+    assert train.user_ids.to_pylist() == ["u1"] and train.item_ids.to_pylist() == ["a", "b"]
+    assert train.ages.tolist() == [7.0, 14.0] and train.counts.tolist() == [1, 1]  # the two at the split are out
+    assert train.indptr.tolist() == [0, 2]
+    empty = build_pair_events(_weighted_events(), END - dt.timedelta(days=30))
+    assert empty.shape == (0, 0) and len(empty.ages) == 0 and empty.indptr.tolist() == [0]
+
+
+def test_rows_in_any_order_give_the_same_pair_events() -> None:
+    from recsys.model import build_pair_events
+
+    table = _weighted_events()
+    one = build_pair_events(table, END).arrays()
+    other = build_pair_events(table.take(pa.array([5, 3, 1, 4, 0, 2])), END).arrays()
+    assert all(np.array_equal(one[k], other[k]) for k in one)
+
+
+def test_weighted_events_sql_keeps_configured_types_in_the_window_with_their_time() -> None:
+    """sql/weighted_events.sql on hand-made events: one row per weighted event of [$start, $end)."""
     from recsys.sqlrun import connect, run_sql
 
-    end = dt.datetime(2026, 1, 15, tzinfo=dt.timezone.utc)
     con = connect()
+    stamps = [END - dt.timedelta(days=d) for d in (7, 14, 0.5, 3.25, 1, 40)]
     con.register("window_interactions", pa.table({
         "user_id": ["u1", "u1", "u1", "u2", "u2", "u2"],
         "item_id": ["a", "a", "a", "b", "b", "b"],
         "event_type": ["view", "view", "buy", "buy", "Teleport", "view"],
-        "event_ts": pa.array([end - dt.timedelta(days=d) for d in (7, 14, 0.5, 3.25, 1, 40)], pa.timestamp("us", tz="UTC")),
+        "event_ts": pa.array(stamps, pa.timestamp("us", tz="UTC")),
     }))
     con.register("event_weights", pa.table({"event_type": ["view", "buy"], "weight": [1.0, 10.0]}))
-    out = run_sql(con, "event_ages", {"start": end - dt.timedelta(days=30), "end": end})
-    got = {(r["user_id"], r["item_id"], r["event_type"]): (r["events"], sorted(r["age_days"])) for r in out.to_pylist()}
-    assert got == {("u1", "a", "buy"): (1, [0.5]), ("u1", "a", "view"): (2, [7.0, 14.0]), ("u2", "b", "buy"): (1, [3.25])}
-    # Teleport has no weight and the 40-day-old view is outside the window: neither is counted.
+    out = run_sql(con, "weighted_events", {"start": END - dt.timedelta(days=30), "end": END})
+    got = sorted((r["user_id"], r["item_id"], r["event_type"], r["event_us"]) for r in out.to_pylist())
+    expected = [("u1", "a", "buy", stamps[2]), ("u1", "a", "view", stamps[0]), ("u1", "a", "view", stamps[1]),
+                ("u2", "b", "buy", stamps[3])]
+    assert got == sorted((u, i, t, int(s.timestamp() * 1_000_000)) for u, i, t, s in expected)
+    # Teleport has no weight and the 40-day-old view is outside the window: neither is kept.
 
 
 def test_bpr_through_the_wrapper_learns_two_blocks_and_saves() -> None:
@@ -263,15 +295,26 @@ def test_bm25_weighting_damps_items_everybody_touches() -> None:
 
 def test_seen_matrix_excludes_everything_touched_or_only_purchases(tmp_path) -> None:  # type: ignore[no-untyped-def]
     from recsys.config import Settings
+    from recsys.model import build_pair_events
     from recsys.pipeline import seen_matrix
 
-    confidence = pa.table({"user_id": ["u1", "u1", "u2"], "item_id": ["a", "b", "b"],
-                           "confidence": [1.0, 10.0, 4.0], "purchases": [0, 1, 0]})
-    users, items = pa.array(["u1", "u2"]), pa.array(["a", "b", "c"])
-    everything = Settings.from_env({"RECSYS_HOME": str(tmp_path)})
-    assert seen_matrix(everything, confidence, users, items).toarray().tolist() == [[1, 1, 0], [0, 1, 0]]
-    bought = Settings.from_env({"RECSYS_HOME": str(tmp_path), "RECSYS_EXCLUDE_SEEN": "purchased"})
-    assert seen_matrix(bought, confidence, users, items).toarray().tolist() == [[0, 1, 0], [0, 0, 0]]
+    events = build_pair_events(_weighted_events(), END)  # u1: a (view, buy), b (view); u2: b (buy)
+    everything = Settings.from_env({"RECSYS_HOME": str(tmp_path), "RECSYS_EVENT_WEIGHTS": "view=1,buy=10"})
+    assert seen_matrix(everything, events).toarray().tolist() == [[1, 1], [0, 1]]
+    bought = Settings.from_env({"RECSYS_HOME": str(tmp_path), "RECSYS_EVENT_WEIGHTS": "view=1,buy=10",
+                                "RECSYS_EXCLUDE_SEEN": "purchased", "RECSYS_PURCHASE_EVENT_TYPES": "buy"})
+    assert seen_matrix(bought, events).toarray().tolist() == [[1, 0], [0, 1]]
+
+
+def test_sample_rows_is_seeded_sorted_and_keeps_small_sets_whole() -> None:
+    from recsys.pipeline import sample_rows
+
+    rows = np.arange(100, 200)
+    assert sample_rows(rows, 0, 1) is rows and sample_rows(rows, 100, 1) is rows
+    picked = sample_rows(rows, 30, 7)
+    assert len(picked) == 30 and len(set(picked.tolist())) == 30 and set(picked.tolist()) <= set(rows.tolist())
+    assert picked.tolist() == sorted(picked.tolist()) and sample_rows(rows, 30, 7).tolist() == picked.tolist()
+    assert sample_rows(rows, 30, 8).tolist() != picked.tolist()
 
 
 def test_batched_lists_equal_one_batch_on_a_tiny_matrix(tmp_path) -> None:  # type: ignore[no-untyped-def]

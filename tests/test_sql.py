@@ -108,7 +108,8 @@ def test_popular_by_category_ranks_inside_each_category(con) -> None:  # type: i
         pa.table({"item_id": ["a", "b", "c", "d"], "name": ["A", "B", "C", "D"], "category": ["x", "y", "x", "x"],
                   "active": [True, True, False, True]}),
     )
-    out = run_sql(con, "popular_by_category", PARAMS).to_pylist()
+    con.register("popular_items", run_sql(con, "popular_items", PARAMS))  # what aggregate registers
+    out = run_sql(con, "popular_by_category").to_pylist()
     # x: a (u1,u2) first; c is inactive; d has only an unweighted event. y: b (u1).
     assert [(r["category"], r["item_id"], r["users"], r["category_rank"]) for r in out] == [
         ("x", "a", 2, 1),
