@@ -201,7 +201,8 @@ def build_holdout(
     """The hold-out of one run from aggregate's tables: truth = the items each user touched in
     the hold-out days and not before (``holdout_relevant.sql``), for the users the training
     days know (at most ``holdout_max_users`` of them, a seeded sample: scoring grows with
-    users x items, and a mean over 20,000 users is already within about ±0.005 NDCG);
+    users x items, and a mean over 20,000 users is within about ±0.004 NDCG, two standard
+    errors, per-user NDCG@20 having a standard deviation of 0.26 on the demo store);
     ``seen`` = what their served lists leave out."""
     from recsys.model import build_user_item_matrix
 
