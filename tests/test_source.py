@@ -136,6 +136,28 @@ def test_event_type_spellings_map_to_the_configured_names(tmp_path: Path) -> Non
 
 
 @pytest.mark.parametrize(
+    ("newest_ts", "day_before_has_events", "expected"),
+    [
+        (dt.datetime(2015, 9, 18, 22, 59, 59, tzinfo=UTC), True, dt.date(2015, 9, 17)),  # not landed yet
+        (dt.datetime(2015, 9, 18, 23, 0, tzinfo=UTC), True, dt.date(2015, 9, 18)),  # 23:00 is complete
+        (dt.datetime(2015, 9, 18, 23, 59, 59, 999999, tzinfo=UTC), True, dt.date(2015, 9, 18)),
+        (dt.datetime(2015, 9, 18, 0, 0, tzinfo=UTC), True, dt.date(2015, 9, 17)),
+        (dt.datetime(2015, 9, 18, 22, 59, tzinfo=UTC), False, dt.date(2015, 9, 18)),  # nothing the day before
+        (dt.datetime(2015, 9, 18, 22, 59), True, dt.date(2015, 9, 17)),  # naive: UTC
+        (dt.datetime(2015, 9, 18, 23, 0), True, dt.date(2015, 9, 18)),
+        # 18:30 at UTC-5 is 23:30 UTC: complete; 19:30 at UTC-5 is 00:30 UTC on the 19th: not.
+        (dt.datetime(2015, 9, 18, 18, 30, tzinfo=dt.timezone(dt.timedelta(hours=-5))), True, dt.date(2015, 9, 18)),
+        (dt.datetime(2015, 9, 18, 19, 30, tzinfo=dt.timezone(dt.timedelta(hours=-5))), True, dt.date(2015, 9, 18)),
+        (dt.datetime(2015, 9, 18, 19, 30, tzinfo=dt.timezone(dt.timedelta(hours=-5))), False, dt.date(2015, 9, 19)),
+    ],
+)
+def test_latest_complete_day_rule(newest_ts: dt.datetime, day_before_has_events: bool, expected: dt.date) -> None:
+    from recsys.source import latest_complete_day
+
+    assert latest_complete_day(newest_ts, day_before_has_events) == expected
+
+
+@pytest.mark.parametrize(
     ("last_event", "expected"),
     [
         (dt.datetime(2015, 9, 18, 3, 13, tzinfo=UTC), dt.date(2015, 9, 17)),  # an export cut off mid-day
