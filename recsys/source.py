@@ -286,7 +286,7 @@ def _id_expr(column: str | None, duck_type: str) -> str:
         return "CAST(NULL AS VARCHAR)"
     col = _quote(column)
     if duck_type.upper() == "BLOB":
-        return f"CASE WHEN {col} IS NULL THEN NULL ELSE coalesce(try(decode({col})), chr(65533) || hex({col})) END"
+        return f"CASE WHEN {col} IS NULL THEN NULL ELSE coalesce(try(decode({col})), chr({ord(INVALID_UTF8_MARK)}) || hex({col})) END"
     return f"CAST({col} AS VARCHAR)"
 
 
