@@ -113,6 +113,27 @@ def test_settings_from_env_defaults_and_errors(tmp_path: Path) -> None:
         Settings.from_env({"RECSYS_EVENT_WEIGHTS": "View=1,Buy"})
 
 
+@pytest.mark.parametrize(
+    ("env", "pool", "region"),
+    [
+        ({}, "recsys_dynamodb", "us-east-1"),  # every default
+        ({"RECSYS_HOME": "~/recsys-home", "RECSYS_PUBLISH_POOL": " shop_dynamodb ", "RECSYS_AWS_REGION": " eu-west-1 ",
+          "AWS_DEFAULT_REGION": "us-west-2"}, "shop_dynamodb", "eu-west-1"),
+        ({"RECSYS_PUBLISH_POOL": " ", "RECSYS_AWS_REGION": "", "AWS_DEFAULT_REGION": "ap-south-1"},
+         "recsys_dynamodb", "ap-south-1"),
+    ],
+)
+def test_settings_and_the_one_value_helpers_agree(env: dict[str, str], pool: str, region: str) -> None:
+    # The DAG file (pool) and the S3 lake (home, region) read one value without building Settings;
+    # Settings.from_env parses those variables with the same helpers, so both paths agree.
+    from recsys.config import aws_region_from_env, home_from_env, publish_pool_from_env
+
+    settings = Settings.from_env(env)
+    assert settings.home == home_from_env(env) and settings.home.is_absolute()
+    assert settings.publish_pool == publish_pool_from_env(env) == pool
+    assert settings.aws_region == aws_region_from_env(env) == region
+
+
 def test_event_type_spellings_map_to_the_configured_names(tmp_path: Path) -> None:
     # RetailRocket-style names and other spellings of the canonical types.
     (tmp_path / "events.csv").write_text(
