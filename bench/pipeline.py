@@ -52,6 +52,8 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from _common import setup_logging, start_dynamodb_local, start_run  # noqa: E402  (after the path)
+
 log = logging.getLogger("bench.pipeline")
 
 BASE = {"users": 100_000, "items": 2_465, "events": 800_000}
@@ -351,15 +353,6 @@ def child_datagen(out: Path, store: str, scale: float) -> int:
     return 0
 
 
-def start_dynamodb_local(home: Path) -> Any:
-    sys.path.insert(0, str(REPO / "bench"))
-    from publish import start_server  # type: ignore[import-not-found]
-
-    from recsys.config import Settings
-
-    return start_server(Settings.from_env(), None)
-
-
 def mib(kib: int | float) -> str:
     return f"{kib / 1024:,.0f}"
 
@@ -481,11 +474,11 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv and argv[0] == "_child":
         kind, out, rest = argv[1], Path(argv[2]), json.loads(argv[3])
-        logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s %(message)s")
+        setup_logging()
         return {"dag": child_dag, "duckdb": child_raw_duckdb, "implicit": child_raw_implicit,
                 "plain": child_plain_publish, "datagen": child_datagen}[kind](out, **rest)
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s %(message)s")
     args = parse_args(argv)
+    start_run()  # SIGTERM ends the run like Ctrl-C: the finally below stops DynamoDB Local
     home = (args.home or REPO / "var" / "bench" / f"scale{args.scale:g}").resolve()
     store = home / "store"
     info = ensure_store(store, args.scale)
@@ -500,7 +493,7 @@ def main(argv: list[str] | None = None) -> int:
            "RECSYS_TABLE": f"bench_pipeline_{uuid.uuid4().hex[:8]}"}
     if args.grid is not None:
         env["RECSYS_TUNING_GRID"] = args.grid
-    server = start_dynamodb_local(home) if args.publish == "local" else None
+    server = start_dynamodb_local() if args.publish == "local" else None
     try:
         if server:
             env["RECSYS_DYNAMODB_ENDPOINT"] = server.endpoint

@@ -23,10 +23,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import logging
-import signal
-import subprocess
 import sys
-import tempfile
 import threading
 import time
 import uuid
@@ -40,13 +37,11 @@ import pyarrow as pa
 
 from recsys.config import POPULAR_USER_ID, Settings
 from recsys.dynamodb import ensure_table, make_client, publish_recommendations
-from recsys.dynamodb_local import ensure_jar, free_port, start_process, wait_until_ready
-from recsys.schemas import RECOMMENDATIONS_SCHEMA
+
+from _common import K, DynamoDBLocal, int_list, make_lists, positive_int, start_dynamodb_local, start_run
 
 log = logging.getLogger("bench.publish")
 
-K = 20
-CATALOG_SIZE = 49_999  # prime, so the stepped item picks below never repeat within a list
 MODEL_VERSION = "bench-als-64f"
 # expires_at must lie in the future: the tables have TTL on it, and DynamoDB Local's TTL
 # sweeper deletes expired items while the benchmark runs (the count check then fails).
@@ -62,26 +57,11 @@ LOG_EVERY = 10.0
 def make_recommendations(users: int, k: int = K, seed: int = 7) -> pa.Table:
     """``users`` lists of ``k`` distinct items plus ``__popular__``, sorted by (user_id, rank).
 
-    Built with numpy and Arrow kernels only (no per-row Python). ``__popular__`` sorts
-    before ``u...`` ids, so the table is already in the order recommend writes it.
+    ``__popular__`` sorts before ``u...`` ids, so the table is already in the order recommend
+    writes it.
     """
-    rng = np.random.default_rng(seed)
-    n = users + 1  # row 0 is __popular__
-    user_ids = pa.array(np.concatenate([[POPULAR_USER_ID], np.strings.add("u", np.strings.zfill(np.arange(users).astype(str), 8))]))
-    catalog = pa.array(np.strings.add("i", np.strings.zfill(np.arange(CATALOG_SIZE).astype(str), 6)))
-    first = rng.integers(0, CATALOG_SIZE, size=n)
-    step = rng.integers(1, CATALOG_SIZE // k, size=n)
-    picks = (first[:, None] + step[:, None] * np.arange(k)[None, :]) % CATALOG_SIZE
-    scores = -np.sort(-rng.random((n, k)), axis=1)  # best first
-    return pa.table(
-        {
-            "user_id": user_ids.take(pa.array(np.repeat(np.arange(n), k))),
-            "rank": pa.array(np.tile(np.arange(1, k + 1, dtype=np.int16), n)),
-            "item_id": catalog.take(pa.array(picks.ravel())),
-            "score": pa.array(scores.ravel().astype(np.float32)),
-        },
-        schema=RECOMMENDATIONS_SCHEMA,
-    )
+    keys = np.concatenate([[POPULAR_USER_ID], np.strings.add("u", np.strings.zfill(np.arange(users).astype(str), 8))])
+    return make_lists(keys, seed=seed, k=k)
 
 
 def user_bounds(recs: pa.Table) -> np.ndarray:
@@ -89,47 +69,6 @@ def user_bounds(recs: pa.Table) -> np.ndarray:
     users = recs["user_id"].combine_chunks()
     changed = np.asarray(users[1:].to_numpy(zero_copy_only=False) != users[:-1].to_numpy(zero_copy_only=False))
     return np.concatenate([[0], np.flatnonzero(changed) + 1, [recs.num_rows]]).astype(np.int64)
-
-
-# --------------------------------------------------------------------------- DynamoDB Local
-
-
-@dataclass
-class Server:
-    endpoint: str
-    process: subprocess.Popen[bytes] | None
-    workdir: tempfile.TemporaryDirectory[str] | None
-
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            log.info("stopping DynamoDB Local (pid %d)", self.process.pid)
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        if self.workdir is not None:
-            self.workdir.cleanup()
-            self.workdir = None
-
-
-def start_server(settings: Settings, db_path: Path | None) -> Server:
-    """DynamoDB Local on a free port (``-sharedDb``; in memory when ``db_path`` is None)."""
-    jar_dir = ensure_jar(settings.cache_dir)
-    workdir = tempfile.TemporaryDirectory(prefix="bench-publish-")
-    log_path = Path(workdir.name) / "dynamodb-local.log"
-    port = free_port()
-    endpoint = f"http://127.0.0.1:{port}"
-    process = start_process(jar_dir, port, db_path, log_path)
-    server = Server(endpoint, process, workdir)
-    try:
-        wait_until_ready(endpoint, 60.0, process=process, log_path=log_path)
-    except BaseException:
-        server.stop()
-        raise
-    log.info("DynamoDB Local pid %d at %s (%s)", process.pid, endpoint, db_path or "in memory")
-    return server
 
 
 # --------------------------------------------------------------------------- tables
@@ -380,9 +319,10 @@ def print_table(rows: list[Row], plain: Row, best_raw: Row, project: Row) -> Non
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--users", type=int, default=100_000, help="users (plus __popular__), 20 items each")
-    parser.add_argument("--threads", type=int, default=8, help="threads of the project's publisher")
-    parser.add_argument("--raw-threads", default="2,4,8,16", help="thread counts tried for the raw writer")
+    parser.add_argument("--users", type=positive_int, default=100_000, help="users (plus __popular__), 20 items each")
+    parser.add_argument("--threads", type=positive_int, default=8, help="threads of the project's publisher")
+    parser.add_argument("--raw-threads", type=int_list, default=[2, 4, 8, 16],
+                        help="thread counts tried for the raw writer (default 2,4,8,16)")
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--endpoint", help="use this DynamoDB instead of starting DynamoDB Local")
     where = parser.add_mutually_exclusive_group()
@@ -390,29 +330,19 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     where.add_argument("--in-memory", action="store_true", help="DynamoDB Local in memory (the default)")
     parser.add_argument("--warmup", type=int, default=5_000, help="items written before measuring (JIT warm-up)")
     parser.add_argument(
-        "--rounds", type=int, default=1,
+        "--rounds", type=positive_int, default=1,
         help="run every writer this many times (every other round in reverse order) and keep each one's best",
     )
     args = parser.parse_args(argv)
-    if args.users < 1 or args.threads < 1 or args.rounds < 1:
-        parser.error("--users, --threads and --rounds must be at least 1")
-    args.raw_thread_counts = sorted({int(t) for t in args.raw_threads.split(",") if t.strip()})
-    if not args.raw_thread_counts or min(args.raw_thread_counts) < 1:
-        parser.error("--raw-threads needs positive thread counts, e.g. 2,4,8,16")
+    args.raw_thread_counts = sorted(set(args.raw_threads))
     if args.endpoint and args.db_path:
         parser.error("--db-path only applies to the DynamoDB Local this script starts, not to --endpoint")
     return args
 
 
-def _interrupt(signum: int, frame: Any) -> None:
-    raise KeyboardInterrupt
-
-
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s %(message)s")
     args = parse_args(argv)
-    # SIGTERM ends the run like Ctrl-C, so the finally below stops DynamoDB Local.
-    signal.signal(signal.SIGTERM, _interrupt)
+    start_run()  # SIGTERM ends the run like Ctrl-C: the finally below stops DynamoDB Local
     settings = Settings.from_env()
 
     started = time.perf_counter()
@@ -420,7 +350,7 @@ def main(argv: list[str] | None = None) -> int:
     expected = args.users + 1
     log.info("generated %d rows for %d users in %.2f s", recs.num_rows, expected, time.perf_counter() - started)
 
-    server = Server(args.endpoint, None, None) if args.endpoint else start_server(settings, args.db_path)
+    server = DynamoDBLocal(args.endpoint) if args.endpoint else start_dynamodb_local(args.db_path)
     try:
         admin = raw_client(server.endpoint, 4)
         if args.warmup:

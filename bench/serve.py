@@ -35,7 +35,6 @@ import itertools
 import logging
 import os
 import random
-import signal
 import subprocess
 import sys
 import tempfile
@@ -46,16 +45,15 @@ from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
-import pyarrow as pa
 
 from recsys.config import POPULAR_USER_ID, Settings
 from recsys.dynamodb import ensure_table, make_client, mark_served, publish_recommendations
-from recsys.dynamodb_local import ensure_jar, free_port, start_process, wait_until_ready
+from recsys.dynamodb_local import free_port
+
+from _common import int_list, make_lists, positive_int, start_dynamodb_local, start_run, stop_process
 
 log = logging.getLogger("bench.serve")
 
-K = 20
-CATALOG_SIZE = 49_999
 TABLE = "bench_serve"
 HOST = "127.0.0.1"
 ENDPOINTS = ("user", "unknown", "similar", "health", "direct")
@@ -63,25 +61,6 @@ CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
 # --------------------------------------------------------------------------- data
-
-
-def make_lists(keys: list[str], seed: int) -> pa.Table:
-    """``K`` distinct items with descending scores for each key, in the writer's input shape."""
-    rng = np.random.default_rng(seed)
-    n = len(keys)
-    first = rng.integers(0, CATALOG_SIZE, size=n)
-    step = rng.integers(1, CATALOG_SIZE // K, size=n)
-    picks = (first[:, None] + step[:, None] * np.arange(K)[None, :]) % CATALOG_SIZE
-    scores = -np.sort(-rng.random((n, K)), axis=1).astype(np.float32)
-    catalog = pa.array([f"i{i:06d}" for i in range(CATALOG_SIZE)])
-    return pa.table(
-        {
-            "user_id": pa.array(keys).take(pa.array(np.repeat(np.arange(n), K))),
-            "rank": pa.array(np.tile(np.arange(1, K + 1, dtype=np.int16), n)),
-            "item_id": catalog.take(pa.array(picks.ravel())),
-            "score": pa.array(scores.ravel()),
-        }
-    )
 
 
 def user_ids(users: int) -> list[str]:
@@ -120,32 +99,12 @@ class Processes:
         return process
 
     def stop(self, process: subprocess.Popen[bytes]) -> None:
-        name = next(n for n, p in self.started if p is process)
-        if process.poll() is None:
-            log.info("stopping %s (pid %d)", name, process.pid)
-            process.terminate()
-            try:
-                process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+        stop_process(next(n for n, p in self.started if p is process), process)
         self.started = [(n, p) for n, p in self.started if p is not process]
 
     def stop_all(self) -> None:
         for _, process in reversed(self.started):
             self.stop(process)
-
-
-def start_dynamodb_local(processes: Processes, workdir: Path) -> tuple[str, int]:
-    """DynamoDB Local in memory on a free port; returns its endpoint and pid."""
-    jar_dir = ensure_jar(Settings.from_env().cache_dir)
-    port = free_port()
-    endpoint = f"http://{HOST}:{port}"
-    log_path = workdir / "dynamodb-local.log"
-    process = processes.add("DynamoDB Local", start_process(jar_dir, port, None, log_path))
-    wait_until_ready(endpoint, 60.0, process=process, log_path=log_path)
-    log.info("DynamoDB Local pid %d at %s (in memory)", process.pid, endpoint)
-    return endpoint, process.pid
 
 
 def start_recsys_serve(
@@ -369,17 +328,10 @@ def rate_list(text: str) -> list[float | None]:
     return list(values)
 
 
-def int_list(text: str) -> list[int]:
-    values = [int(v) for v in text.split(",") if v.strip()]
-    if not values or min(values) < 1:
-        raise argparse.ArgumentTypeError(f"expected positive integers like 1,10,50, got {text!r}")
-    return values
-
-
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--users", type=int, default=10_000, help="user lists in the table (default 10000)")
-    parser.add_argument("--items", type=int, default=2_000, help="similar-item lists in the table (default 2000)")
+    parser.add_argument("--users", type=positive_int, default=10_000, help="user lists in the table (default 10000)")
+    parser.add_argument("--items", type=positive_int, default=2_000, help="similar-item lists in the table (default 2000)")
     parser.add_argument("--duration", type=float, default=30.0, help="measured seconds per row (default 30)")
     parser.add_argument("--warmup", type=float, default=3.0, help="unmeasured seconds before each row (default 3)")
     parser.add_argument("--concurrency", type=int_list, default=[50], help="client threads, e.g. 1,10,50 (default 50)")
@@ -399,20 +351,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-def _interrupt(signum: int, frame: Any) -> None:
-    raise KeyboardInterrupt
-
-
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s %(message)s")
     args = parse_args(argv)
-    signal.signal(signal.SIGTERM, _interrupt)  # ends like Ctrl-C: the finally below stops the servers
+    start_run()  # SIGTERM ends the run like Ctrl-C: the finally below stops the servers
     processes = Processes()
     results: list[Result] = []
+    dynamodb = None
     with tempfile.TemporaryDirectory(prefix="bench-serve-") as tmp:
         workdir = Path(tmp)
         try:
-            endpoint, ddb_pid = start_dynamodb_local(processes, workdir)
+            dynamodb = start_dynamodb_local()
+            assert dynamodb.process is not None
+            endpoint, ddb_pid = dynamodb.endpoint, dynamodb.process.pid
             fill_table(make_client(Settings.from_env({"RECSYS_DYNAMODB_ENDPOINT": endpoint})), args.users, args.items)
             if "direct" in args.endpoints:
                 for rate, concurrency in itertools.product(args.rate, args.concurrency):
@@ -436,6 +386,8 @@ def main(argv: list[str] | None = None) -> int:
             return 130
         finally:
             processes.stop_all()
+            if dynamodb is not None:
+                dynamodb.stop()
     print_table(results, args)
     return 0
 

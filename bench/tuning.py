@@ -27,6 +27,8 @@ from recsys import lake, pipeline
 from recsys.config import Settings
 from recsys.report import params_text
 
+from _common import setup_logging
+
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -35,8 +37,7 @@ def main() -> None:
     parser.add_argument("--ingest", action="store_true", help="run extract and validate first")
     parser.add_argument("-v", "--verbose", action="store_true")
     args = parser.parse_args()
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
-                        format="%(asctime)s %(name)s: %(message)s")
+    setup_logging(logging.INFO if args.verbose else logging.WARNING)
     settings = Settings.from_env()
     if args.grid is not None:
         settings = settings.with_overrides({"tuning_grid": args.grid})

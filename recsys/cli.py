@@ -112,43 +112,35 @@ def load_dag() -> Any:
     return dag
 
 
-# A day whose newest event is earlier than this hour (UTC) has not fully landed.
-LATEST_COMPLETE_HOUR = 23
-
-
 def latest_source_date(settings: Settings) -> dt.date:
     """The newest UTC day of the source that has fully landed; raises SourceError when it is empty.
 
-    That is the day of the newest event when that event is at 23:00 UTC or later; otherwise the
-    newest day is still arriving (or the log was cut off mid-day, as an export often is), and the
-    day before it is the latest complete one, if the source has events on it.
+    The source (files or PostgreSQL) reports its newest event; :func:`recsys.source.latest_complete_day`
+    applies the one rule for both: that event's day when it is at 23:00 UTC or later, else the
+    day before (if it has events).
     """
-    from recsys.source import SourceError, register_source
-    from recsys.sqlrun import connect
+    from recsys.source import latest_complete_day
 
     if settings.source_conn_id:
-        from recsys.pgsource import latest_date
+        from recsys.pgsource import newest_event
 
-        return latest_date(settings)
-    con = connect()
-    register_source(con, settings.source, settings.source_columns, list(settings.event_weights))
-    row = con.sql(
-        "WITH newest AS (SELECT max(event_ts) AS ts FROM source_events) "
-        "SELECT CAST(timezone('UTC', ts) AS DATE), hour(timezone('UTC', ts)), "
-        "(SELECT count(*) > 0 FROM source_events WHERE CAST(timezone('UTC', event_ts) AS DATE) "
-        " = CAST(timezone('UTC', ts) AS DATE) - 1) FROM newest"
-    ).fetchall()[0]
-    if not row or row[0] is None:
-        raise SourceError(f"event source {settings.source} has no events with a readable event_ts")
-    newest, hour, day_before_has_events = row
-    if hour < LATEST_COMPLETE_HOUR and day_before_has_events:
-        day = newest - dt.timedelta(days=1)
+        newest = newest_event(settings)
+    else:
+        from recsys.source import newest_event as newest_file_event
+        from recsys.source import register_source
+        from recsys.sqlrun import connect
+
+        con = connect()
+        register_source(con, settings.source, settings.source_columns, list(settings.event_weights))
+        newest = newest_file_event(con, settings.source)
+    day = latest_complete_day(newest.ts, newest.day_before_has_events)
+    if day != newest.ts.date():
         log.warning(
-            "the source's newest event is at %02d:xx UTC on %s, so that day has not fully landed: "
-            "'latest' is %s (pass --date %s to run the partial day anyway)", hour, newest, day, newest,
+            "the source's newest event is at %02d:%02d UTC on %s, so that day has not fully landed: "
+            "'latest' is %s (pass --date %s to run the partial day anyway)",
+            newest.ts.hour, newest.ts.minute, newest.ts.date(), day, newest.ts.date(),
         )
-        return day  # type: ignore[no-any-return]
-    return newest  # type: ignore[no-any-return]
+    return day
 
 
 def run_dag(settings: Settings, day: dt.date, conf: dict[str, Any] | None = None) -> Any:

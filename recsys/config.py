@@ -24,6 +24,7 @@ DEFAULT_EVENT_WEIGHTS: dict[str, float] = {
     "Purchase": 10.0,
 }
 DEFAULT_ENDPOINT = "http://127.0.0.1:8000"
+DEFAULT_AWS_REGION = "us-east-1"
 CANONICAL_COLUMNS = ("user_id", "item_id", "event_type", "event_ts")
 OPTIONAL_COLUMNS = ("event_id",)
 POPULAR_USER_ID = "__popular__"
@@ -132,6 +133,18 @@ def s3_endpoint_from_env(env: Mapping[str, str] | None = None) -> str | None:
     return (env.get("RECSYS_S3_ENDPOINT") or "").strip() or None
 
 
+def aws_region_from_env(env: Mapping[str, str] | None = None) -> str:
+    """``RECSYS_AWS_REGION``, else ``AWS_DEFAULT_REGION``, else ``us-east-1``: the region of
+    DynamoDB (:attr:`Settings.aws_region`) and of an S3 lake (:func:`recsys.lake.s3_client`,
+    which, like :func:`s3_endpoint_from_env`, has only the environment to go on).
+    """
+    env = os.environ if env is None else env
+    return (
+        (env.get("RECSYS_AWS_REGION") or "").strip() or (env.get("AWS_DEFAULT_REGION") or "").strip()
+        or DEFAULT_AWS_REGION
+    )
+
+
 def _parse_weights(text: str) -> dict[str, float]:
     weights: dict[str, float] = {}
     for key, value in parse_mapping(text, "RECSYS_EVENT_WEIGHTS").items():
@@ -183,7 +196,7 @@ class Settings:
     bot_max_user_share: float = 0.5
     bot_min_day_rows: int = 1000
     dynamodb_endpoint: str | None = DEFAULT_ENDPOINT
-    aws_region: str = "us-east-1"
+    aws_region: str = DEFAULT_AWS_REGION
     table: str = "recsys_user_recommendations"
     ttl_days: int = 14
     publish_threads: int = 8
@@ -224,7 +237,11 @@ class Settings:
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> "Settings":
-        """Build settings from ``RECSYS_*`` variables; raises ConfigError on a bad value."""
+        """Build settings from ``RECSYS_*`` variables; raises ConfigError on a bad value.
+
+        A variable that code outside the settings also needs on its own (the DAG file, the S3
+        lake) is parsed by its ``*_from_env`` function, here as there, so the two cannot differ.
+        """
         env = os.environ if env is None else env
         home = home_from_env(env)
         demo = home / "demo"
@@ -253,6 +270,7 @@ class Settings:
             dynamodb_endpoint=endpoint,
             cache_dir=Path(cache),
             publish_pool=publish_pool_from_env(env),
+            aws_region=aws_region_from_env(env),
         )
         if env.get("RECSYS_EVENT_WEIGHTS"):
             values["event_weights"] = _parse_weights(env["RECSYS_EVENT_WEIGHTS"])
@@ -266,7 +284,6 @@ class Settings:
             "RECSYS_REGULARIZATION": "regularization",
             "RECSYS_ALPHA": "alpha",
             "RECSYS_ITERATIONS": "iterations",
-            "RECSYS_TUNING_GRID": "tuning_grid",
             "RECSYS_WEIGHTING": "weighting",
             "RECSYS_MODEL": "model",
             "RECSYS_LEARNING_RATE": "learning_rate",
@@ -283,7 +300,6 @@ class Settings:
             "RECSYS_MAX_UNKNOWN_ITEM_SHARE": "max_unknown_item_share",
             "RECSYS_BOT_MAX_USER_SHARE": "bot_max_user_share",
             "RECSYS_BOT_MIN_DAY_ROWS": "bot_min_day_rows",
-            "RECSYS_AWS_REGION": "aws_region",
             "RECSYS_TABLE": "table",
             "RECSYS_TTL_DAYS": "ttl_days",
             "RECSYS_PUBLISH_THREADS": "publish_threads",
@@ -306,8 +322,6 @@ class Settings:
             )
         if "RECSYS_TUNING_GRID" in env:  # empty = no tuning: the settings' own ALS parameters
             values["tuning_grid"] = env["RECSYS_TUNING_GRID"]
-        if not env.get("RECSYS_AWS_REGION") and env.get("AWS_DEFAULT_REGION"):
-            values["aws_region"] = env["AWS_DEFAULT_REGION"]
         return cls._checked(values)
 
     def with_overrides(self, overrides: Mapping[str, Any]) -> "Settings":

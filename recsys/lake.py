@@ -126,10 +126,9 @@ def _client(endpoint: str | None, region: str) -> Any:
 def s3_client() -> Any:
     """A boto3 S3 client: ``RECSYS_S3_ENDPOINT`` when set, region from RECSYS_AWS_REGION or
     AWS_DEFAULT_REGION, credentials from the standard AWS chain."""
-    from recsys.config import s3_endpoint_from_env
+    from recsys.config import aws_region_from_env, s3_endpoint_from_env
 
-    region = os.environ.get("RECSYS_AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
-    return _client(s3_endpoint_from_env(), region)
+    return _client(s3_endpoint_from_env(), aws_region_from_env())
 
 
 def _is_missing(exc: Exception) -> bool:

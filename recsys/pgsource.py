@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable
 
 from recsys.config import Settings
-from recsys.source import SourceError, resolve_columns
+from recsys.source import NewestEvent, SourceError, as_utc, resolve_columns
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -96,19 +96,25 @@ def _connect(settings: Settings) -> Any:
     return con
 
 
+def _fetch_table(con: Any, query: str, failure: str) -> "pa.Table":
+    """The whole result of ``query``; raises SourceError saying ``failure`` and the server's reason."""
+    cur = con.cursor()
+    try:
+        cur.execute(query)
+        return cur.fetch_arrow_table()
+    except Exception as exc:
+        raise SourceError(f"{failure}: {exc}") from exc
+    finally:
+        cur.close()
+
+
 def source_columns(con: Any, settings: Settings) -> dict[str, tuple[str, str]]:
     """The source's columns: {name: (quoted name, PostgreSQL type name)}.
 
     Raises SourceError naming the table or query when it cannot be read.
     """
-    cur = con.cursor()
-    try:
-        cur.execute(f"SELECT * FROM {source_relation(settings)} LIMIT 0")
-        schema = cur.fetch_arrow_table().schema
-    except Exception as exc:
-        raise SourceError(f"cannot read {describe_source(settings)}: {exc}") from exc
-    finally:
-        cur.close()
+    query = f"SELECT * FROM {source_relation(settings)} LIMIT 0"
+    schema = _fetch_table(con, query, f"cannot read {describe_source(settings)}").schema
     columns: dict[str, tuple[str, str]] = {}
     for field in schema:
         pg_type = (field.metadata or {}).get(b"POSTGRESQL:type", b"").decode() or str(field.type)
@@ -235,19 +241,27 @@ def _ranges(days: list[dt.date]) -> list[tuple[dt.date, dt.date]]:
     return [(a, b) for a, b in ranges]
 
 
-def latest_date(settings: Settings) -> dt.date:
-    """The UTC date of the newest event in the PostgreSQL source; raises SourceError when empty."""
-    con = _connect(settings)
+def newest_event(settings: Settings) -> NewestEvent:
+    """The newest event of the PostgreSQL source and whether the UTC day before its day has events.
+
+    Only the facts: :func:`recsys.source.latest_complete_day` decides from them which day is
+    complete, as for files. Raises SourceError when the source has no events.
+    """
+    con = _connect(settings)  # its session is in UTC, so date_trunc('day', ...) is the UTC day
     try:
         columns = source_columns(con, settings)
         resolved = resolve_columns(list(columns), settings.source_columns, describe_source(settings))
         ts = _timestamp_expr(*columns[resolved["event_ts"] or ""])
-        cur = con.cursor()
-        cur.execute(f"SELECT CAST(max({ts}) AS date) AS d FROM {source_relation(settings)}")
-        value = cur.fetch_arrow_table()["d"][0].as_py()
-        cur.close()
+        relation = source_relation(settings)
+        query = (
+            f"WITH newest AS (SELECT max({ts}) AS newest_ts FROM {relation}) "
+            f"SELECT newest_ts, EXISTS (SELECT 1 FROM {relation} "
+            f"WHERE {ts} >= date_trunc('day', newest_ts) - interval '1 day' AND {ts} < date_trunc('day', newest_ts)) "
+            f"AS day_before_has_events FROM newest"
+        )
+        row = _fetch_table(con, query, f"reading the newest event of {describe_source(settings)} failed").to_pylist()[0]
     finally:
         con.close()
-    if value is None:
+    if row["newest_ts"] is None:
         raise SourceError(f"{describe_source(settings)} has no events")
-    return value  # type: ignore[no-any-return]
+    return NewestEvent(as_utc(row["newest_ts"]), bool(row["day_before_has_events"]))

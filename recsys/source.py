@@ -22,11 +22,12 @@ Dirty files are sorted out here, so that nothing downstream has to guess:
 
 from __future__ import annotations
 
+import datetime as dt
 import gzip
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Mapping, Sequence
+from typing import TYPE_CHECKING, Mapping, NamedTuple, Sequence
 
 from recsys.config import CANONICAL_COLUMNS, OPTIONAL_COLUMNS
 
@@ -108,11 +109,40 @@ CSV_DELIMITERS = (",", ";", "\t", "|")
 # DuckDB reject types that mean a quote was opened and never closed: the lines after it are
 # swallowed into one field, so the file as a whole cannot be trusted.
 CSV_QUOTE_ERRORS = ("UNQUOTED VALUE",)
+# A day whose newest event is earlier than this hour (UTC) has not fully landed.
+LATEST_COMPLETE_HOUR = 23
 _HEAD_BYTES = 65_536
 
 
 class SourceError(ValueError):
     """The event source cannot be read as canonical interactions."""
+
+
+def as_utc(ts: dt.datetime) -> dt.datetime:
+    """``ts`` in UTC; a naive one is taken as UTC, as the sources take timestamps without a zone."""
+    return ts.replace(tzinfo=dt.timezone.utc) if ts.tzinfo is None else ts.astimezone(dt.timezone.utc)
+
+
+class NewestEvent(NamedTuple):
+    """What an event source (files or PostgreSQL) reports about its end, for :func:`latest_complete_day`."""
+
+    ts: dt.datetime  # the newest event's time, in UTC
+    day_before_has_events: bool  # whether the UTC day before that event's day has any events
+
+
+def latest_complete_day(newest_ts: dt.datetime, day_before_has_events: bool) -> dt.date:
+    """The newest UTC day of a source that has fully landed: the one rule for every kind of source.
+
+    That is the day of the newest event when that event is at LATEST_COMPLETE_HOUR (23:00 UTC)
+    or later; otherwise the newest day is still arriving (or the log was cut off mid-day, as an
+    export often is), and the day before it is the latest complete one if it has events (a
+    source of one partial day has nothing better to offer than that day). A naive
+    ``newest_ts`` is UTC.
+    """
+    newest = as_utc(newest_ts)
+    if newest.hour < LATEST_COMPLETE_HOUR and day_before_has_events:
+        return newest.date() - dt.timedelta(days=1)
+    return newest.date()
 
 
 @dataclass(frozen=True)
@@ -256,7 +286,7 @@ def _id_expr(column: str | None, duck_type: str) -> str:
         return "CAST(NULL AS VARCHAR)"
     col = _quote(column)
     if duck_type.upper() == "BLOB":
-        return f"CASE WHEN {col} IS NULL THEN NULL ELSE coalesce(try(decode({col})), chr(65533) || hex({col})) END"
+        return f"CASE WHEN {col} IS NULL THEN NULL ELSE coalesce(try(decode({col})), chr({ord(INVALID_UTF8_MARK)}) || hex({col})) END"
     return f"CAST({col} AS VARCHAR)"
 
 
@@ -432,6 +462,19 @@ def rejected_lines(con: "duckdb.DuckDBPyConnection", registered: RegisteredSourc
              "error_types": pa.array([], pa.string()), "raw_line": pa.array([], pa.string())}
         )
     return run_sql(con, "rejected_lines")
+
+
+def newest_event(con: "duckdb.DuckDBPyConnection", source: str | Path) -> NewestEvent:
+    """The newest event of the registered ``source_events`` view and whether the day before has events.
+
+    Raises SourceError naming ``source`` when no event has a readable event_ts.
+    """
+    from recsys.sqlrun import run_sql
+
+    row = run_sql(con, "newest_event").to_pylist()[0]
+    if row["newest_ts"] is None:
+        raise SourceError(f"event source {source} has no events with a readable event_ts")
+    return NewestEvent(as_utc(row["newest_ts"]), bool(row["day_before_has_events"]))
 
 
 def find_unreadable_file(con: "duckdb.DuckDBPyConnection", registered: RegisteredSource) -> SourceError | None:

@@ -45,6 +45,7 @@ import pyarrow.compute as pc
 from recsys import lake
 from recsys.config import Settings
 from recsys.schemas import INTERACTIONS_SCHEMA
+from recsys.source import INVALID_UTF8_MARK
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -52,7 +53,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 MAX_ID_BYTES = 2048  # DynamoDB's limit for a partition key value, in bytes of UTF-8
-INVALID_UTF8_MARK = "\ufffd"
 QUARANTINE = "quarantine/interactions"
 VALIDATION = "validation"
 DOCS_SITE = "recsys"

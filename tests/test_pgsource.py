@@ -12,6 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from recsys import lake, pgsource
+from recsys.cli import latest_source_date
 from recsys.config import Settings
 from recsys.source import SourceError
 from tests.fixtures_postgres import postgres_database  # noqa: F401  (a fixture)
@@ -65,7 +66,29 @@ def test_days_stream_into_parquet_in_batches_with_epoch_milliseconds(
     assert staged.schema.field("u").type == pa.string() and staged["i"][0].as_py().startswith("0000")
     files = sorted(out.glob("*.parquet"))
     assert len(files) == 1 and pq.ParquetFile(files[0]).metadata.num_row_groups > 3  # written batch by batch
-    assert pgsource.latest_date(settings) == dt.date(2026, 5, 3)
+    assert latest_source_date(settings) == dt.date(2026, 5, 3)  # newest event 23:59:51 UTC: complete
+
+
+def test_latest_skips_a_cut_off_last_day_as_for_files(
+    postgres_database: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch  # noqa: F811
+) -> None:
+    import psycopg
+
+    def at(day: int, hour: int, minute: int = 0) -> dt.datetime:
+        return dt.datetime(2026, 5, day, hour, minute, tzinfo=dt.timezone.utc)
+
+    load_table(postgres_database, pa.table({
+        "visitor": ["u1", "u2", "u3"], "sku_code": ["i1", "i2", "i3"], "kind": ["View"] * 3,
+        "occurred_at": [at(1, 12), at(2, 9), at(3, 22, 59)],  # the export stops at 22:59 on May 3
+    }), "events")
+    settings = settings_for(monkeypatch, tmp_path, postgres_database, RECSYS_SOURCE_COLUMNS=MAPPING)
+    assert latest_source_date(settings) == dt.date(2026, 5, 2)
+    with psycopg.connect(postgres_database, autocommit=True) as con:
+        con.execute("INSERT INTO events VALUES ('u4', 'i4', 'View', %s)", (at(3, 23),))
+    assert latest_source_date(settings) == dt.date(2026, 5, 3)  # an event at 23:00: May 3 has landed
+    with psycopg.connect(postgres_database, autocommit=True) as con:
+        con.execute("INSERT INTO events VALUES ('u5', 'i5', 'View', %s)", (at(5, 4),))
+    assert latest_source_date(settings) == dt.date(2026, 5, 5)  # nothing on May 4: the partial day is all there is
 
 
 def test_missing_connection_and_missing_column_name_the_fix(

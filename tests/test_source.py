@@ -113,6 +113,27 @@ def test_settings_from_env_defaults_and_errors(tmp_path: Path) -> None:
         Settings.from_env({"RECSYS_EVENT_WEIGHTS": "View=1,Buy"})
 
 
+@pytest.mark.parametrize(
+    ("env", "pool", "region"),
+    [
+        ({}, "recsys_dynamodb", "us-east-1"),  # every default
+        ({"RECSYS_HOME": "~/recsys-home", "RECSYS_PUBLISH_POOL": " shop_dynamodb ", "RECSYS_AWS_REGION": " eu-west-1 ",
+          "AWS_DEFAULT_REGION": "us-west-2"}, "shop_dynamodb", "eu-west-1"),
+        ({"RECSYS_PUBLISH_POOL": " ", "RECSYS_AWS_REGION": "", "AWS_DEFAULT_REGION": "ap-south-1"},
+         "recsys_dynamodb", "ap-south-1"),
+    ],
+)
+def test_settings_and_the_one_value_helpers_agree(env: dict[str, str], pool: str, region: str) -> None:
+    # The DAG file (pool) and the S3 lake (home, region) read one value without building Settings;
+    # Settings.from_env parses those variables with the same helpers, so both paths agree.
+    from recsys.config import aws_region_from_env, home_from_env, publish_pool_from_env
+
+    settings = Settings.from_env(env)
+    assert settings.home == home_from_env(env) and settings.home.is_absolute()
+    assert settings.publish_pool == publish_pool_from_env(env) == pool
+    assert settings.aws_region == aws_region_from_env(env) == region
+
+
 def test_event_type_spellings_map_to_the_configured_names(tmp_path: Path) -> None:
     # RetailRocket-style names and other spellings of the canonical types.
     (tmp_path / "events.csv").write_text(
@@ -133,6 +154,28 @@ def test_event_type_spellings_map_to_the_configured_names(tmp_path: Path) -> Non
     from recsys.source import event_type_spellings
 
     assert event_type_spellings(["cart", "AddToCart"]) == {"cart": "cart", "addtocart": "AddToCart", "addtobasket": "AddToCart", "basketadd": "AddToCart"}
+
+
+@pytest.mark.parametrize(
+    ("newest_ts", "day_before_has_events", "expected"),
+    [
+        (dt.datetime(2015, 9, 18, 22, 59, 59, tzinfo=UTC), True, dt.date(2015, 9, 17)),  # not landed yet
+        (dt.datetime(2015, 9, 18, 23, 0, tzinfo=UTC), True, dt.date(2015, 9, 18)),  # 23:00 is complete
+        (dt.datetime(2015, 9, 18, 23, 59, 59, 999999, tzinfo=UTC), True, dt.date(2015, 9, 18)),
+        (dt.datetime(2015, 9, 18, 0, 0, tzinfo=UTC), True, dt.date(2015, 9, 17)),
+        (dt.datetime(2015, 9, 18, 22, 59, tzinfo=UTC), False, dt.date(2015, 9, 18)),  # nothing the day before
+        (dt.datetime(2015, 9, 18, 22, 59), True, dt.date(2015, 9, 17)),  # naive: UTC
+        (dt.datetime(2015, 9, 18, 23, 0), True, dt.date(2015, 9, 18)),
+        # 18:30 at UTC-5 is 23:30 UTC: complete; 19:30 at UTC-5 is 00:30 UTC on the 19th: not.
+        (dt.datetime(2015, 9, 18, 18, 30, tzinfo=dt.timezone(dt.timedelta(hours=-5))), True, dt.date(2015, 9, 18)),
+        (dt.datetime(2015, 9, 18, 19, 30, tzinfo=dt.timezone(dt.timedelta(hours=-5))), True, dt.date(2015, 9, 18)),
+        (dt.datetime(2015, 9, 18, 19, 30, tzinfo=dt.timezone(dt.timedelta(hours=-5))), False, dt.date(2015, 9, 19)),
+    ],
+)
+def test_latest_complete_day_rule(newest_ts: dt.datetime, day_before_has_events: bool, expected: dt.date) -> None:
+    from recsys.source import latest_complete_day
+
+    assert latest_complete_day(newest_ts, day_before_has_events) == expected
 
 
 @pytest.mark.parametrize(
