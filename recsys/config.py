@@ -195,6 +195,7 @@ class Settings:
     max_unknown_item_share: float = 0.05
     bot_max_user_share: float = 0.5
     bot_min_day_rows: int = 1000
+    validate_chunk_rows: int = 1_000_000
     dynamodb_endpoint: str | None = DEFAULT_ENDPOINT
     aws_region: str = DEFAULT_AWS_REGION
     table: str = "recsys_user_recommendations"
@@ -300,6 +301,7 @@ class Settings:
             "RECSYS_MAX_UNKNOWN_ITEM_SHARE": "max_unknown_item_share",
             "RECSYS_BOT_MAX_USER_SHARE": "bot_max_user_share",
             "RECSYS_BOT_MIN_DAY_ROWS": "bot_min_day_rows",
+            "RECSYS_VALIDATE_CHUNK_ROWS": "validate_chunk_rows",
             "RECSYS_TABLE": "table",
             "RECSYS_TTL_DAYS": "ttl_days",
             "RECSYS_PUBLISH_THREADS": "publish_threads",
@@ -385,6 +387,8 @@ class Settings:
                 raise ConfigError(f"{name} must be at least 1, got {getattr(settings, name)}")
         if settings.recommend_batch_users < 1:
             raise ConfigError(f"recommend_batch_users must be at least 1, got {settings.recommend_batch_users}")
+        if settings.validate_chunk_rows < 1:
+            raise ConfigError(f"validate_chunk_rows must be at least 1, got {settings.validate_chunk_rows}")
         if not MEMORY_LIMIT.fullmatch(settings.duckdb_memory_limit):
             raise ConfigError(
                 f"RECSYS_DUCKDB_MEMORY_LIMIT: expected a size such as 4GB or 512MiB, got {settings.duckdb_memory_limit!r}"

@@ -124,8 +124,14 @@ def test_settings_for_bad_input_have_defaults_variables_and_checks() -> None:
     s = Settings.from_env({})
     assert (s.max_bad_share, s.volume_min_ratio, s.volume_max_ratio, s.volume_history_days) == (0.01, 0.1, 5.0, 14)
     assert (s.max_unknown_item_share, s.bot_max_user_share, s.bot_min_day_rows) == (0.05, 0.5, 1000)
-    s = Settings.from_env({"RECSYS_MAX_BAD_SHARE": "0.05", "RECSYS_VOLUME_MIN_RATIO": "0.5", "RECSYS_BOT_MIN_DAY_ROWS": "10"})
-    assert (s.max_bad_share, s.volume_min_ratio, s.bot_min_day_rows) == (0.05, 0.5, 10)
+    assert s.validate_chunk_rows == 1_000_000
+    s = Settings.from_env(
+        {"RECSYS_MAX_BAD_SHARE": "0.05", "RECSYS_VOLUME_MIN_RATIO": "0.5", "RECSYS_BOT_MIN_DAY_ROWS": "10",
+         "RECSYS_VALIDATE_CHUNK_ROWS": "5000"}
+    )
+    assert (s.max_bad_share, s.volume_min_ratio, s.bot_min_day_rows, s.validate_chunk_rows) == (0.05, 0.5, 10, 5000)
+    with pytest.raises(ConfigError, match="validate_chunk_rows"):
+        Settings.from_env({"RECSYS_VALIDATE_CHUNK_ROWS": "0"})
     with pytest.raises(ConfigError, match="volume_min_ratio"):
         Settings.from_env({"RECSYS_VOLUME_MIN_RATIO": "2"})
     with pytest.raises(ConfigError, match="bot_max_user_share"):
