@@ -230,6 +230,21 @@ def test_a_bot_is_quarantined_without_counting_as_bad_rows(tmp_path: Path) -> No
     assert reasons(s, d) == {"bot_user": 300} and lake.read_partition(s.lake, "interactions", d).num_rows == 100
 
 
+def test_an_event_id_is_unique_within_its_day_not_across_the_window(tmp_path: Path) -> None:
+    s = settings_for(tmp_path, RECSYS_MAX_BAD_SHARE="0.5")
+    for n in range(1, 11):
+        rows = events(day(n), 100).to_pylist()
+        if n == 3:  # the same event again without its timestamp: staged on day 3 beside it
+            rows.append({**rows[10], "event_ts": None})
+        if n in (4, 9):  # one id on two days that extract reads in different scans (a week each)
+            rows[20]["event_id"] = "same-id-two-days"
+        pq.write_table(pa.Table.from_pylist(rows, schema=events(day(n), 1).schema), Path(s.source) / f"events-{day(n)}.parquet")
+    run(s, day(10))
+    assert reasons(s, day(3)) == {"duplicate_event_id": 1, "missing_event_ts,duplicate_event_id": 1}
+    for d in (day(4), day(9)):
+        assert "same-id-two-days" in lake.read_partition(s.lake, "interactions", d)["event_id"].to_pylist()
+
+
 # --------------------------------------------------------------------------- day checks
 
 
