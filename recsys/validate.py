@@ -1,9 +1,10 @@
 """The Great Expectations suites for staged interaction days, and what follows from their results.
 
 GX is imported only here and only when the validate task runs: nothing of it at DAG parse time.
-Three suites, defined in code, each run on one pandas batch:
+Three suites, defined in code, each run on pandas batches:
 
-* **rows** (:func:`build_row_suite`; every row extract staged this run): the required columns
+* **rows** (:func:`build_row_suite`; every row extract staged this run, a chunk of whole days
+  at a time, see :func:`plan_chunks` and ``RECSYS_VALIDATE_CHUNK_ROWS``): the required columns
   and their types; ``user_id`` and ``item_id`` present, not blank, at most 2,048 bytes of UTF-8
   (DynamoDB's key limit; bytes, not characters) and valid UTF-8; ``event_type`` among the
   configured weights; ``event_ts`` present and inside its partition's day (UTC); ``event_id``
@@ -20,10 +21,14 @@ Three suites, defined in code, each run on one pandas batch:
 
 A failed day or file check fails the run (ValidationError) after the evidence is written:
 the quarantine partitions and the Data Docs under ``lake/validation/dt=<run date>/``. Only
-when every check passes are the kept rows written to ``lake/interactions/dt=D/``.
+when every check passes are the kept rows written to ``lake/interactions/dt=D/``, each day
+re-read from staging and filtered by the mask its chunk left, so no chunk's rows are held
+until the end.
 
-``event_id`` uniqueness is per day: extract already drops repeats within its scans, and a
-nightly run sees one day, so a window-wide check would depend on how many days a run stages.
+Chunks are checked oldest first and a day is never split, so the results do not depend on the
+chunking: the bot share is a day's, the trailing volume carries the kept counts of earlier
+chunks, and ``event_id`` uniqueness is per day (extract already drops repeats; a nightly run
+sees one day, so a window-wide check would also depend on how many days a run stages).
 
 A bot's rows are quarantined but not counted as bad rows: the rest of its day is judged on
 its own, volume included. A scraper on top of a normal day does not stop the night; a tracker
@@ -38,8 +43,8 @@ import logging
 import os
 import time
 from collections import Counter
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -64,6 +69,7 @@ DOCS_SITE = "recsys"
 VOLUME_MIN_HISTORY_DAYS = 3
 VOLUME_MIN_MEAN_ROWS = 10.0
 BOT = "bot_user"
+EPOCH = dt.date(1970, 1, 1)  # day 0 of Arrow's date32
 QUARANTINE_SCHEMA = pa.schema(
     [
         *INTERACTIONS_SCHEMA,
@@ -139,7 +145,7 @@ def build_row_suite(settings: Settings) -> Any:
     suite.add_expectation(
         gxe.ExpectColumnValuesToBeBetween(column="seconds_into_day", min_value=0, max_value=86400, strict_max=True)
     )
-    # Within the day, not the window (see the module docstring).
+    # Within the day, not the window: a window-wide check would depend on the chunking (see above).
     suite.add_expectation(
         gxe.ExpectCompoundColumnsToBeUnique(column_list=["dt", "event_id"], ignore_row_if="any_value_is_missing")
     )
@@ -360,53 +366,78 @@ def trailing_mean(counts: dict[dt.date, int], day: dt.date, history_days: int, l
 # --------------------------------------------------------------------------- the stage
 
 
+def plan_chunks(day_rows: Mapping[dt.date, int], max_rows: int) -> list[list[dt.date]]:
+    """The days, sorted, cut into runs whose rows add up to at most ``max_rows``; a day with
+    more rows than that is a run of its own (a day is never split)."""
+    chunks: list[list[dt.date]] = []
+    size = 0
+    for day in sorted(day_rows):
+        if chunks and size + day_rows[day] <= max_rows:
+            chunks[-1].append(day)
+            size += day_rows[day]
+        else:
+            chunks.append([day])
+            size = day_rows[day]
+    return chunks
+
+
+@dataclass
+class Findings:
+    """What validate keeps across chunks once a chunk's rows are dropped: per-day figures and
+    masks, example values and counters, nothing holding the rows themselves."""
+
+    counts: dict[dt.date, int]  # kept rows per day: the lake's history, then each day checked
+    stats: dict[dt.date, DayStats] = field(default_factory=dict)
+    kept: dict[dt.date, np.ndarray] = field(default_factory=dict)  # per day: which staged rows pass
+    table_problems: list[str] = field(default_factory=list)
+    examples: dict[tuple[dt.date, str], str] = field(default_factory=dict)
+    unknown_examples: dict[dt.date, list[str]] = field(default_factory=dict)
+    unplaced: Counter[str] = field(default_factory=Counter)
+
+
 def validate_partitions(settings: Settings, days: Sequence[dt.date], run_date: dt.date | None = None) -> dict[str, Any]:
     """Validate the staged partitions of ``days``; write quarantine, Data Docs and, when every
     check passes, the kept rows to ``lake/interactions``. Returns a summary dict.
 
-    Raises ValidationError naming each failing partition or file, column, count and what was
-    expected (after writing the quarantine and the Data Docs); FileNotFoundError when a day
-    was not staged (run extract first).
+    The rows are checked a chunk of whole days at a time (``validate_chunk_rows``, oldest
+    first), so memory follows the chunk, not the window; the day and file suites then run once
+    on the per-day figures of all chunks. Raises ValidationError naming each failing
+    partition or file, column, count and what was expected (after writing the quarantine and
+    the Data Docs; nothing is written to ``lake/interactions`` then); FileNotFoundError when
+    a day was not staged (run extract first).
     """
     from recsys.ingest import EXTRACT_META, STAGING
 
     run_date = run_date or max(days)
     started = time.perf_counter()
     now = dt.datetime.now(dt.timezone.utc)
-    metas: dict[dt.date, dict[str, Any]] = {}
-    tables = []
-    for day in sorted(days):
-        table = lake.read_partition(settings.lake, STAGING, day)
-        metas[day] = lake.read_partition_json(settings.lake, STAGING, day, EXTRACT_META)
-        tables.append(table.append_column("dt", pa.array([day] * table.num_rows, pa.date32())))
-    rows = pa.concat_tables(tables)
-    frame = row_frame(rows, settings)
-
-    context = _gx_context()
-    row_result = _run(context, "rows", build_row_suite(settings), frame)
-    reasons = row_reasons(frame, row_result.results, now)
-    table_problems = [
-        f"column {r.expectation_config.kwargs.get('column')!r}: {r.expectation_config.type} failed ({r.result})"
-        for r in row_result.results
-        if not r.success and _indexes(r.result) is None
-    ]
-    quarantined = np.array([bool(r) for r in reasons], dtype=bool)
-    only_bot = np.array([r == [BOT] for r in reasons], dtype=bool)
-    bad = quarantined & ~only_bot
-    placed = rows["placed"].to_numpy(zero_copy_only=False).astype(bool)
+    ordered = sorted(days)
+    chunks = plan_chunks({day: lake.partition_rows(settings.lake, STAGING, day) for day in ordered}, settings.validate_chunk_rows)
+    metas = {day: lake.read_partition_json(settings.lake, STAGING, day, EXTRACT_META) for day in ordered}
     catalog = _catalog_items(settings)
-    stats = day_stats(settings, rows, metas, reasons, quarantined, bad, only_bot, placed, catalog)
+    context = _gx_context()
+    row_suite = context.suites.add(build_row_suite(settings))
+    findings = Findings(counts=_lake_counts(settings, ordered))
+    for number, chunk in enumerate(chunks, 1):
+        chunk_started = time.perf_counter()
+        name = "rows" if len(chunks) == 1 else f"rows-{_span(chunk)}"
+        rows, quarantined = _validate_chunk(settings, context, row_suite, name, chunk, metas, catalog, now, findings)
+        chunk_seconds = time.perf_counter() - chunk_started
+        log.info(
+            "validate: chunk %d/%d (%s): %s rows, %s quarantined, %.1f s (%s rows/s)",
+            number, len(chunks), _span(chunk), f"{rows:,}", f"{quarantined:,}", chunk_seconds, f"{rows / max(chunk_seconds, 1e-9):,.0f}",
+        )
+
+    stats = findings.stats
     day_frame = _frame([s.row() for s in stats.values()])
-    day_result = _run(context, "days", build_day_suite(settings), day_frame)
-    files = unplaced_files(rows, bad, placed, metas[run_date].get("file_rows", {}))
-    file_result = _run(context, "files", build_file_suite(settings), _frame(files)) if files else None
+    day_result = _run(context, "days", context.suites.add(build_day_suite(settings)), day_frame)
+    files = unplaced_files(findings.unplaced, metas[run_date].get("file_rows", {}))
+    file_result = _run(context, "files", context.suites.add(build_file_suite(settings)), _frame(files)) if files else None
 
     summary_rows = [s.row() for s in stats.values()]
-    problems = table_problems + _day_problems(settings, stats, day_result, rows, reasons, catalog)
+    problems = findings.table_problems + _day_problems(settings, stats, day_result, findings)
     problems += _file_problems(settings, files, file_result)
     docs = _write_docs(settings, context, run_date, {"days": summary_rows, "files": files, "problems": problems})
-    _write_quarantine(settings, rows, reasons, stats)
-    _log_bots(settings, rows, only_bot, stats)
     seconds = time.perf_counter() - started
     total = _totals(stats)
     line = (
@@ -418,16 +449,13 @@ def validate_partitions(settings: Settings, days: Sequence[dt.date], run_date: d
     if problems:
         log.error("%s", line)
         raise ValidationError(
-            f"validation failed for {len(problems)} check(s) of {len(frame):,} staged rows in {len(stats)} "
-            f"partition(s) from {settings.source}; nothing downstream runs and nothing served changes:\n  "
+            f"validation failed for {len(problems)} check(s) of {sum(s.staged for s in stats.values()):,} staged rows "
+            f"in {len(stats)} partition(s) from {settings.source}; nothing downstream runs and nothing served changes:\n  "
             + "\n  ".join(problems)
             + f"\nQuarantined rows (with a reason column): {_quarantine_dirs(settings, stats)}; Data Docs: {docs}"
         )
-    for day, s in stats.items():
-        mask = pc.and_(pc.equal(rows["dt"], pa.scalar(day, pa.date32())), pa.array(~quarantined & placed))
-        lake.write_partition(
-            settings.lake, "interactions", day, rows.filter(mask).select(INTERACTIONS_SCHEMA.names).cast(INTERACTIONS_SCHEMA)
-        )
+    for day in stats:
+        _write_kept(settings, day, findings.kept[day])
     log.info("%s", line)
     for s in stats.values():
         if s.quarantined and len(stats) > 1:
@@ -444,6 +472,80 @@ def validate_partitions(settings: Settings, days: Sequence[dt.date], run_date: d
     }
 
 
+def _validate_chunk(
+    settings: Settings,
+    context: Any,
+    suite: Any,
+    name: str,
+    days: list[dt.date],
+    metas: dict[dt.date, dict[str, Any]],
+    catalog: pa.Array | None,
+    now: dt.datetime,
+    findings: Findings,
+) -> tuple[int, int]:
+    """Run the row suite (as validation ``name``) on the staged rows of ``days``, write their
+    quarantine and add what is left to ``findings``; returns (rows, rows not kept)."""
+    from recsys.ingest import STAGING
+
+    tables = []
+    for day in days:
+        table = lake.read_partition(settings.lake, STAGING, day)
+        tables.append(table.append_column("dt", pa.array([day] * table.num_rows, pa.date32())))
+    rows = pa.concat_tables(tables)
+    frame = row_frame(rows, settings)
+    row_result = _run(context, name, suite, frame)
+    reasons = row_reasons(frame, row_result.results, now)
+    for problem in (
+        f"column {r.expectation_config.kwargs.get('column')!r}: {r.expectation_config.type} failed ({r.result})"
+        for r in row_result.results
+        if not r.success and _indexes(r.result) is None
+    ):
+        if problem not in findings.table_problems:  # the same broken column in every chunk: said once
+            findings.table_problems.append(problem)
+    del frame, row_result  # the pandas copy is the biggest thing here (GX has let go of it, see _run)
+    quarantined = np.array([bool(r) for r in reasons], dtype=bool)
+    only_bot = np.array([r == [BOT] for r in reasons], dtype=bool)
+    bad = quarantined & ~only_bot
+    placed = rows["placed"].to_numpy(zero_copy_only=False).astype(bool)
+    stats = day_stats(settings, rows, {d: metas[d] for d in days}, reasons, quarantined, bad, only_bot, placed, catalog, findings.counts)
+    keep = placed & ~quarantined
+    day_numbers = pc.cast(rows["dt"], pa.int32()).to_numpy(zero_copy_only=False)
+    for day in days:
+        findings.kept[day] = keep[day_numbers == _day_number(day)]  # a day's rows keep their staged order
+        if catalog is not None:
+            findings.unknown_examples[day] = _unknown_examples(rows, day, catalog)
+    findings.stats.update(stats)
+    findings.examples.update(reason_examples(rows, reasons))
+    findings.unplaced.update(unplaced_rows(rows, bad, placed))
+    _write_quarantine(settings, rows, reasons, stats)
+    _log_bots(settings, rows, only_bot, stats)
+    return rows.num_rows, sum(s.staged - s.kept for s in stats.values())
+
+
+def _write_kept(settings: Settings, day: dt.date, kept: np.ndarray) -> None:
+    """Write the rows of the staged day that ``kept`` marks to ``lake/interactions/dt=day``."""
+    from recsys.ingest import STAGING
+
+    staged = lake.read_partition(settings.lake, STAGING, day)
+    if staged.num_rows != len(kept):
+        raise lake.LakeError(
+            f"{lake.partition_uri(settings.lake, STAGING, day)} changed while validate ran ({len(kept):,} rows "
+            f"checked, {staged.num_rows:,} now): is another extract running? Run extract and validate again."
+        )
+    lake.write_partition(
+        settings.lake, "interactions", day, staged.filter(pa.array(kept)).select(INTERACTIONS_SCHEMA.names).cast(INTERACTIONS_SCHEMA)
+    )
+
+
+def _span(days: list[dt.date]) -> str:
+    return f"{days[0]}..{days[-1]}" if len(days) > 1 else str(days[0])
+
+
+def _day_number(day: dt.date) -> int:
+    """Days since 1970-01-01: the int32 value of a date32."""
+    return (day - EPOCH).days
+
+
 def day_stats(
     settings: Settings,
     rows: pa.Table,
@@ -454,8 +556,14 @@ def day_stats(
     only_bot: np.ndarray,
     placed: np.ndarray,
     catalog: pa.Array | None,
+    counts: dict[dt.date, int],
 ) -> dict[dt.date, DayStats]:
-    """Per staged day: rows read, kept, bad, bot, unknown items and the trailing volume."""
+    """Per staged day: rows read, kept, bad, bot, unknown items and the trailing volume.
+
+    ``counts`` holds the kept rows of the days before (the lake's, and those of earlier
+    chunks); each day of ``metas`` is added to it, oldest first, so a later chunk's trailing
+    volume is the same as if every day had been checked at once.
+    """
     days = pc.cast(rows["dt"], pa.int32()).to_numpy(zero_copy_only=False)
     files = rows["source_file"].to_numpy(zero_copy_only=False)
     unknown = (
@@ -463,11 +571,9 @@ def day_stats(
         if catalog is None
         else pc.invert(pc.is_in(rows["item_id"], value_set=catalog)).fill_null(True).to_numpy(zero_copy_only=False)
     )
-    counts = _lake_counts(settings, sorted(metas))
     stats: dict[dt.date, DayStats] = {}
     for day in sorted(metas):
-        code = (day - dt.date(1970, 1, 1)).days
-        in_day = days == code
+        in_day = days == _day_number(day)
         mine = in_day & placed
         kept = mine & ~quarantined
         counts[day] = int(kept.sum())
@@ -493,13 +599,17 @@ def day_stats(
     return stats
 
 
-def unplaced_files(rows: pa.Table, bad: np.ndarray, placed: np.ndarray, file_rows: dict[str, int]) -> list[dict[str, Any]]:
-    """Source files with rows that could not be placed on a day: rows, unplaced rows, share."""
+def unplaced_rows(rows: pa.Table, bad: np.ndarray, placed: np.ndarray) -> Counter[str]:
+    """Per source file: its rows among ``rows`` that could not be placed on a day."""
     files = rows["source_file"].to_numpy(zero_copy_only=False)
-    counts = Counter(str(f) for f in files[~placed & bad])
+    return Counter(str(f) for f in files[~placed & bad])
+
+
+def unplaced_files(unplaced: Mapping[str, int], file_rows: dict[str, int]) -> list[dict[str, Any]]:
+    """Source files with rows that could not be placed on a day: rows, unplaced rows, share."""
     return [
         {"source_file": f, "rows": int(file_rows.get(f, n)), "unplaced": n, "unplaced_share": n / max(int(file_rows.get(f, n)), 1)}
-        for f, n in sorted(counts.items())
+        for f, n in sorted(unplaced.items())
     ]
 
 
@@ -534,11 +644,10 @@ def _day_problems(
     settings: Settings,
     stats: dict[dt.date, DayStats],
     result: Any,
-    rows: pa.Table,
-    reasons: list[list[str]],
-    catalog: pa.Array | None,
+    findings: Findings,
 ) -> list[str]:
-    """One message per failed day check, naming the partition, column, count and expectation."""
+    """One message per failed day check, naming the partition, column, count and expectation,
+    with the example values the chunks collected."""
     failed = {
         item.expectation_config.kwargs["column"]: _failed_positions(item) for item in result.results if not item.success
     }
@@ -552,7 +661,7 @@ def _day_problems(
             if code == BOT:
                 continue
             reason = catalogue.get(code, Reason("?", code))
-            parts.append(f"{code}: {count:,} (column {reason.column!r}, expected {reason.expected}; e.g. {_examples(rows, reasons, s.day, code)})")
+            parts.append(f"{code}: {count:,} (column {reason.column!r}, expected {reason.expected}; e.g. {findings.examples.get((s.day, code), '')})")
         problems.append(
             f"{_where(settings, s)}: {s.bad:,} of {s.placed - s.bot:,} rows ({s.bad_share:.2%}) broke row checks, "
             f"above the allowed {settings.max_bad_share:.2%} (RECSYS_MAX_BAD_SHARE): " + "; ".join(parts)
@@ -570,7 +679,7 @@ def _day_problems(
         problems.append(
             f"{_where(settings, s)}: column 'item_id': {s.unknown_items or 0:,} of {s.kept:,} kept rows "
             f"({s.unknown_item_share or 0:.2%}) name an item the catalog {settings.catalog} does not have "
-            f"(e.g. {', '.join(_unknown_examples(rows, s.day, catalog))}); expected at most {settings.max_unknown_item_share:.0%} "
+            f"(e.g. {', '.join(findings.unknown_examples.get(s.day, []))}); expected at most {settings.max_unknown_item_share:.0%} "
             "(RECSYS_MAX_UNKNOWN_ITEM_SHARE). Is the catalog stale, or the item ids of another system?"
         )
     return problems
@@ -618,18 +727,27 @@ def _where(settings: Settings, s: DayStats) -> str:
     return f"{lake.partition_uri(settings.lake, STAGING, s.day)} (from {named or 'no file'})"
 
 
-def _examples(rows: pa.Table, reasons: list[list[str]], day: dt.date, code: str, limit: int = 3) -> str:
-    """Up to ``limit`` distinct values (of the column the reason concerns) of one day's rows with that reason."""
-    column = rows[reasons_column(code)]
+def reason_examples(rows: pa.Table, reasons: list[list[str]], limit: int = 3) -> dict[tuple[dt.date, str], str]:
+    """For each (day, reason code) of the quarantined rows but bots: up to ``limit`` distinct
+    values of the column the reason concerns, as shown in messages, in the rows' order."""
     days = pc.cast(rows["dt"], pa.int32()).to_numpy(zero_copy_only=False)
-    code_of_day = (day - dt.date(1970, 1, 1)).days
-    values: list[str] = []
-    for i in np.flatnonzero(days == code_of_day):
-        if code in reasons[i]:
-            values.append(_show(column[int(i)], reasons_column(code)))
-            if len(set(values)) >= limit:
-                break
-    return ", ".join(dict.fromkeys(values))
+    positions: dict[tuple[int, str], list[int]] = {}
+    for i, codes in enumerate(reasons):
+        for code in codes:
+            if code != BOT:
+                positions.setdefault((int(days[i]), code), []).append(i)
+    examples: dict[tuple[dt.date, str], str] = {}
+    for (number, code), where in positions.items():
+        column = reasons_column(code)
+        shown: list[str] = []
+        for value in pc.unique(rows[column].take(pa.array(where))):  # in order of first occurrence
+            text = _show(value, column)
+            if text not in shown:
+                shown.append(text)
+                if len(shown) == limit:
+                    break
+        examples[(EPOCH + dt.timedelta(days=number), code)] = ", ".join(shown)
+    return examples
 
 
 def reasons_column(code: str) -> str:
@@ -696,7 +814,8 @@ def _gx_context() -> Any:
 
 
 def _run(context: Any, name: str, suite: Any, frame: "pd.DataFrame") -> Any:
-    """Validate ``frame`` against ``suite`` as a stored validation definition; returns the result."""
+    """Validate ``frame`` against ``suite`` (added to ``context`` once) as the stored validation
+    definition ``name``; returns the result. GX keeps the result, not the frame."""
     import great_expectations as gx
 
     batch_definition = (
@@ -704,10 +823,12 @@ def _run(context: Any, name: str, suite: Any, frame: "pd.DataFrame") -> Any:
         .add_dataframe_asset(name)
         .add_batch_definition_whole_dataframe(name)
     )
-    definition = context.validation_definitions.add(
-        gx.ValidationDefinition(name=name, data=batch_definition, suite=context.suites.add(suite))
-    )
-    return definition.run(batch_parameters={"dataframe": frame}, result_format={"result_format": "COMPLETE"})
+    definition = context.validation_definitions.add(gx.ValidationDefinition(name=name, data=batch_definition, suite=suite))
+    result = definition.run(batch_parameters={"dataframe": frame}, result_format={"result_format": "COMPLETE"})
+    # The data source's execution engine caches the batch: without this, every chunk's frame
+    # would stay in memory until the run ends. Data Docs need only the stored result.
+    context.data_sources.delete(f"interactions_{name}")
+    return result
 
 
 def _frame(records: list[dict[str, Any]]) -> "pd.DataFrame":

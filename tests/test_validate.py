@@ -6,6 +6,7 @@ from __future__ import annotations
 import datetime as dt
 import gzip
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,7 @@ from recsys import ingest, lake
 from recsys.config import ConfigError, Settings
 from recsys.ingest import EmptyDayError, file_homes
 from recsys.source import SourceError
-from recsys.validate import ValidationError, trailing_mean, user_share_of_day
+from recsys.validate import ValidationError, plan_chunks, trailing_mean, user_share_of_day
 
 UTC = dt.timezone.utc
 D1 = dt.date(2026, 3, 1)
@@ -118,6 +119,15 @@ def test_user_share_of_day_counts_placed_rows_on_big_days_only() -> None:
     )
     assert user_share_of_day(rows, min_day_rows=2).tolist() == [0.75, 0.75, 0.75, 0.25, 0.5, 0.5, 0.0]
     assert user_share_of_day(rows, min_day_rows=3).tolist() == [0.75, 0.75, 0.75, 0.25, 0.0, 0.0, 0.0]
+
+
+def test_plan_chunks_groups_consecutive_days_up_to_the_budget() -> None:
+    rows = {day(3): 40, day(1): 30, day(2): 50, day(4): 250, day(5): 0, day(6): 60, day(8): 100}
+    # 30+50 fit; 40 would make 120; 250 alone is above the budget; an empty day joins the next.
+    assert plan_chunks(rows, 100) == [[day(1), day(2)], [day(3)], [day(4)], [day(5), day(6)], [day(8)]]
+    assert plan_chunks(rows, 10_000) == [sorted(rows)]
+    assert plan_chunks(rows, 1) == [[d] for d in sorted(rows)]  # every day above the budget: one each
+    assert plan_chunks({}, 100) == []
 
 
 def test_settings_for_bad_input_have_defaults_variables_and_checks() -> None:
@@ -286,6 +296,98 @@ def test_unknown_items_fail_only_above_their_share_and_only_with_a_catalog(tmp_p
         run(s, d)
     run(settings_for(tmp_path), d)  # no catalog: nothing to compare with
     assert lake.read_partition(s.lake, "interactions", d).num_rows == 100
+
+
+# --------------------------------------------------------------------------- chunks of days
+
+
+def dirty_window(source: Path) -> None:
+    """Ten days of growing size, each with bad rows; a bot on day 6; on day 3 a copy of an event
+    without its timestamp (the same event_id twice in the day); an event_id on days 4 and 9
+    (different extract scans: both kept, uniqueness is per day); a file holding all ten days
+    (no home day) with two rows without a timestamp (unplaced, judged against the file)."""
+    for n in range(1, 11):
+        rows = events(day(n), 60 + 20 * n).to_pylist()
+        rows[0]["user_id"] = ""
+        rows[n % 5 + 1]["event_type"] = "Teleport"
+        if n == 3:
+            rows.append({**rows[10], "event_ts": None})
+        if n in (4, 9):
+            rows[20]["event_id"] = "same-id-two-days"
+        if n == 6:
+            rows += [dict(r, user_id="bot") for r in events(day(n), 300, prefix="x").to_pylist()]
+        pq.write_table(pa.Table.from_pylist(rows, schema=events(day(n), 1).schema), source / f"events-{day(n)}.parquet")
+    spread = pa.concat_tables([events(day(n), 1, prefix=f"h{n}-") for n in range(1, 11)]).to_pylist()
+    spread += [dict(r, event_ts=None) for r in events(day(10), 2, prefix="h-no-ts-").to_pylist()]
+    pq.write_table(pa.Table.from_pylist(spread, schema=events(day(1), 1).schema), source / "spread.parquet")
+
+
+def lake_tables(settings: Settings, dataset: str) -> dict[dt.date, pa.Table]:
+    """Every partition of ``dataset`` for days 1..10 that exists."""
+    days = [day(n) for n in range(1, 11) if lake.partition_exists(settings.lake, dataset, day(n))]
+    return {d: lake.read_partition(settings.lake, dataset, d) for d in days}
+
+
+def chunk_lines(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.getMessage().startswith("validate: chunk ")]
+
+
+def test_small_chunks_give_the_same_results_as_one_chunk(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="recsys.validate")
+    env = {"RECSYS_MAX_BAD_SHARE": "0.5", "RECSYS_BOT_MIN_DAY_ROWS": "50"}
+    whole = settings_for(tmp_path, RECSYS_HOME=str(tmp_path / "whole"), **env)
+    chunked = settings_for(tmp_path, RECSYS_HOME=str(tmp_path / "chunked"), RECSYS_VALIDATE_CHUNK_ROWS="400", **env)
+    dirty_window(Path(whole.source))
+
+    expected = run(whole, day(10))
+    assert len(chunk_lines(caplog)) == 1
+    caplog.clear()
+    got = run(chunked, day(10))
+    lines = chunk_lines(caplog)
+    # Day 6 (180 rows and 300 of the bot) is above the budget: a chunk of its own.
+    assert len(lines) == 7 and lines[2].startswith(f"validate: chunk 3/7 ({day(6)}): 481 rows, 302 quarantined")
+
+    def comparable(summary: dict[str, Any]) -> dict[str, Any]:
+        return {k: v for k, v in summary.items() if k not in ("seconds", "data_docs")}
+
+    assert comparable(got) == comparable(expected)
+    assert (expected["rows"], expected["rows_kept"], expected["quarantined"]) == (2013, 1689, 324)
+    assert expected["reasons"] == {
+        "empty_user_id": 10, "unknown_event_type": 10, "bot_user": 300, "duplicate_event_id": 2, "missing_event_ts": 3
+    }
+    for dataset in ("interactions", "quarantine/interactions"):
+        assert lake_tables(chunked, dataset).keys() == lake_tables(whole, dataset).keys()
+        for d, table in lake_tables(whole, dataset).items():
+            assert lake_tables(chunked, dataset)[d].equals(table), (dataset, d)
+    kept = lake_tables(chunked, "interactions")
+    assert all("same-id-two-days" in kept[d]["event_id"].to_pylist() for d in (day(4), day(9)))
+    docs = [lake.partition_dir(s.lake, "validation", day(10)) for s in (whole, chunked)]
+    assert json.loads((docs[1] / "summary.json").read_text()) == json.loads((docs[0] / "summary.json").read_text())
+    # One Data Docs page per chunk of the row suite.
+    assert len(list((docs[1] / "validations" / "interactions_rows").rglob("*.html"))) == 7
+
+
+def test_a_failure_in_a_later_chunk_writes_no_day_and_says_the_same(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="recsys.validate")
+    whole = settings_for(tmp_path, RECSYS_HOME=str(tmp_path / "whole"))
+    chunked = settings_for(tmp_path, RECSYS_HOME=str(tmp_path / "chunked"), RECSYS_VALIDATE_CHUNK_ROWS="250")
+    for n in range(1, 11):
+        rows = events(day(n), 100).to_pylist()
+        if n == 9:  # 3% bad rows, above the allowed 1%
+            for row in rows[:3]:
+                row["event_type"] = "Teleport"
+        pq.write_table(pa.Table.from_pylist(rows), Path(whole.source) / f"events-{day(n)}.parquet")
+    messages = []
+    for s in (whole, chunked):
+        with pytest.raises(ValidationError) as err:
+            run(s, day(10))
+        messages.append(str(err.value).replace(s.lake, "LAKE"))
+        assert not any(lake.partition_exists(s.lake, "interactions", day(n)) for n in range(1, 11))
+        assert reasons(s, day(9)) == {"unknown_event_type": 3}  # the evidence is written
+    assert chunk_lines(caplog)[-1].startswith(f"validate: chunk 5/5 ({day(9)}..{day(10)}): 200 rows, 3 quarantined")
+    assert "dt=2026-03-09 (from events-2026-03-09.parquet): 3 of 100 rows (3.00%)" in messages[1]
+    assert "e.g. 'Teleport')" in messages[1]
+    assert messages[1] == messages[0]
 
 
 # --------------------------------------------------------------------------- dirty files
