@@ -18,7 +18,7 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -145,27 +145,46 @@ class PairEvents:
                    **{k: arrays[k] for k in cls.ARRAYS})
 
 
-def build_pair_events(events: pa.Table, end: dt.datetime) -> PairEvents:
-    """Index the weighted events before ``end`` (a (user_id, item_id, event_type, event_us)
-    table, one row per event: what ``sql/weighted_events.sql`` returns) by (user, item) pair,
-    with each event's age at ``end`` in days (second boundaries crossed, as
-    ``sql/confidence.sql`` counts them). Rows and columns are the sorted distinct ids of
+def build_pair_events(events: pa.Table, ends: Sequence[dt.datetime]) -> list[PairEvents]:
+    """For each of ``ends``: the weighted events before it (a (user_id, item_id, event_type,
+    event_us) table, one row per event: what ``sql/weighted_events.sql`` returns) indexed by
+    (user, item) pair, with each event's age at that end in days (second boundaries crossed,
+    as ``sql/confidence.sql`` counts them). Rows and columns are the sorted distinct ids of
     those events, like :func:`build_user_item_matrix`. Entries and ages come out sorted
     whatever the row order, so the sums built from them are the same on every run.
 
-    Everything is vectorised: one hash lookup per id column and one sort of the events."""
-    end_us = int(end.timestamp()) * 1_000_000 + end.microsecond
-    events = events.filter(pc.less(events["event_us"], pa.scalar(end_us, pa.int64())))
+    The ids are encoded and the events sorted once for all ends (one hash pass per id column,
+    one sort): an earlier end keeps a subset of the sorted events, renumbered densely, which
+    keeps their order."""
     users, user = _sorted_codes(events["user_id"])
     items, item = _sorted_codes(events["item_id"])
     types, kind = _sorted_codes(events["event_type"])
-    # Second boundaries crossed, as sql/confidence.sql's date_diff('second', ...), so the sums agree.
-    ages = (end_us // 1_000_000 - events["event_us"].to_numpy().astype(np.int64) // 1_000_000) / 86_400.0
+    micros = events["event_us"].to_numpy().astype(np.int64)
+    n_items, n_types = max(len(items), 1), max(len(types), 1)
     # One int64 key per (user, item, type), in that order: 10M users x 1M items x 100 types fit.
-    key = (user * max(len(items), 1) + item) * max(len(types), 1) + kind
-    order = np.lexsort((ages, key))
-    key, ages = key[order], ages[order]
-    pair_key = key // max(len(types), 1)
+    key = (user * n_items + item) * n_types + kind
+    order = np.lexsort((-micros, key))  # by pair and type, then newest (youngest) first
+    key, micros = key[order], micros[order]
+    del user, item, kind, order
+    return [_pair_events_before(key, micros, users, items, types, end) for end in ends]
+
+
+def _pair_events_before(
+    key: np.ndarray, micros: np.ndarray, users: pa.Array, items: pa.Array, types: pa.Array, end: dt.datetime
+) -> PairEvents:
+    """The PairEvents of the sorted (key, epoch microseconds) events before ``end`` (see
+    :func:`build_pair_events`)."""
+    n_items, n_types = max(len(items), 1), max(len(types), 1)
+    end_us = int(end.timestamp()) * 1_000_000 + end.microsecond
+    keep = micros < end_us
+    key, micros = key[keep], micros[keep]
+    user_kept, user = _dense(key // (n_items * n_types), len(users))
+    item_kept, item = _dense(key // n_types % n_items, len(items))
+    type_kept, kind = _dense(key % n_types, len(types))
+    users, items, types = users.filter(pa.array(user_kept)), items.filter(pa.array(item_kept)), types.filter(pa.array(type_kept))
+    n_items, n_types = max(len(items), 1), max(len(types), 1)
+    key = (user * n_items + item) * n_types + kind  # the same order, renumbered
+    pair_key = key // n_types
     new_entry = np.ones(len(key), dtype=bool)
     new_entry[1:] = key[1:] != key[:-1]
     new_pair = np.ones(len(key), dtype=bool)
@@ -173,7 +192,6 @@ def build_pair_events(events: pa.Table, end: dt.datetime) -> PairEvents:
     entry_starts = np.flatnonzero(new_entry)
     pair_starts = pair_key[np.flatnonzero(new_pair)]
     counts = np.diff(np.append(entry_starts, len(key))).astype(np.int32)
-    n_items = max(len(items), 1)
     return PairEvents(
         user_ids=users,
         item_ids=items,
@@ -181,11 +199,19 @@ def build_pair_events(events: pa.Table, end: dt.datetime) -> PairEvents:
         indices=(pair_starts % n_items).astype(np.int32),
         event_types=types.to_pylist(),
         pair=(np.cumsum(new_pair)[entry_starts] - 1).astype(np.int32),
-        type_code=(key[entry_starts] % max(len(types), 1)).astype(np.int16),
+        type_code=(key[entry_starts] % n_types).astype(np.int16),
         counts=counts,
         offsets=np.concatenate([[0], np.cumsum(counts)]).astype(np.int64),
-        ages=ages,
+        ages=(end_us // 1_000_000 - micros // 1_000_000) / 86_400.0,
     )
+
+
+def _dense(codes: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """(which of 0..n-1 occur in ``codes``, each code renumbered among those that occur):
+    an order-keeping renumbering in two linear passes."""
+    present = np.zeros(n, dtype=bool)
+    present[codes] = True
+    return present, (np.cumsum(present) - 1)[codes]
 
 
 def _sorted_codes(values: pa.ChunkedArray) -> tuple[pa.Array, np.ndarray]:

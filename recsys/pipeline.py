@@ -85,8 +85,7 @@ def aggregate(settings: Settings, day: dt.date) -> dict[str, Any]:
     outputs["popular_by_category.parquet"] = run_sql(con, "popular_by_category")
     weighted = run_sql(con, "weighted_events", params)
     con.close()
-    events = build_pair_events(weighted, window.end)
-    train_events = build_pair_events(weighted, window.split)
+    events, train_events = build_pair_events(weighted, [window.end, window.split])
     del weighted
     holdout = build_holdout(
         settings, train_events, outputs["holdout.parquet"], outputs["popular_train.parquet"],

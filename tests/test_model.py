@@ -159,7 +159,7 @@ def _weighted_events() -> pa.Table:
 def test_confidence_matrix_sums_weights_times_decayed_events() -> None:
     from recsys.model import build_pair_events, confidence_matrix
 
-    events = build_pair_events(_weighted_events(), END)
+    events = build_pair_events(_weighted_events(), [END])[0]
     assert events.user_ids.to_pylist() == ["u1", "u2"] and events.item_ids.to_pylist() == ["a", "b"]
     assert events.event_types == ["buy", "view"] and len(events.indices) == 3  # pairs (u1,a), (u1,b), (u2,b)
     assert events.ages.tolist() == [0.5, 7.0, 14.0, 21.0, 7.0]  # by pair, then type, then age
@@ -182,20 +182,32 @@ def test_pair_events_of_the_training_days_are_aged_at_their_own_end() -> None:
     from recsys.model import build_pair_events
 
     split = END - dt.timedelta(days=7)
-    train = build_pair_events(_weighted_events(), split)
+    train = build_pair_events(_weighted_events(), [split])[0]
     assert train.user_ids.to_pylist() == ["u1"] and train.item_ids.to_pylist() == ["a", "b"]
     assert train.ages.tolist() == [7.0, 14.0] and train.counts.tolist() == [1, 1]  # the two at the split are out
     assert train.indptr.tolist() == [0, 2]
-    empty = build_pair_events(_weighted_events(), END - dt.timedelta(days=30))
+    empty = build_pair_events(_weighted_events(), [END - dt.timedelta(days=30)])[0]
     assert empty.shape == (0, 0) and len(empty.ages) == 0 and empty.indptr.tolist() == [0]
+
+
+def test_several_ends_at_once_equal_each_end_alone() -> None:
+    from recsys.model import build_pair_events
+
+    ends = [END, END - dt.timedelta(days=7), END - dt.timedelta(days=10)]
+    together = build_pair_events(_weighted_events(), ends)
+    for end, events in zip(ends, together):
+        alone = build_pair_events(_weighted_events(), [end])[0]
+        assert events.user_ids.equals(alone.user_ids) and events.item_ids.equals(alone.item_ids)
+        assert events.event_types == alone.event_types
+        assert all(np.array_equal(events.arrays()[k], alone.arrays()[k]) for k in events.ARRAYS)
 
 
 def test_rows_in_any_order_give_the_same_pair_events() -> None:
     from recsys.model import build_pair_events
 
     table = _weighted_events()
-    one = build_pair_events(table, END).arrays()
-    other = build_pair_events(table.take(pa.array([5, 3, 1, 4, 0, 2])), END).arrays()
+    one = build_pair_events(table, [END])[0].arrays()
+    other = build_pair_events(table.take(pa.array([5, 3, 1, 4, 0, 2])), [END])[0].arrays()
     assert all(np.array_equal(one[k], other[k]) for k in one)
 
 
@@ -298,7 +310,7 @@ def test_seen_matrix_excludes_everything_touched_or_only_purchases(tmp_path) -> 
     from recsys.model import build_pair_events
     from recsys.pipeline import seen_matrix
 
-    events = build_pair_events(_weighted_events(), END)  # u1: a (view, buy), b (view); u2: b (buy)
+    events = build_pair_events(_weighted_events(), [END])[0]  # u1: a (view, buy), b (view); u2: b (buy)
     everything = Settings.from_env({"RECSYS_HOME": str(tmp_path), "RECSYS_EVENT_WEIGHTS": "view=1,buy=10"})
     assert seen_matrix(everything, events).toarray().tolist() == [[1, 1], [0, 1]]
     bought = Settings.from_env({"RECSYS_HOME": str(tmp_path), "RECSYS_EVENT_WEIGHTS": "view=1,buy=10",
