@@ -169,6 +169,7 @@ class Settings:
     window_days: int = 70
     holdout_days: int = 7
     holdout_max_users: int = 20_000
+    tune_max_users: int = 200_000
     k: int = 20
     event_weights: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_EVENT_WEIGHTS))
     recency_half_life_days: float = 0.0
@@ -279,6 +280,7 @@ class Settings:
             "RECSYS_WINDOW_DAYS": "window_days",
             "RECSYS_HOLDOUT_DAYS": "holdout_days",
             "RECSYS_HOLDOUT_MAX_USERS": "holdout_max_users",
+            "RECSYS_TUNE_MAX_USERS": "tune_max_users",
             "RECSYS_K": "k",
             "RECSYS_RECENCY_HALF_LIFE_DAYS": "recency_half_life_days",
             "RECSYS_FACTORS": "factors",
@@ -356,6 +358,8 @@ class Settings:
                 f"holdout_days must be between 1 and window_days-1 ({settings.window_days - 1}), "
                 f"got {settings.holdout_days}"
             )
+        if settings.tune_max_users < 0:
+            raise ConfigError(f"tune_max_users must be 0 (every user) or more, got {settings.tune_max_users}")
         if settings.holdout_max_users < 0:
             raise ConfigError(f"holdout_max_users must be 0 (every warm user) or more, got {settings.holdout_max_users}")
         if settings.k < 1:

@@ -206,6 +206,28 @@ def _pair_events_before(
     )
 
 
+def take_users(events: PairEvents, rows: np.ndarray) -> PairEvents:
+    """The PairEvents of the users at sorted, distinct ``rows`` only (every item column kept):
+    their pairs, entries and ages, in the same order, with rows renumbered 0..len(rows)-1."""
+    keep_user = np.zeros(events.shape[0], dtype=bool)
+    keep_user[rows] = True
+    keep_pair = np.repeat(keep_user, np.diff(events.indptr))
+    keep_entry = keep_pair[events.pair]
+    counts = events.counts[keep_entry]
+    return PairEvents(
+        user_ids=events.user_ids.take(pa.array(rows)),
+        item_ids=events.item_ids,
+        indptr=np.concatenate([[0], np.cumsum(np.diff(events.indptr)[rows])]).astype(np.int64),
+        indices=events.indices[keep_pair],
+        event_types=events.event_types,
+        pair=(np.cumsum(keep_pair) - 1)[events.pair[keep_entry]].astype(np.int32),
+        type_code=events.type_code[keep_entry],
+        counts=counts,
+        offsets=np.concatenate([[0], np.cumsum(counts)]).astype(np.int64),
+        ages=events.ages[np.repeat(keep_entry, events.counts)],
+    )
+
+
 def _dense(codes: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
     """(which of 0..n-1 occur in ``codes``, each code renumbered among those that occur):
     an order-keeping renumbering in two linear passes."""

@@ -172,8 +172,8 @@ def _popularity_vector(popular: pa.Table, item_ids: pa.Array) -> np.ndarray:
 class Holdout:
     """What every hold-out evaluation of one run shares: the training events and the truth."""
 
-    events: Any  # PairEvents of the training days: each candidate's matrix is built from them
-    rows: np.ndarray  # training-matrix rows of the users evaluated (all warm users, or a sample of them)
+    events: Any  # PairEvents of the training days (at most tune_max_users users): each candidate's matrix
+    rows: np.ndarray  # rows of ``events`` of the users evaluated (all warm users, or a sample of them)
     truth: Any  # csr (len(rows) x items incl. hold-out-only items): what each should have found
     seen: Any  # csr (len(rows) x training items): what their lists must not repeat
     filters: ItemFilters  # inactive items and categories of the training items
@@ -214,16 +214,37 @@ def build_holdout(
     rows = sample_rows(warm, settings.holdout_max_users, settings.random_state)
     if len(rows) < len(warm):
         log.info("hold-out: %d of %d warm users evaluated (RECSYS_HOLDOUT_MAX_USERS)", len(rows), len(warm))
+    truth, seen = relevant[rows], seen_matrix(settings, events)[rows]
+    tune_events, tune_rows = tuning_users(settings, events, rows)
     return Holdout(
-        events=events,
-        rows=rows,
-        truth=relevant[rows],
-        seen=seen_matrix(settings, events)[rows],
+        events=tune_events,
+        rows=tune_rows,
+        truth=truth,
+        seen=seen,
         filters=filters,
         popularity=_popularity_vector(popular_train, events.item_ids),
         cold_users=int(pc.count_distinct(holdout["user_id"]).as_py()) - len(warm),
         warm_users=len(warm),
     )
+
+
+def tuning_users(settings: Settings, events: Any, rows: np.ndarray) -> tuple[Any, np.ndarray]:
+    """The training events every tuning candidate fits on, and where the evaluated ``rows``
+    are in them: all users, or when there are more than ``tune_max_users`` (> 0), the
+    evaluated users plus a seeded sample of the others up to that many. A candidate's fit
+    then costs the same whatever the store's size; the winner is trained on every user.
+    Returns (PairEvents, rows in it)."""
+    from recsys.model import take_users
+
+    n_users, cap = events.shape[0], settings.tune_max_users
+    if cap <= 0 or n_users <= max(cap, len(rows)):
+        return events, rows
+    others = np.setdiff1d(np.arange(n_users), rows, assume_unique=True)
+    extra = cap - len(rows)  # the evaluated users are always in, even beyond the cap
+    keep = rows if extra <= 0 else np.union1d(rows, sample_rows(others, extra, settings.random_state + 1))
+    log.info("tuning: candidates fit on %d of %d training users (RECSYS_TUNE_MAX_USERS), %d of them evaluated",
+             len(keep), n_users, len(rows))
+    return take_users(events, keep), np.searchsorted(keep, rows)
 
 
 def _csr_arrays(name: str, matrix: Any) -> dict[str, np.ndarray]:
@@ -477,7 +498,7 @@ def train(settings: Settings, day: dt.date, results: list[dict[str, Any]] | None
                  for r in ranked],
         "holdout_users_cold": data.cold_users,
         "holdout_users_warm": data.warm_users,
-        "train_users": data.events.shape[0],
+        "train_users": data.events.shape[0],  # of the candidates' fits (RECSYS_TUNE_MAX_USERS)
         "train_items": data.events.shape[1],
         "train_nonzeros": len(data.events.indices),
     }

@@ -202,6 +202,23 @@ def test_several_ends_at_once_equal_each_end_alone() -> None:
         assert all(np.array_equal(events.arrays()[k], alone.arrays()[k]) for k in events.ARRAYS)
 
 
+def test_take_users_keeps_their_pairs_entries_and_ages_with_rows_renumbered() -> None:
+    from recsys.model import build_pair_events, confidence_matrix, take_users
+
+    table = pa.concat_tables([_weighted_events(), pa.table({
+        "user_id": ["u0", "u0"], "item_id": ["c", "a"], "event_type": ["view", "buy"],
+        "event_us": [int((END - dt.timedelta(days=d)).timestamp() * 1_000_000) for d in (2, 3)]})])
+    events = build_pair_events(table, [END])[0]  # users u0, u1, u2; items a, b, c
+    weights = {"view": 1.0, "buy": 10.0}
+    full = confidence_matrix(events, weights, 7.0).matrix.toarray()
+    some = take_users(events, np.array([0, 2]))
+    assert some.user_ids.to_pylist() == ["u0", "u2"] and some.item_ids.equals(events.item_ids)
+    assert np.array_equal(confidence_matrix(some, weights, 7.0).matrix.toarray(), full[[0, 2]])
+    assert some.ages.tolist() == [3.0, 2.0, 7.0] and some.counts.tolist() == [1, 1, 1]
+    middle = take_users(events, np.array([1]))
+    assert np.array_equal(confidence_matrix(middle, weights, 7.0).matrix.toarray(), full[[1]])
+
+
 def test_rows_in_any_order_give_the_same_pair_events() -> None:
     from recsys.model import build_pair_events
 

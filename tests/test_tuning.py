@@ -3,6 +3,7 @@ from aggregate's event ages, and the hold-out every family is scored on."""
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 from pathlib import Path
 
@@ -54,6 +55,27 @@ def test_candidate_matrix_equals_the_sql_confidence(settings: Settings, half_lif
     assert (built.matrix != expected.matrix).nnz == 0 if half_life == 0 else np.allclose(
         built.matrix.toarray(), expected.matrix.toarray(), rtol=1e-6, atol=0)
     assert built.matrix.nnz == expected.matrix.nnz > 10_000
+
+
+def test_candidates_fit_on_the_evaluated_users_and_a_sample_of_the_rest(settings: Settings) -> None:
+    """With RECSYS_TUNE_MAX_USERS below the training users, a candidate's matrix has that many
+    rows: every evaluated user's row, unchanged, and the same sample on every run."""
+    from recsys.model import confidence_matrix
+
+    data = pipeline.load_holdout(settings, END)
+    capped = dataclasses.replace(settings, tune_max_users=len(data.rows) + 100)
+    events, rows = pipeline.tuning_users(capped, data.events, data.rows)
+    assert events.shape == (len(data.rows) + 100, data.events.shape[1])
+    full = confidence_matrix(data.events, settings.event_weights, 3.5).matrix
+    sub = confidence_matrix(events, settings.event_weights, 3.5).matrix
+    assert (sub[rows] != full[data.rows]).nnz == 0
+    assert events.user_ids.take(pa.array(rows)).equals(data.events.user_ids.take(pa.array(data.rows)))
+    again, _ = pipeline.tuning_users(capped, data.events, data.rows)
+    assert again.user_ids.equals(events.user_ids)
+    below = dataclasses.replace(settings, tune_max_users=len(data.rows) // 2)
+    only, where = pipeline.tuning_users(below, data.events, data.rows)
+    assert only.shape[0] == len(data.rows) and where.tolist() == list(range(len(data.rows)))
+    assert pipeline.tuning_users(dataclasses.replace(settings, tune_max_users=0), data.events, data.rows)[0] is data.events
 
 
 def test_every_family_is_scored_on_new_items_with_served_lists(settings: Settings) -> None:
