@@ -94,7 +94,7 @@ def aggregate(settings: Settings, day: dt.date) -> dict[str, Any]:
     with lake.replace_partition(settings.lake, "confidence", day) as tmp:
         for name, table in outputs.items():
             pq.write_table(table, tmp / name, compression="zstd")
-        save_pair_events(tmp, "train_", train_events)
+        save_pair_events(tmp, "train_", holdout.events)  # the users tuning fits on
         save_pair_events(tmp, "", events)
         save_holdout(tmp, holdout)
     seconds = time.perf_counter() - started

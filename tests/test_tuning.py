@@ -122,3 +122,24 @@ def test_train_keeps_the_winners_family_and_recommend_uses_it(settings: Settings
     metrics = lake.read_json(models / "metrics.json")
     assert metrics["grid"][0]["params"] == bpr and metrics["grid"][0]["seconds"] == 1.0
     assert set(metrics["grid"][0]) >= {"ndcg_at_k", "map_at_k", "precision_at_k", "recall_at_k", "catalog_coverage"}
+
+
+def test_aggregate_saves_the_capped_users_with_their_evaluated_rows(settings: Settings) -> None:
+    """Through aggregate and load_holdout (what tune reads): with RECSYS_TUNE_MAX_USERS below
+    the training users, the saved events have that many users, and the evaluated rows point
+    at the same users, with the same truth, as without the cap. Restores the partition."""
+    full = pipeline.load_holdout(settings, END)
+    capped = dataclasses.replace(settings, tune_max_users=len(full.rows) + 50)
+    try:
+        pipeline.aggregate(capped, END)
+        data = pipeline.load_holdout(capped, END)
+    finally:
+        pipeline.aggregate(settings, END)
+    assert data.events.shape == (len(full.rows) + 50, full.events.shape[1])
+    assert data.events.user_ids.take(pa.array(data.rows)).equals(full.events.user_ids.take(pa.array(full.rows)))
+    assert (data.truth != full.truth).nnz == 0 and (data.seen != full.seen).nnz == 0
+    params, weights, half_life = pipeline.split_candidate(pipeline.make_candidate(settings, {"factors": 8}))
+    from recsys.model import confidence_matrix
+
+    sub = confidence_matrix(data.events, weights, half_life).matrix[data.rows]
+    assert (sub != confidence_matrix(full.events, weights, half_life).matrix[full.rows]).nnz == 0
