@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
@@ -14,6 +15,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+SQL_COMMENT = re.compile(r"--[^\n]*")
 SQL_DIR = Path(os.environ.get("RECSYS_SQL_DIR") or Path(__file__).resolve().parents[1] / "sql")
 
 
@@ -55,11 +57,18 @@ def load_sql(name: str) -> str:
     return path.read_text()
 
 
+def used_params(text: str, params: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The entries of ``params`` the statement binds: ``$name`` as a whole word outside ``--``
+    comments (a file's header names the parameters it describes, and DuckDB refuses a
+    parameter the statement does not use)."""
+    code = SQL_COMMENT.sub("", text)
+    return {k: v for k, v in (params or {}).items() if re.search(rf"\${re.escape(k)}\b", code)}
+
+
 def run_sql(con: "duckdb.DuckDBPyConnection", name: str, params: Mapping[str, Any] | None = None) -> "pa.Table":
     """Run ``sql/<name>.sql`` with named parameters bound (``$name``) and return an Arrow table."""
     text = load_sql(name)
-    used = {k: v for k, v in (params or {}).items() if f"${k}" in text}
-    result = con.sql(text, params=used).to_arrow_table()
+    result = con.sql(text, params=used_params(text, params)).to_arrow_table()
     log.debug("sql/%s.sql: %d rows", name, result.num_rows)
     return result
 
@@ -70,8 +79,7 @@ def create_table(con: "duckdb.DuckDBPyConnection", name: str, params: Mapping[st
     returns its row count. The table lives in DuckDB (spilling under its memory limit), not
     in Python."""
     text = load_sql(name)
-    used = {k: v for k, v in (params or {}).items() if f"${k}" in text}
-    con.execute(f"create or replace temp table {name} as {text}", used)
+    con.execute(f"create or replace temp table {name} as {text}", used_params(text, params))
     rows = int(con.sql(f"select count(*) from {name}").fetchall()[0][0])
     log.debug("sql/%s.sql: %d rows into temp table %s", name, rows, name)
     return rows

@@ -137,3 +137,12 @@ def test_interactions_marks_repeated_event_ids(con) -> None:  # type: ignore[no-
         ("u2", None, 1),
     ]
     assert {r["event_date"] for r in out} == {dt.date(2026, 3, 1)}
+
+
+def test_only_parameters_the_statement_uses_are_bound() -> None:
+    from recsys.sqlrun import used_params
+
+    text = "-- rows of [$start, $end)\nselect $end_day as d, $end as e -- not $split\nfrom t"
+    params = {"start": 1, "end": 2, "end_day": 3, "split": 4}
+    assert used_params(text, params) == {"end": 2, "end_day": 3}
+    assert used_params(text, None) == {}
