@@ -284,6 +284,12 @@ def load_pair_events(folder: Any, prefix: str) -> Any:
         return PairEvents.from_arrays({k: arrays[k] for k in arrays.files}, users, items)
 
 
+def load_window_events(settings: Settings, day: dt.date) -> Any:
+    """The PairEvents of the whole window that aggregate wrote for ``day`` (``events.npz``):
+    what train fits the winner on and recommend takes the seen items from."""
+    return load_pair_events(lake.fetch_partition(settings.lake, "confidence", day, pair_event_files("")), "")
+
+
 def save_holdout(folder: Any, holdout: Holdout) -> None:
     """``holdout.npz``: rows, truth, seen, filters and popularity (the events are saved apart)."""
     np.savez(
@@ -516,7 +522,7 @@ def train(settings: Settings, day: dt.date, results: list[dict[str, Any]] | None
     except QualityGateError as exc:
         write_report(settings, day, metrics, model_version=None, gate_error=str(exc))
         raise
-    events = load_pair_events(lake.fetch_partition(settings.lake, "confidence", day, pair_event_files("")), "")
+    events = load_window_events(settings, day)
     full = confidence_matrix(events, weights, half_life)
     factors = train_model(full.matrix, params)
     version = f"{day.isoformat()}-{fingerprint(best, full.matrix.indptr, full.matrix.indices, full.matrix.data)}"
@@ -560,7 +566,7 @@ def recommend(settings: Settings, day: dt.date) -> dict[str, Any]:
     version = lake.read_json(models / "params.json")["model_version"]
     factors = load_model(models / "model.npz")
     user_factors, item_factors = factors.user_factors, factors.item_factors
-    events = load_pair_events(lake.fetch_partition(settings.lake, "confidence", day, pair_event_files("")), "")
+    events = load_window_events(settings, day)
     if not (events.user_ids.equals(users) and events.item_ids.equals(items)):
         raise ValueError(f"the model of {day} ({models}) was not trained on the events of "
                          f"{lake.partition_uri(settings.lake, 'confidence', day)}: rerun the run from aggregate")
