@@ -62,11 +62,12 @@ def _register_window(con: Any, settings: Settings, window: Window) -> int:
 def aggregate(settings: Settings, day: dt.date) -> dict[str, Any]:
     """Everything the modelling stages of one run share, into ``lake/confidence/dt=D/``:
     confidence per (user, item) over the window (``part-0.parquet``), hold-out truth,
-    popularity, and — built once here so that no tuning task rebuilds them —
-    the events per (user, item, event type) with their ages, of the training part and of
-    the whole window, indexed by user and item from one fetch of the weighted events (``train_events.npz``, ``events.npz``, ids in
-    ``train_users/train_items/users/items.parquet``) and the hold-out (``holdout.npz``).
-    Returns row counts."""
+    popularity, and — built once here so that no tuning task rebuilds them — the events per
+    (user, item, event type) with their ages, indexed by user and item from one fetch of the
+    weighted events: of the whole window (``events.npz``, ids in ``users/items.parquet``) and
+    of the training days' users the candidates fit on (``train_events.npz``, ids in
+    ``train_users/train_items.parquet``; see :func:`tuning_users`), and the hold-out
+    (``holdout.npz``). Returns row counts."""
     from recsys.model import build_pair_events
     from recsys.sqlrun import connect, run_sql
 
@@ -214,13 +215,12 @@ def build_holdout(
     rows = sample_rows(warm, settings.holdout_max_users, settings.random_state)
     if len(rows) < len(warm):
         log.info("hold-out: %d of %d warm users evaluated (RECSYS_HOLDOUT_MAX_USERS)", len(rows), len(warm))
-    truth, seen = relevant[rows], seen_matrix(settings, events)[rows]
     tune_events, tune_rows = tuning_users(settings, events, rows)
     return Holdout(
         events=tune_events,
         rows=tune_rows,
-        truth=truth,
-        seen=seen,
+        truth=relevant[rows],
+        seen=seen_matrix(settings, tune_events)[tune_rows],  # the same rows, from the smaller set
         filters=filters,
         popularity=_popularity_vector(popular_train, events.item_ids),
         cold_users=int(pc.count_distinct(holdout["user_id"]).as_py()) - len(warm),
