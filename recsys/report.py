@@ -77,8 +77,8 @@ code {{ font-size: .85em; }}
 <p>Hold-out: the newest {settings.holdout_days} day(s) of a {settings.window_days}-day window;
 {metrics['model']['users_evaluated']:,} users known before the hold-out are scored on the items they touched there for the
 first time ({metrics.get('holdout_users_cold', 0):,} hold-out users were new: they get the popular list).
-Training part: {metrics.get('train_users', 0):,} users × {metrics.get('train_items', 0):,} items,
-{metrics.get('train_nonzeros', 0):,} non-zeros. Lists are scored as they are served (seen and inactive items removed).</p>
+Candidates were fit on the training part: {metrics.get('train_users', 0):,} users (at most RECSYS_TUNE_MAX_USERS)
+× {metrics.get('train_items', 0):,} items, {metrics.get('train_nonzeros', 0):,} non-zeros. Lists are scored as they are served (seen and inactive items removed).</p>
 <h2>Model against popularity</h2>
 <table><tr><th>metric</th><th>model</th><th>popularity</th><th>lift</th></tr>{rows}</table>
 <p>Gate: NDCG@{k} needs ≥ {gate.get('required_over_popularity', 0):.4f} (popularity + {settings.gate_min_lift:.0%})
