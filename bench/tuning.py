@@ -58,6 +58,7 @@ def main() -> None:
     if not lake.is_s3(settings.lake):  # a benchmark is not gated by what an earlier run served
         (Path(settings.lake) / pipeline.CHAMPION).unlink(missing_ok=True)
     timed("aggregate", pipeline.aggregate)
+    timed("index_events", pipeline.index_events)
     candidates = pipeline.tuning_candidates(settings)
     started = time.perf_counter()
     results = [pipeline.tune(settings, day, c) for c in candidates]

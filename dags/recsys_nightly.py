@@ -4,6 +4,7 @@
 Turns one day of storefront events into a fresh top-20 list for every user in DynamoDB.
 
 `extract` → `validate` (Great Expectations) → `aggregate` (DuckDB, `sql/*.sql`) →
+`index_events` (the window's events indexed by user and item, built once for every model task) →
 `tune` (one mapped task per candidate — ALS or BPR, event weights, recency half-life — scored on
 the held-out newest days) →
 `train` (the best candidate, gated against popularity, retrained on the whole window) → `recommend` →
@@ -83,7 +84,13 @@ def recsys_nightly() -> None:
         return run_stage("aggregate")
 
     @task
-    def candidates(aggregated: dict) -> list[dict]:
+    def index_events(aggregated: dict) -> dict:
+        from recsys.runtime import run_stage
+
+        return run_stage("index_events")
+
+    @task
+    def candidates(indexed: dict) -> list[dict]:
         from recsys.runtime import settings_for
 
         from recsys import pipeline
@@ -132,8 +139,8 @@ def recsys_nightly() -> None:
 
         return run_stage("verify", published)
 
-    aggregated = aggregate(validate(extract()))
-    results = tune.expand(candidate=candidates(aggregated))
+    indexed = index_events(aggregate(validate(extract())))
+    results = tune.expand(candidate=candidates(indexed))
     shards = plan_publish(recommend(train(results)))
     verify(finish_publish(shards, publish_shard.expand(shard=shards)))
 

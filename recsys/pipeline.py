@@ -35,11 +35,11 @@ class QualityGateError(RuntimeError):
 
 
 def _register_window(con: Any, settings: Settings, window: Window) -> int:
-    """The table window_interactions (the window's events, ``sql/window_interactions.sql``: one
-    scan of the day partitions that every aggregate query then reads) and the views
-    event_weights and catalog for one run; returns partitions found."""
+    """The views interaction_files (the window's day partitions), event_weights (weight and
+    whether it is a purchase type, per configured event type) and catalog that the aggregate
+    queries read; returns the partitions found."""
     from recsys.source import register_catalog
-    from recsys.sqlrun import create_table, register_parquet
+    from recsys.sqlrun import register_parquet
 
     paths = [
         lake.fetch_partition(settings.lake, "interactions", d, [lake.DATA_FILE]) / lake.DATA_FILE
@@ -47,11 +47,11 @@ def _register_window(con: Any, settings: Settings, window: Window) -> int:
         if lake.partition_exists(settings.lake, "interactions", d)
     ]
     register_parquet(con, "interaction_files", paths)
-    create_table(con, "window_interactions", window.sql_params(settings))
     weights = pa.table(
         {
             "event_type": pa.array(list(settings.event_weights), pa.string()),
             "weight": pa.array(list(settings.event_weights.values()), pa.float64()),
+            "is_purchase": pa.array([t in settings.purchase_event_types for t in settings.event_weights], pa.bool_()),
         }
     )
     con.register("event_weights", weights)
@@ -60,49 +60,74 @@ def _register_window(con: Any, settings: Settings, window: Window) -> int:
 
 
 def aggregate(settings: Settings, day: dt.date) -> dict[str, Any]:
-    """Everything the modelling stages of one run share, into ``lake/confidence/dt=D/``:
-    confidence per (user, item) over the window (``part-0.parquet``), hold-out truth,
-    popularity, and — built once here so that no tuning task rebuilds them — the events per
-    (user, item, event type) with their ages, indexed by user and item from one fetch of the
-    weighted events: of the whole window (``events.npz``, ids in ``users/items.parquet``) and
-    of the training days' users the candidates fit on (``train_events.npz``, ids in
-    ``train_users/train_items.parquet``; see :func:`tuning_users`), and the hold-out
-    (``holdout.npz``). Returns row counts."""
-    from recsys.model import build_pair_events
-    from recsys.sqlrun import connect, run_sql
+    """The window's events aggregated with DuckDB SQL into ``lake/confidence/dt=D/``: one
+    GROUP BY (user, item) over the day partitions, written by DuckDB straight to
+    ``part-0.parquet`` (``sql/confidence.sql``: confidence, events, purchases and training
+    events per pair), and from that file the hold-out truth (``holdout.parquet``) and the
+    popularity (``sql/item_counts.sql``, counted once) over the window, over its training
+    days and per category (``popular.parquet``, ``popular_train.parquet``,
+    ``popular_by_category.parquet``).
+    Returns row counts."""
+    from recsys.sqlrun import connect, copy_to_parquet, register_parquet, run_sql
 
     window = Window.of(settings, day)
     con = connect(temp_dir=settings.duckdb_temp_dir)
     started = time.perf_counter()
     partitions = _register_window(con, settings, window)
-    params = window.sql_params(settings)
-    outputs = {
-        lake.DATA_FILE: run_sql(con, "confidence", params),
-        "holdout.parquet": run_sql(con, "holdout_relevant", params),
-        "popular.parquet": run_sql(con, "popular_items", params),
-        "popular_train.parquet": run_sql(con, "popular_items", {**params, "end": window.split}),
-    }
-    con.register("popular_items", outputs["popular.parquet"])
-    outputs["popular_by_category.parquet"] = run_sql(con, "popular_by_category")
-    weighted = run_sql(con, "weighted_events", params)
+    with lake.replace_partition(settings.lake, "confidence", day) as tmp:
+        counts = {"part-0": copy_to_parquet(con, "confidence", tmp / lake.DATA_FILE, window.sql_params(settings))}
+        register_parquet(con, "confidence", [tmp / lake.DATA_FILE])
+        con.register("item_counts", run_sql(con, "item_counts"))
+        outputs = {
+            "holdout.parquet": run_sql(con, "holdout_relevant"),
+            "popular.parquet": run_sql(con, "popular_items", {"training": False}),
+            "popular_train.parquet": run_sql(con, "popular_items", {"training": True}),
+        }
+        con.register("popular_items", outputs["popular.parquet"])
+        outputs["popular_by_category.parquet"] = run_sql(con, "popular_by_category")
+        con.close()
+        for name, table in outputs.items():
+            pq.write_table(table, tmp / name, compression="zstd")
+    seconds = time.perf_counter() - started
+    counts.update({name.removesuffix(".parquet"): t.num_rows for name, t in outputs.items()})
+    log.info("aggregate: %d day partition(s) of the window -> %s in %.1f s", partitions, counts, seconds)
+    return {"partitions": partitions, "rows": counts, "seconds": round(seconds, 2)}
+
+
+def index_events(settings: Settings, day: dt.date) -> dict[str, Any]:
+    """What every model task of the run loads, built once into ``lake/pair_events/dt=D/``: the
+    window's weighted events (``sql/weighted_events.sql``, one row each) indexed by (user,
+    item) pair and event type with their ages (:class:`recsys.model.PairEvents`): of the
+    whole window (``events.npz``, ids in ``users/items.parquet``: train fits the winner on
+    them, recommend takes the seen items from them) and of the training days' users the
+    candidates fit on (``train_events.npz``, ids in ``train_users/train_items.parquet``; see
+    :func:`tuning_users`), with the hold-out every candidate is scored on (``holdout.npz``,
+    from aggregate's hold-out truth and training popularity). Returns counts."""
+    from recsys.model import build_pair_events
+    from recsys.sqlrun import connect, run_sql
+
+    window = Window.of(settings, day)
+    started = time.perf_counter()
+    aggregated = lake.fetch_partition(settings.lake, "confidence", day, ["holdout.parquet", "popular_train.parquet"])
+    holdout_truth = pq.read_table(aggregated / "holdout.parquet")
+    popular_train = pq.read_table(aggregated / "popular_train.parquet")
+    con = connect(temp_dir=settings.duckdb_temp_dir)
+    partitions = _register_window(con, settings, window)
+    weighted = run_sql(con, "weighted_events", window.sql_params(settings))
     con.close()
     events, train_events = build_pair_events(weighted, [window.end, window.split])
     del weighted
-    holdout = build_holdout(
-        settings, train_events, outputs["holdout.parquet"], outputs["popular_train.parquet"],
-        ItemFilters.load(settings, train_events.item_ids),
-    )
-    with lake.replace_partition(settings.lake, "confidence", day) as tmp:
-        for name, table in outputs.items():
-            pq.write_table(table, tmp / name, compression="zstd")
+    holdout = build_holdout(settings, train_events, holdout_truth, popular_train,
+                            ItemFilters.load(settings, train_events.item_ids))
+    with lake.replace_partition(settings.lake, "pair_events", day) as tmp:
         save_pair_events(tmp, "train_", holdout.events)  # the users tuning fits on
         save_pair_events(tmp, "", events)
         save_holdout(tmp, holdout)
     seconds = time.perf_counter() - started
-    counts = {name.removesuffix(".parquet"): t.num_rows for name, t in outputs.items()}
-    counts.update(train_events=len(train_events.ages), events=len(events.ages), holdout_users=len(holdout.rows),
-                  holdout_users_warm=holdout.warm_users)
-    log.info("aggregate: %d day partition(s) of the window -> %s in %.1f s", partitions, counts, seconds)
+    counts = {"events": len(events.ages), "pairs": len(events.indices), "train_events": len(train_events.ages),
+              "tuning_users": holdout.events.shape[0], "holdout_users": len(holdout.rows),
+              "holdout_users_warm": holdout.warm_users}
+    log.info("index_events: %d day partition(s) of the window -> %s in %.1f s", partitions, counts, seconds)
     return {"partitions": partitions, "rows": counts, "seconds": round(seconds, 2)}
 
 
@@ -277,7 +302,7 @@ def load_pair_events(folder: Any, prefix: str) -> Any:
 
     path = folder / f"{prefix}events.npz"
     if not path.exists():
-        raise FileNotFoundError(f"{path} is missing: rerun aggregate for this date (it writes the event counts)")
+        raise FileNotFoundError(f"{path} is missing: rerun index_events for this date (it writes the event index)")
     users = pq.read_table(folder / f"{prefix}users.parquet")["user_id"].combine_chunks()
     items = pq.read_table(folder / f"{prefix}items.parquet")["item_id"].combine_chunks()
     with np.load(path, allow_pickle=False) as arrays:
@@ -285,9 +310,9 @@ def load_pair_events(folder: Any, prefix: str) -> Any:
 
 
 def load_window_events(settings: Settings, day: dt.date) -> Any:
-    """The PairEvents of the whole window that aggregate wrote for ``day`` (``events.npz``):
+    """The PairEvents of the whole window that index_events wrote for ``day`` (``events.npz``):
     what train fits the winner on and recommend takes the seen items from."""
-    return load_pair_events(lake.fetch_partition(settings.lake, "confidence", day, pair_event_files("")), "")
+    return load_pair_events(lake.fetch_partition(settings.lake, "pair_events", day, pair_event_files("")), "")
 
 
 def save_holdout(folder: Any, holdout: Holdout) -> None:
@@ -301,8 +326,8 @@ def save_holdout(folder: Any, holdout: Holdout) -> None:
 
 
 def load_holdout(settings: Settings, day: dt.date) -> Holdout:
-    """The training events and hold-out truth written by aggregate for ``day``."""
-    folder = lake.fetch_partition(settings.lake, "confidence", day, [*pair_event_files("train_"), "holdout.npz"])
+    """The training events and hold-out truth written by index_events for ``day``."""
+    folder = lake.fetch_partition(settings.lake, "pair_events", day, [*pair_event_files("train_"), "holdout.npz"])
     events = load_pair_events(folder, "train_")
     with np.load(folder / "holdout.npz", allow_pickle=False) as arrays:
         return Holdout(

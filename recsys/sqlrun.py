@@ -73,15 +73,15 @@ def run_sql(con: "duckdb.DuckDBPyConnection", name: str, params: Mapping[str, An
     return result
 
 
-def create_table(con: "duckdb.DuckDBPyConnection", name: str, params: Mapping[str, Any] | None = None) -> int:
-    """Run ``sql/<name>.sql`` (parameters bound as in :func:`run_sql`) into a temporary table
-    named ``name``, replacing one of that name, for later queries on the connection to read;
-    returns its row count. The table lives in DuckDB (spilling under its memory limit), not
-    in Python."""
+def copy_to_parquet(con: "duckdb.DuckDBPyConnection", name: str, path: Path, params: Mapping[str, Any] | None = None) -> int:
+    """Run ``sql/<name>.sql`` (parameters bound as in :func:`run_sql`) straight into the
+    Parquet file ``path`` (zstd), written by DuckDB's own threads without a trip through
+    Python; returns the rows written."""
     text = load_sql(name)
-    con.execute(f"create or replace temp table {name} as {text}", used_params(text, params))
-    rows = int(con.sql(f"select count(*) from {name}").fetchall()[0][0])
-    log.debug("sql/%s.sql: %d rows into temp table %s", name, rows, name)
+    target = str(path).replace("'", "''")
+    rows = int(con.execute(f"copy ({text}\n) to '{target}' (format parquet, compression zstd)",
+                           used_params(text, params)).fetchall()[0][0])
+    log.debug("sql/%s.sql: %d rows into %s", name, rows, path)
     return rows
 
 

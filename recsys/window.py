@@ -39,5 +39,4 @@ class Window:
             "split": self.split,
             "end": self.end,
             "half_life_days": float(settings.recency_half_life_days),
-            "purchase_types": list(settings.purchase_event_types),
         }

@@ -1,25 +1,13 @@
--- popular_items: active items ranked by how many distinct users touched them in
--- [$start, $end) (ties: more events first, then item_id), for the cold-start list and
--- the popularity baseline.
-with interactions as (
-    select user_id, item_id
-    from window_interactions
-    inner join event_weights on window_interactions.event_type = event_weights.event_type
-    where event_ts >= $start and event_ts < $end
-),
-
-inactive as (
-    select item_id from catalog where not active
-),
-
-counted as (
+-- popular_items: active items ranked by how many distinct users touched them (ties: more
+-- events first, then item_id), for the cold-start list and the popularity baseline: over
+-- the whole window, or with $training over its training days only. From item_counts
+-- (sql/item_counts.sql, registered under that name).
+with counted as (
     select
         item_id,
-        cast(count(distinct user_id) as bigint) as users,
-        cast(count(*) as bigint) as events
-    from interactions
-    where item_id not in (select item_id from inactive)
-    group by item_id
+        case when $training then training_users else users end as users,
+        case when $training then training_events else events end as events
+    from item_counts
 ),
 
 final as (
@@ -29,6 +17,7 @@ final as (
         events,
         cast(row_number() over (order by users desc, events desc, item_id) as integer) as popularity_rank
     from counted
+    where users > 0
 )
 
 select * from final

@@ -72,7 +72,7 @@ class Outcome:
 
     def failed_at(self, task: str) -> bool:
         """The run failed in ``task`` and no later task that changes anything ran."""
-        later = ("aggregate", "train", "recommend", "publish", "verify")
+        later = ("aggregate", "index_events", "train", "recommend", "publish", "verify")
         return (
             not self.succeeded
             and self.states.get(task, "").endswith("failed")

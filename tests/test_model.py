@@ -234,7 +234,7 @@ def test_weighted_events_sql_keeps_configured_types_in_the_window_with_their_tim
 
     con = connect()
     stamps = [END - dt.timedelta(days=d) for d in (7, 14, 0.5, 3.25, 1, 40)]
-    con.register("window_interactions", pa.table({
+    con.register("interaction_files", pa.table({
         "user_id": ["u1", "u1", "u1", "u2", "u2", "u2"],
         "item_id": ["a", "a", "a", "b", "b", "b"],
         "event_type": ["view", "view", "buy", "buy", "Teleport", "view"],

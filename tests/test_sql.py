@@ -32,7 +32,7 @@ def con():  # type: ignore[no-untyped-def]
         ("u1", "z", "View", ts(5)),  # after the window end
     ]
     con.register(
-        "window_interactions",
+        "interaction_files",
         pa.table(
             {
                 "user_id": [r[0] for r in rows],
@@ -42,16 +42,23 @@ def con():  # type: ignore[no-untyped-def]
             }
         ),
     )
-    con.register("event_weights", pa.table({"event_type": ["View", "AddToCart", "Purchase"], "weight": [1.0, 4.0, 10.0]}))
+    con.register("event_weights", pa.table({"event_type": ["View", "AddToCart", "Purchase"], "weight": [1.0, 4.0, 10.0],
+                                            "is_purchase": [False, False, True]}))
     con.register(
         "catalog",
         pa.table({"item_id": ["a", "b", "c", "d"], "name": ["A", "B", "C", "D"], "category": ["x"] * 4,
                   "active": [True, True, False, True]}),
     )
+    con.register("confidence", run_sql(con, "confidence", PARAMS))  # what aggregate reads the other outputs from
     return con
 
 
-PARAMS = {"start": ts(1, 0), "split": ts(4, 0), "end": ts(5, 0), "half_life_days": 0.0, "purchase_types": ["Purchase"]}
+PARAMS = {"start": ts(1, 0), "split": ts(4, 0), "end": ts(5, 0), "half_life_days": 0.0}
+
+
+def test_confidence_counts_the_training_events(con) -> None:  # type: ignore[no-untyped-def]
+    out = con.sql("select user_id, item_id, events, training_events from confidence").fetchall()
+    assert sorted(out) == [("u1", "a", 2, 2), ("u1", "b", 1, 1), ("u2", "a", 2, 1), ("u2", "c", 1, 0), ("u3", "c", 1, 0)]
 
 
 def test_confidence_sums_weights_per_user_item(con) -> None:  # type: ignore[no-untyped-def]
@@ -64,13 +71,12 @@ def test_confidence_sums_weights_per_user_item(con) -> None:  # type: ignore[no-
         ("u2", "c"): (4.0, 1, 0),
         ("u3", "c"): (1.0, 1, 0),
     }
-    assert [(r["user_id"], r["item_id"]) for r in out] == sorted(got)  # deterministic order
     schema = run_sql(con, "confidence", PARAMS).schema
     assert schema.field("confidence").type == pa.float64()
     assert schema.field("events").type == pa.int32()
 
 
-def test_confidence_training_part_stops_at_split(con) -> None:  # type: ignore[no-untyped-def]
+def test_confidence_of_a_window_ending_at_the_split(con) -> None:  # type: ignore[no-untyped-def]
     out = run_sql(con, "confidence", {**PARAMS, "end": PARAMS["split"]}).to_pylist()
     assert {(r["user_id"], r["item_id"]): r["confidence"] for r in out} == {
         ("u1", "a"): 11.0,
@@ -89,15 +95,27 @@ def test_confidence_recency_decay_halves_per_half_life(con) -> None:  # type: ig
 
 
 def test_holdout_relevant_is_new_items_of_the_holdout(con) -> None:  # type: ignore[no-untyped-def]
-    out = run_sql(con, "holdout_relevant", PARAMS).to_pylist()
+    out = run_sql(con, "holdout_relevant").to_pylist()
     assert [(r["user_id"], r["item_id"]) for r in out] == [("u2", "c"), ("u3", "c")]
 
 
 def test_popular_items_ranks_active_items_by_distinct_users(con) -> None:  # type: ignore[no-untyped-def]
-    out = run_sql(con, "popular_items", PARAMS).to_pylist()
+    con.register("item_counts", run_sql(con, "item_counts"))
+    out = run_sql(con, "popular_items", {"training": False}).to_pylist()
     # a: u1,u2 (2 users, 4 events); b: u1; c is inactive; d's only event type is unweighted.
     assert [(r["item_id"], r["users"], r["events"], r["popularity_rank"]) for r in out] == [
         ("a", 2, 4, 1),
+        ("b", 1, 1, 2),
+    ]
+
+
+def test_popular_items_of_the_training_days_counts_only_their_events(con) -> None:  # type: ignore[no-untyped-def]
+    con.register("catalog", pa.table({"item_id": ["a"], "name": ["A"], "category": ["x"], "active": [True]}))
+    con.register("item_counts", run_sql(con, "item_counts"))
+    out = run_sql(con, "popular_items", {"training": True}).to_pylist()
+    # a: u1 (2 events before the split) and u2 (1 of its 2); b: u1; c: only hold-out events.
+    assert [(r["item_id"], r["users"], r["events"], r["popularity_rank"]) for r in out] == [
+        ("a", 2, 3, 1),
         ("b", 1, 1, 2),
     ]
 
@@ -108,7 +126,8 @@ def test_popular_by_category_ranks_inside_each_category(con) -> None:  # type: i
         pa.table({"item_id": ["a", "b", "c", "d"], "name": ["A", "B", "C", "D"], "category": ["x", "y", "x", "x"],
                   "active": [True, True, False, True]}),
     )
-    con.register("popular_items", run_sql(con, "popular_items", PARAMS))  # what aggregate registers
+    con.register("item_counts", run_sql(con, "item_counts"))
+    con.register("popular_items", run_sql(con, "popular_items", {"training": False}))  # what aggregate registers
     out = run_sql(con, "popular_by_category").to_pylist()
     # x: a (u1,u2) first; c is inactive; d has only an unweighted event. y: b (u1).
     assert [(r["category"], r["item_id"], r["users"], r["category_rank"]) for r in out] == [
@@ -146,3 +165,16 @@ def test_only_parameters_the_statement_uses_are_bound() -> None:
     params = {"start": 1, "end": 2, "end_day": 3, "split": 4}
     assert used_params(text, params) == {"end": 2, "end_day": 3}
     assert used_params(text, None) == {}
+
+
+def test_copy_to_parquet_writes_the_query_to_a_file_named_with_a_quote(con, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from recsys.sqlrun import copy_to_parquet
+
+    import pyarrow.parquet as pq
+
+    path = tmp_path / "it's" / "part-0.parquet"
+    path.parent.mkdir()
+    assert copy_to_parquet(con, "confidence", path, PARAMS) == 5
+    written = pq.read_table(path).sort_by([("user_id", "ascending"), ("item_id", "ascending")])
+    assert written.to_pylist() == run_sql(con, "confidence", PARAMS).sort_by(
+        [("user_id", "ascending"), ("item_id", "ascending")]).to_pylist()

@@ -1,5 +1,5 @@
 """Tuning on a small generated store, without Airflow: the matrices every candidate builds
-from aggregate's event ages, and the hold-out every family is scored on."""
+from index_events' event ages, and the hold-out every family is scored on."""
 
 from __future__ import annotations
 
@@ -29,6 +29,7 @@ def settings(tmp_path_factory: pytest.TempPathFactory) -> Settings:
 
     ingest.validate(s, END, ingest.extract(s, END)["days"])
     pipeline.aggregate(s, END)
+    pipeline.index_events(s, END)
     return s
 
 
@@ -40,8 +41,7 @@ def _sql_confidence(settings: Settings, half_life: float) -> pa.Table:
     window = Window.of(settings, END)
     con = connect()
     pipeline._register_window(con, settings, window)
-    params = {**window.sql_params(settings), "end": window.split, "half_life_days": half_life}
-    return run_sql(con, "confidence", params)
+    return run_sql(con, "confidence", {**window.sql_params(settings), "end": window.split, "half_life_days": half_life})
 
 
 @pytest.mark.parametrize("half_life", [0.0, 3.5])
@@ -124,17 +124,17 @@ def test_train_keeps_the_winners_family_and_recommend_uses_it(settings: Settings
     assert set(metrics["grid"][0]) >= {"ndcg_at_k", "map_at_k", "precision_at_k", "recall_at_k", "catalog_coverage"}
 
 
-def test_aggregate_saves_the_capped_users_with_their_evaluated_rows(settings: Settings) -> None:
-    """Through aggregate and load_holdout (what tune reads): with RECSYS_TUNE_MAX_USERS below
+def test_index_events_saves_the_capped_users_with_their_evaluated_rows(settings: Settings) -> None:
+    """Through index_events and load_holdout (what tune reads): with RECSYS_TUNE_MAX_USERS below
     the training users, the saved events have that many users, and the evaluated rows point
     at the same users, with the same truth, as without the cap. Restores the partition."""
     full = pipeline.load_holdout(settings, END)
     capped = dataclasses.replace(settings, tune_max_users=len(full.rows) + 50)
     try:
-        pipeline.aggregate(capped, END)
+        pipeline.index_events(capped, END)
         data = pipeline.load_holdout(capped, END)
     finally:
-        pipeline.aggregate(settings, END)
+        pipeline.index_events(settings, END)
     assert data.events.shape == (len(full.rows) + 50, full.events.shape[1])
     assert data.events.user_ids.take(pa.array(data.rows)).equals(full.events.user_ids.take(pa.array(full.rows)))
     assert (data.truth != full.truth).nnz == 0 and (data.seen != full.seen).nnz == 0
