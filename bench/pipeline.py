@@ -93,12 +93,28 @@ def run_child(args: list[str], env: dict[str, str] | None = None, log_path: Path
     try:
         process = subprocess.Popen([sys.executable, str(Path(__file__).resolve()), *args], env=env,
                                    stdout=out, stderr=subprocess.STDOUT if out else None)
-        _, status, usage = os.wait4(process.pid, 0)
+        try:
+            _, status, usage = os.wait4(process.pid, 0)
+        except BaseException:  # Ctrl-C or SIGTERM of the bench: no child outlives it
+            stop_child(process)
+            raise
     finally:
         if out:
             out.close()
     process.returncode = os.waitstatus_to_exitcode(status)
     return process.returncode, time.perf_counter() - started, int(usage.ru_maxrss)
+
+
+def stop_child(process: subprocess.Popen, grace_seconds: float = 10.0) -> None:
+    """SIGTERM, then SIGKILL after ``grace_seconds``: the DAG child runs Airflow's
+    ``dag.test()``, whose task runner does not end on SIGTERM."""
+    process.terminate()
+    try:
+        process.wait(grace_seconds)
+    except subprocess.TimeoutExpired:
+        log.warning("child %d still running %.0f s after SIGTERM: killing it", process.pid, grace_seconds)
+        process.kill()
+        process.wait()
 
 
 # --------------------------------------------------------------------------- children
