@@ -382,3 +382,22 @@ def test_duckdb_settings_reach_the_connection(tmp_path, monkeypatch) -> None:  #
     assert (limit, threads, temp) == ("512.0 MiB", 1, str(tmp_path / "spill"))
     with pytest.raises(ConfigError, match="RECSYS_DUCKDB_MEMORY_LIMIT"):
         Settings.from_env({"RECSYS_DUCKDB_MEMORY_LIMIT": "lots"})
+
+
+@pytest.mark.parametrize("key_offset", [0, 1 << 50])  # packed into one int64 / too wide: lexsort
+def test_events_sort_by_key_then_newest_first_on_both_paths(key_offset: int) -> None:
+    from recsys.model import _sort_by_key_newest_first
+
+    rng = np.random.default_rng(3)
+    key = rng.integers(0, 50, size=5_000) + key_offset
+    seconds = rng.integers(1_700_000_000, 1_700_000_000 + 86_400 * 70, size=5_000)
+    got_key, got_seconds = _sort_by_key_newest_first(key.copy(), seconds.copy())
+    order = np.lexsort((-seconds, key))
+    assert np.array_equal(got_key, key[order]) and np.array_equal(got_seconds, seconds[order])
+
+
+def test_pair_events_refuse_an_end_inside_a_second() -> None:
+    from recsys.model import build_pair_events
+
+    with pytest.raises(ValueError, match="not a whole second"):
+        build_pair_events(_weighted_events(), [END - dt.timedelta(microseconds=500)])
