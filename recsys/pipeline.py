@@ -594,7 +594,7 @@ def recommend(settings: Settings, day: dt.date) -> dict[str, Any]:
     events = load_window_events(settings, day)
     if not (events.user_ids.equals(users) and events.item_ids.equals(items)):
         raise ValueError(f"the model of {day} ({models}) was not trained on the events of "
-                         f"{lake.partition_uri(settings.lake, 'confidence', day)}: rerun the run from aggregate")
+                         f"{lake.partition_uri(settings.lake, 'pair_events', day)}: rerun the run from index_events")
     seen = seen_matrix(settings, events)
     del events
     filters = ItemFilters.load(settings, items)
