@@ -35,10 +35,9 @@ class QualityGateError(RuntimeError):
 
 
 def _register_window(con: Any, settings: Settings, window: Window) -> int:
-    """The views interaction_files (the window's day partitions), event_weights (weight and
-    whether it is a purchase type, per configured event type) and catalog that the aggregate
-    queries read; returns the partitions found."""
-    from recsys.source import register_catalog
+    """The views interaction_files (the window's day partitions) and event_weights (the weight
+    of each configured event type) that the window's queries read; returns the partitions
+    found."""
     from recsys.sqlrun import register_parquet
 
     paths = [
@@ -51,32 +50,32 @@ def _register_window(con: Any, settings: Settings, window: Window) -> int:
         {
             "event_type": pa.array(list(settings.event_weights), pa.string()),
             "weight": pa.array(list(settings.event_weights.values()), pa.float64()),
-            "is_purchase": pa.array([t in settings.purchase_event_types for t in settings.event_weights], pa.bool_()),
         }
     )
     con.register("event_weights", weights)
-    register_catalog(con, settings.catalog)
     return len(paths)
 
 
 def aggregate(settings: Settings, day: dt.date) -> dict[str, Any]:
     """The window's events aggregated with DuckDB SQL into ``lake/confidence/dt=D/``: one
     GROUP BY (user, item) over the day partitions, written by DuckDB straight to
-    ``part-0.parquet`` (``sql/confidence.sql``: confidence, events, purchases and training
+    ``part-0.parquet`` (``sql/confidence.sql``: confidence, events and training
     events per pair), and from that file the hold-out truth (``holdout.parquet``) and the
     popularity (``sql/item_counts.sql``, counted once) over the window, over its training
     days and per category (``popular.parquet``, ``popular_train.parquet``,
     ``popular_by_category.parquet``).
     Returns row counts."""
+    from recsys.source import register_catalog
     from recsys.sqlrun import connect, copy_to_parquet, register_parquet, run_sql
 
     window = Window.of(settings, day)
-    con = connect(temp_dir=settings.duckdb_temp_dir)
     started = time.perf_counter()
-    partitions = _register_window(con, settings, window)
-    with lake.replace_partition(settings.lake, "confidence", day) as tmp:
+    with connect(temp_dir=settings.duckdb_temp_dir) as con, \
+            lake.replace_partition(settings.lake, "confidence", day) as tmp:
+        partitions = _register_window(con, settings, window)
         counts = {"part-0": copy_to_parquet(con, "confidence", tmp / lake.DATA_FILE, window.sql_params(settings))}
         register_parquet(con, "confidence", [tmp / lake.DATA_FILE])
+        register_catalog(con, settings.catalog)
         con.register("item_counts", run_sql(con, "item_counts"))
         outputs = {
             "holdout.parquet": run_sql(con, "holdout_relevant"),
@@ -85,7 +84,6 @@ def aggregate(settings: Settings, day: dt.date) -> dict[str, Any]:
         }
         con.register("popular_items", outputs["popular.parquet"])
         outputs["popular_by_category.parquet"] = run_sql(con, "popular_by_category")
-        con.close()
         for name, table in outputs.items():
             pq.write_table(table, tmp / name, compression="zstd")
     seconds = time.perf_counter() - started
@@ -111,10 +109,9 @@ def index_events(settings: Settings, day: dt.date) -> dict[str, Any]:
     aggregated = lake.fetch_partition(settings.lake, "confidence", day, ["holdout.parquet", "popular_train.parquet"])
     holdout_truth = pq.read_table(aggregated / "holdout.parquet")
     popular_train = pq.read_table(aggregated / "popular_train.parquet")
-    con = connect(temp_dir=settings.duckdb_temp_dir)
-    partitions = _register_window(con, settings, window)
-    weighted = run_sql(con, "weighted_events", window.sql_params(settings))
-    con.close()
+    with connect(temp_dir=settings.duckdb_temp_dir) as con:
+        partitions = _register_window(con, settings, window)
+        weighted = run_sql(con, "weighted_events", window.sql_params(settings))
     events, train_events = build_pair_events(weighted, [window.end, window.split])
     del weighted
     holdout = build_holdout(settings, train_events, holdout_truth, popular_train,
@@ -146,9 +143,9 @@ class ItemFilters:
         from recsys.source import register_catalog
         from recsys.sqlrun import connect
 
-        con = connect()
-        register_catalog(con, settings.catalog)
-        catalog = con.sql("SELECT item_id, category, active FROM catalog").to_arrow_table()
+        with connect() as con:
+            register_catalog(con, settings.catalog)
+            catalog = con.sql("SELECT item_id, category, active FROM catalog").to_arrow_table()
         index = pc.index_in(catalog["item_id"], value_set=item_ids)
         known = pc.is_valid(index)
         inactive = pc.and_(known, pc.invert(pc.fill_null(catalog["active"], True)))

@@ -1,9 +1,8 @@
 -- confidence: one row per (user, item) pair with a weighted event in the run's window
 -- [$start, $end), from one pass over the day partitions (the view interaction_files):
 -- confidence is the sum of the configured event weights, each event decayed by its age when
--- $half_life_days > 0 (an event $half_life_days old counts half); purchases counts the events
--- of a purchase type (event_weights.is_purchase: RECSYS_PURCHASE_EVENT_TYPES);
--- training_events counts those before $split (the training days; the rest are hold-out).
+-- $half_life_days > 0 (an event $half_life_days old counts half); events counts them and
+-- training_events those before $split (the training days; the rest are hold-out).
 -- Events of a type without a weight are not counted anywhere. aggregate writes it to
 -- confidence/dt=D/part-0.parquet and reads the hold-out truth and the popularity from that
 -- file (sql/holdout_relevant.sql, sql/popular_items.sql): small scans of the pairs instead of
@@ -16,7 +15,7 @@ with interactions as (
 ),
 
 weights as (
-    select event_type, weight, is_purchase from event_weights
+    select event_type, weight from event_weights
 ),
 
 weighted as (
@@ -24,7 +23,6 @@ weighted as (
         interactions.user_id,
         interactions.item_id,
         interactions.event_ts < $split as is_training,
-        weights.is_purchase,
         weights.weight * case
             when $half_life_days > 0
                 then pow(0.5, date_diff('second', interactions.event_ts, $end) / 86400.0 / $half_life_days)
@@ -40,7 +38,6 @@ final as (
         item_id,
         cast(sum(value) as double) as confidence,
         cast(count(*) as integer) as events,
-        cast(count(*) filter (where is_purchase) as integer) as purchases,
         cast(count(*) filter (where is_training) as integer) as training_events
     from weighted
     group by user_id, item_id
