@@ -42,8 +42,7 @@ def con():  # type: ignore[no-untyped-def]
             }
         ),
     )
-    con.register("event_weights", pa.table({"event_type": ["View", "AddToCart", "Purchase"], "weight": [1.0, 4.0, 10.0],
-                                            "is_purchase": [False, False, True]}))
+    con.register("event_weights", pa.table({"event_type": ["View", "AddToCart", "Purchase"], "weight": [1.0, 4.0, 10.0]}))
     con.register(
         "catalog",
         pa.table({"item_id": ["a", "b", "c", "d"], "name": ["A", "B", "C", "D"], "category": ["x"] * 4,
@@ -107,6 +106,19 @@ def test_popular_items_ranks_active_items_by_distinct_users(con) -> None:  # typ
         ("a", 2, 4, 1),
         ("b", 1, 1, 2),
     ]
+
+
+def test_an_inactive_catalog_row_without_an_item_id_hides_no_item(con) -> None:  # type: ignore[no-untyped-def]
+    # With `item_id not in (inactive ids)` a NULL among those ids made every comparison NULL,
+    # which emptied the popular list; the anti join only drops the inactive items themselves.
+    con.register(
+        "catalog",
+        pa.table({"item_id": ["a", "b", "c", None], "name": ["A", "B", "C", "?"], "category": ["x"] * 4,
+                  "active": [True, True, False, False]}),
+    )
+    con.register("item_counts", run_sql(con, "item_counts"))
+    out = run_sql(con, "popular_items", {"training": False}).to_pylist()
+    assert [r["item_id"] for r in out] == ["a", "b"]
 
 
 def test_popular_items_of_the_training_days_counts_only_their_events(con) -> None:  # type: ignore[no-untyped-def]
