@@ -105,9 +105,9 @@ def recsys_nightly() -> None:
 
     @task
     def train(results: list[dict]) -> dict:
-        from recsys.runtime import run_stage
+        from recsys.runtime import mapped_results, run_stage
 
-        return run_stage("train", list(results))
+        return run_stage("train", mapped_results(results))
 
     @task
     def recommend(trained: dict) -> dict:
@@ -129,9 +129,9 @@ def recsys_nightly() -> None:
 
     @task
     def finish_publish(shards: list[dict], results: list[dict]) -> dict:
-        from recsys.runtime import run_stage
+        from recsys.runtime import mapped_results, run_stage
 
-        return run_stage("finish_publish", list(shards), list(results))
+        return run_stage("finish_publish", list(shards), mapped_results(results))
 
     @task
     def verify(published: dict) -> dict:

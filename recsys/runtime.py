@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 from recsys.config import Settings
 
@@ -66,6 +66,16 @@ def is_backfill(context: Mapping[str, Any]) -> bool:
     dag_run = context.get("dag_run")
     run_type = str(getattr(dag_run, "run_type", "") or "")
     return run_type.lower().endswith("backfill")
+
+
+def mapped_results(results: Sequence[Any]) -> list[Any]:
+    """Every result of a mapped task (tune, publish_shard), in map-index order.
+
+    Airflow hands them over as a lazy sequence. ``list()`` of it reads them one request at a
+    time and then once past the end, which the task SDK logs as an error ("XCom not found")
+    in every successful run; a slice reads them all in one request and logs nothing.
+    """
+    return list(results[:])
 
 
 def run_stage(name: str, *args: Any) -> Any:
