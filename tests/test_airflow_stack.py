@@ -23,7 +23,7 @@ from recsys.airflow_stack import ApiClient, StackConfig, down, login_password, r
 from recsys.config import Settings
 from recsys.dynamodb_local import free_port
 from tests.fixtures_postgres import create_database, drop_database
-from tests.test_pipeline_e2e import END, recsys_env, scan, store  # noqa: F401  (fixtures)
+from tests.test_pipeline_e2e import END, ONE_MODEL, recsys_env, scan, store  # noqa: F401  (fixtures)
 
 pytestmark = pytest.mark.slow
 DAG_ID = "recsys_nightly"
@@ -67,9 +67,8 @@ def dag_runs(api: ApiClient, dag_id: str) -> list[dict[str, Any]]:
 def test_backfill_through_the_rest_api_rebuilds_the_lake_and_leaves_the_served_table_alone(
     recsys_env: Settings, dynamodb_client: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    # One model per run, a good one for this store: the stack is under test here, not the tuning.
-    for key, value in {"RECSYS_TUNING_GRID": "", "RECSYS_FACTORS": "16", "RECSYS_ALPHA": "10",
-                       "RECSYS_GATE_MIN_LIFT": "0", "RECSYS_VERIFY_SAMPLE": "100"}.items():
+    # One model per run: the stack is under test here, not the tuning.
+    for key, value in {**ONE_MODEL, "RECSYS_VERIFY_SAMPLE": "100"}.items():
         monkeypatch.setenv(key, value)
     settings = Settings.from_env()
     # No scheduled runs: only what the test asks for runs (the DAG's own schedule is 'nightly').
