@@ -101,7 +101,7 @@ def index_events(settings: Settings, day: dt.date) -> dict[str, Any]:
     candidates fit on (``train_events.npz``, ids in ``train_users/train_items.parquet``; see
     :func:`tuning_users`), with the hold-out every candidate is scored on (``holdout.npz``,
     from aggregate's hold-out truth and training popularity). Returns counts."""
-    from recsys.model import build_pair_events
+    from recsys.model import SortedEvents
     from recsys.sqlrun import connect, run_sql
 
     window = Window.of(settings, day)
@@ -112,8 +112,10 @@ def index_events(settings: Settings, day: dt.date) -> dict[str, Any]:
     with connect(temp_dir=settings.duckdb_temp_dir) as con:
         partitions = _register_window(con, settings, window)
         weighted = run_sql(con, "weighted_events", window.sql_params(settings))
-    events, train_events = build_pair_events(weighted, [window.end, window.split])
-    del weighted
+    sorted_events = SortedEvents.of(weighted)
+    del weighted  # the Arrow strings go before the indexes are built
+    events, train_events = sorted_events.before(window.end), sorted_events.before(window.split)
+    del sorted_events
     holdout = build_holdout(settings, train_events, holdout_truth, popular_train,
                             ItemFilters.load(settings, train_events.item_ids))
     with lake.replace_partition(settings.lake, "pair_events", day) as tmp:
