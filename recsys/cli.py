@@ -130,9 +130,9 @@ def latest_source_date(settings: Settings) -> dt.date:
         from recsys.source import register_source
         from recsys.sqlrun import connect
 
-        con = connect()
-        register_source(con, settings.source, settings.source_columns, list(settings.event_weights))
-        newest = newest_file_event(con, settings.source)
+        with connect() as con:
+            register_source(con, settings.source, settings.source_columns, list(settings.event_weights))
+            newest = newest_file_event(con, settings.source)
     day = latest_complete_day(newest.ts, newest.day_before_has_events)
     if day != newest.ts.date():
         log.warning(

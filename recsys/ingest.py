@@ -86,49 +86,49 @@ def extract(settings: Settings, day: dt.date) -> dict[str, Any]:
 
     window = Window.of(settings, day)
     todo = [d for d in window.days if d == day or not lake.partition_exists(settings.lake, "interactions", d)]
-    con = connect(temp_dir=settings.duckdb_temp_dir)
-    source = pgsource.staged_source(settings, day, todo)  # PostgreSQL: the needed days as Parquet
-    started = time.perf_counter()
-    registered = register_source(con, source, settings.source_columns, list(settings.event_weights))
-    future = dt.datetime.now(dt.timezone.utc) + FUTURE_TOLERANCE
-    with _named_read_errors(con, registered):
-        per_file = run_sql(con, "source_file_days")
-        rejects = rejected_lines(con, registered)
-        _check_files(con, registered, per_file, rejects)
-        homes = file_homes(per_file, todo)
-        strays = _stray_rows(con, settings, window, todo, homes, future)
-        strays = pa.concat_tables([strays, _reject_rows(rejects, homes, day)])
-        file_rows = {str(f): int(n) for f, n in _file_totals(per_file).items() if f in homes}
-        rows = duplicates = 0
-        written: list[str] = []
-        # Contiguous runs of missing days, at most a week per query: one scan per chunk, bounded memory.
-        for chunk in _chunks(todo, max_days=7):
-            chunk_start = _midnight(chunk[0])
-            chunk_end = _midnight(chunk[-1] + dt.timedelta(days=1))
-            table = run_sql(con, "interactions", {"start": chunk_start, "end": chunk_end})
-            first = pc.equal(table["occurrence"], 1)
-            dates = table["event_date"]
-            for d in chunk:
-                in_day = pc.equal(dates, pa.scalar(d, pa.date32()))
-                read = int(pc.sum(in_day).as_py() or 0)
-                part = _staged(table.filter(pc.and_(in_day, first)), placed=True)
-                day_strays = strays.filter(pc.equal(strays["home_day"], pa.scalar(d, pa.date32())))
-                if d == day and part.num_rows == 0:
-                    raise EmptyDayError(_empty_day_message(settings, registered, day, day_strays))
-                staged = pa.concat_tables([part, day_strays.select(STAGED_SCHEMA.names).cast(STAGED_SCHEMA)])
-                meta = {
-                    "day": d.isoformat(),
-                    "run_date": day.isoformat(),
-                    "rows_read": read + day_strays.num_rows,
-                    "duplicates_dropped": read - part.num_rows,
-                    "strays": dict(Counter(day_strays["stray"].to_pylist())),
-                    "file_rows": file_rows if d == day else {},
-                    "empty_files": [str(p) for p in registered.empty_files] if d == day else [],
-                }
-                lake.write_partition(settings.lake, STAGING, d, staged, extra_files={EXTRACT_META: meta})
-                rows += staged.num_rows
-                duplicates += read - part.num_rows
-                written.append(d.isoformat())
+    with connect(temp_dir=settings.duckdb_temp_dir) as con:
+        source = pgsource.staged_source(settings, day, todo)  # PostgreSQL: the needed days as Parquet
+        started = time.perf_counter()
+        registered = register_source(con, source, settings.source_columns, list(settings.event_weights))
+        future = dt.datetime.now(dt.timezone.utc) + FUTURE_TOLERANCE
+        with _named_read_errors(con, registered):
+            per_file = run_sql(con, "source_file_days")
+            rejects = rejected_lines(con, registered)
+            _check_files(con, registered, per_file, rejects)
+            homes = file_homes(per_file, todo)
+            strays = _stray_rows(con, settings, window, todo, homes, future)
+            strays = pa.concat_tables([strays, _reject_rows(rejects, homes, day)])
+            file_rows = {str(f): int(n) for f, n in _file_totals(per_file).items() if f in homes}
+            rows = duplicates = 0
+            written: list[str] = []
+            # Contiguous runs of missing days, at most a week per query: one scan per chunk, bounded memory.
+            for chunk in _chunks(todo, max_days=7):
+                chunk_start = _midnight(chunk[0])
+                chunk_end = _midnight(chunk[-1] + dt.timedelta(days=1))
+                table = run_sql(con, "interactions", {"start": chunk_start, "end": chunk_end})
+                first = pc.equal(table["occurrence"], 1)
+                dates = table["event_date"]
+                for d in chunk:
+                    in_day = pc.equal(dates, pa.scalar(d, pa.date32()))
+                    read = int(pc.sum(in_day).as_py() or 0)
+                    part = _staged(table.filter(pc.and_(in_day, first)), placed=True)
+                    day_strays = strays.filter(pc.equal(strays["home_day"], pa.scalar(d, pa.date32())))
+                    if d == day and part.num_rows == 0:
+                        raise EmptyDayError(_empty_day_message(settings, registered, day, day_strays))
+                    staged = pa.concat_tables([part, day_strays.select(STAGED_SCHEMA.names).cast(STAGED_SCHEMA)])
+                    meta = {
+                        "day": d.isoformat(),
+                        "run_date": day.isoformat(),
+                        "rows_read": read + day_strays.num_rows,
+                        "duplicates_dropped": read - part.num_rows,
+                        "strays": dict(Counter(day_strays["stray"].to_pylist())),
+                        "file_rows": file_rows if d == day else {},
+                        "empty_files": [str(p) for p in registered.empty_files] if d == day else [],
+                    }
+                    lake.write_partition(settings.lake, STAGING, d, staged, extra_files={EXTRACT_META: meta})
+                    rows += staged.num_rows
+                    duplicates += read - part.num_rows
+                    written.append(d.isoformat())
     seconds = time.perf_counter() - started
     log.info(
         "extract: %d day(s), %d rows in %.1f s (%.0f rows/s), %d duplicate(s) dropped, %d stray row(s) and "

@@ -632,9 +632,9 @@ def _catalog_items(settings: Settings) -> pa.Array | None:
     from recsys.source import register_catalog
     from recsys.sqlrun import connect
 
-    con = connect()
-    register_catalog(con, settings.catalog)
-    return con.sql("SELECT DISTINCT item_id FROM catalog WHERE item_id IS NOT NULL").to_arrow_table()["item_id"].combine_chunks().cast(pa.string())
+    with connect() as con:
+        register_catalog(con, settings.catalog)
+        return con.sql("SELECT DISTINCT item_id FROM catalog WHERE item_id IS NOT NULL").to_arrow_table()["item_id"].combine_chunks().cast(pa.string())
 
 
 # --------------------------------------------------------------------------- messages
