@@ -27,6 +27,9 @@ import scipy.sparse as sp
 
 log = logging.getLogger(__name__)
 
+# The weight BM25 leaves an entry whose idf is not positive (see scale_confidence).
+BM25_FLOOR = 1e-3
+
 DEFAULT_BATCH_USERS = 20_000
 TOPK_BLOCK_SCORES = 8_000_000  # scores per top-k block (32 MB of float32), per thread
 
@@ -328,8 +331,17 @@ def scale_confidence(matrix: sp.csr_matrix, alpha: float, weighting: str = "log"
     """The matrix ALS fits on.
 
     ``log``: ``alpha * log1p(x)``, so repeated views saturate instead of dominating.
-    ``bm25``: ``alpha * BM25(x)`` over items (as documents), which also damps the items
-    everybody touches and long user histories. Raises ValueError for another weighting.
+    ``bm25``: ``alpha * BM25(x)`` with each user's history as the document and the items as
+    its terms: an item many users touched weighs less (idf over items), and so does each
+    item of a long history (length norm per user). Raises ValueError for another weighting.
+
+    The other orientation (items as documents, as in ``implicit``'s last.fm example) damps
+    an item by its own popularity; on the bench stores it scored hold-out NDCG@20 0.2123 at
+    scale 1 and collapsed to 0.0109 at scale 10, where this one scored 0.2512 and 0.2185
+    (log: 0.2492 and 0.2145; ALS, 16 factors, alpha 2 for BM25 and 10 for log).
+    ``implicit``'s idf, ``log(N) - log1p(df)``, is not positive for an item touched by nearly
+    every user (only in tiny stores); such entries keep a small positive weight instead, since
+    ALS would read a negative one as a dislike.
     """
     if weighting == "log":
         scaled = matrix.copy()
@@ -338,8 +350,8 @@ def scale_confidence(matrix: sp.csr_matrix, alpha: float, weighting: str = "log"
     if weighting == "bm25":
         from implicit.nearest_neighbours import bm25_weight
 
-        weighted = bm25_weight(matrix.T.tocoo(), K1=100, B=0.8).T.tocsr()
-        weighted.data = (alpha * weighted.data).astype(np.float32)
+        weighted = bm25_weight(matrix.tocoo(), K1=100, B=0.8).tocsr()
+        weighted.data = (alpha * np.maximum(weighted.data, BM25_FLOOR)).astype(np.float32)
         return weighted.astype(np.float32)
     raise ValueError(f"unknown weighting {weighting!r}; expected 'log' or 'bm25'")
 
