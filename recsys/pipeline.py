@@ -142,12 +142,9 @@ class ItemFilters:
 
     @classmethod
     def load(cls, settings: Settings, item_ids: pa.Array) -> "ItemFilters":
-        from recsys.source import register_catalog
-        from recsys.sqlrun import connect
+        from recsys.source import read_catalog
 
-        with connect() as con:
-            register_catalog(con, settings.catalog)
-            catalog = con.sql("SELECT item_id, category, active FROM catalog").to_arrow_table()
+        catalog = read_catalog(settings.catalog)
         index = pc.index_in(catalog["item_id"], value_set=item_ids)
         known = pc.is_valid(index)
         inactive = pc.and_(known, pc.invert(pc.fill_null(catalog["active"], True)))

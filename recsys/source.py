@@ -541,6 +541,16 @@ def register_catalog(con: "duckdb.DuckDBPyConnection", catalog: str | Path | Non
     return int(count[0]) if count else 0
 
 
+def read_catalog(catalog: str | Path | None) -> "pa.Table":
+    """The catalog's rows (item_id, name, category, active) as read by :func:`register_catalog`,
+    through a connection of its own; no rows when no catalog is configured."""
+    from recsys.sqlrun import connect
+
+    with connect() as con:
+        register_catalog(con, catalog)
+        return con.sql("SELECT item_id, name, category, active FROM catalog").to_arrow_table()
+
+
 def raw_values(con: "duckdb.DuckDBPyConnection", source_file: SourceFile, canonical: str, limit: int = 3) -> list[str]:
     """Up to ``limit`` distinct raw values of a canonical column in one file, for error messages."""
     import duckdb

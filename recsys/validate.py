@@ -629,12 +629,10 @@ def _catalog_items(settings: Settings) -> pa.Array | None:
     """The catalog's item ids, or None when no catalog is configured."""
     if settings.catalog is None:
         return None
-    from recsys.source import register_catalog
-    from recsys.sqlrun import connect
+    from recsys.source import read_catalog
 
-    with connect() as con:
-        register_catalog(con, settings.catalog)
-        return con.sql("SELECT DISTINCT item_id FROM catalog WHERE item_id IS NOT NULL").to_arrow_table()["item_id"].combine_chunks().cast(pa.string())
+    items = read_catalog(settings.catalog)["item_id"].combine_chunks()
+    return pc.unique(pc.drop_null(items)).cast(pa.string())
 
 
 # --------------------------------------------------------------------------- messages
