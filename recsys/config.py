@@ -1,20 +1,42 @@
-"""The one settings object of recsys.
+"""The one settings object of recsys, and the only reader of ``RECSYS_*`` variables.
 
-Every knob is read from a ``RECSYS_*`` environment variable, with defaults that run the
-embedded set-up (a local lake under ``RECSYS_HOME``, the demo store, DynamoDB Local).
-The DAG's Params mirror the model and window knobs; :meth:`Settings.with_overrides`
-applies them for one run. Secrets never live here: AWS credentials come from the standard
-AWS chain (or dummy ones for DynamoDB Local).
+Every knob is a field of :class:`Settings`, read from one ``RECSYS_*`` environment variable
+(``RECSYS_<FIELD>`` unless the field names another), with defaults that run the embedded
+set-up (a local lake under ``RECSYS_HOME``, the demo store, DynamoDB Local). A field's
+declaration holds everything about it: type, default, parsing, description (which
+``docs/configuration.md`` is generated from, by ``scripts/config_docs.py``) and, for the knobs
+a single run may change, the DAG Param (:func:`dag_params`); :meth:`Settings.with_overrides`
+applies the Params of one run. Secrets do not live here: AWS credentials come from the standard
+AWS chain (or dummy ones for DynamoDB Local), the PostgreSQL source from its Airflow connection;
+the one password, the local Airflow stack's UI login, stays out of ``repr``.
+
+Imported by the DAG file when it is parsed: only pydantic here, nothing heavy.
 """
 
 from __future__ import annotations
 
-import dataclasses
+import copy
 import os
 import re
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping
+from contextvars import ContextVar
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Annotated, Any, Self
+
+from pydantic import (
+    AfterValidator,
+    BeforeValidator,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    model_validator,
+)
+from pydantic.fields import FieldInfo
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
 
 DEFAULT_EVENT_WEIGHTS: dict[str, float] = {
     "View": 1.0,
@@ -28,7 +50,7 @@ DEFAULT_AWS_REGION = "us-east-1"
 CANONICAL_COLUMNS = ("user_id", "item_id", "event_type", "event_ts")
 OPTIONAL_COLUMNS = ("event_id",)
 POPULAR_USER_ID = "__popular__"
-# Grid keys: model fields (recsys.model.ModelParams), then what the confidence matrix is
+# Grid keys: model fields (recsys.core.model.ModelParams), then what the confidence matrix is
 # built from: the event weights (a preset, or one event type's weight: weight.<type>) and
 # the recency half-life in days (0 = off).
 TUNABLE: dict[str, type] = {
@@ -50,19 +72,42 @@ MEMORY_LIMIT = re.compile(r"\d+(\.\d+)?\s*(B|KB|MB|GB|TB|KiB|MiB|GiB|TiB)", re.I
 DEFAULT_PUBLISH_POOL = "recsys_dynamodb"
 DEFAULT_SOURCE_CONN_ID = "recsys_source"
 WEIGHT_PRESETS = ("configured", "uniform")
-# 12 candidates, as many as the grid had before recency: on the demo store log weighting
-# scored best with alpha 10 at every size and BM25 with alpha 2 (or equal at 128 factors), so
-# the grid spends the two other pairs on a recency half-life instead (see README, Tuning).
-# BM25 with users as documents, as now, also scores best with alpha 2 (0.2512 against 0.2290
-# at 16 factors) and wins the demo store.
+# 12 candidates: each weighting with the alpha that scored best for it in the tuning runs of
+# docs/benchmarks.md, three sizes, with and without a recency half-life.
 DEFAULT_TUNING_GRID = (
     "weighting=log;alpha=10;factors=16,64,128;half_life=0,14"
     " | weighting=bm25;alpha=2;factors=16,64,128;half_life=0,14"
 )
+DEFAULT_SERVE_TIMEOUT = 0.5  # seconds for one API request's DynamoDB reads, retries included
+DEFAULT_AIRFLOW_DB = "postgresql+psycopg2://postgres@127.0.0.1:5432/recsys_airflow"
+DEFAULT_AIRFLOW_BROKER = "redis://127.0.0.1:6379/0"
+AIRFLOW_EXECUTORS = ("LocalExecutor", "CeleryExecutor")
+ENV_PREFIX = "RECSYS_"
+_SOURCE_TREE = Path(__file__).resolve().parents[1]
+
+# DAG Params that are not settings: they say which run this is, not how to compute it.
+# They are not fields, so with_overrides ignores them like any other unknown key.
+DAG_ONLY_PARAMS: dict[str, dict[str, Any]] = {
+    "run_date": {
+        "default": None,
+        "type": ["null", "string"],
+        "format": "date",
+        "description": "Process this date instead of the data interval start",
+    },
+    "force_publish": {
+        "default": False,
+        "type": "boolean",
+        "description": "Publish even if the table serves a newer run date",
+    },
+}
+_JSON_TYPES: dict[Any, str] = {int: "integer", float: "number", str: "string", bool: "boolean"}
 
 
 class ConfigError(ValueError):
     """A RECSYS_* variable has a value that cannot be used."""
+
+
+# --------------------------------------------------------------------------- parsing helpers
 
 
 def parse_mapping(text: str, variable: str) -> dict[str, str]:
@@ -100,16 +145,6 @@ def parse_grid(text: str) -> dict[str, list[Any]]:
     return grid
 
 
-def publish_pool_from_env(env: Mapping[str, str] | None = None) -> str:
-    """The Airflow pool the publish shards run in: ``RECSYS_PUBLISH_POOL`` or ``recsys_dynamodb``.
-
-    A function of its own because the DAG file needs the name when it is parsed, without
-    building (and possibly failing on) the whole settings object.
-    """
-    env = os.environ if env is None else env
-    return (env.get("RECSYS_PUBLISH_POOL") or "").strip() or DEFAULT_PUBLISH_POOL
-
-
 def parse_grids(text: str) -> list[dict[str, list[Any]]]:
     """Parse a tuning grid that may be a union of grids, ``grid | grid``: one dict per grid.
 
@@ -117,34 +152,6 @@ def parse_grids(text: str) -> list[dict[str, list[Any]]]:
     without multiplying the other grid. Raises ConfigError like :func:`parse_grid`.
     """
     return [parse_grid(part) for part in text.split("|") if part.strip()]
-
-
-def home_from_env(env: Mapping[str, str] | None = None) -> Path:
-    """``RECSYS_HOME`` (default ``var``), resolved: where every local working folder lives."""
-    env = os.environ if env is None else env
-    return Path(env.get("RECSYS_HOME") or "var").expanduser().resolve()
-
-
-def s3_endpoint_from_env(env: Mapping[str, str] | None = None) -> str | None:
-    """``RECSYS_S3_ENDPOINT``: the URL of an S3-compatible server (MinIO, moto), or None for AWS S3.
-
-    A function of its own, like :func:`publish_pool_from_env`, because :mod:`recsys.lake` is
-    called with the lake root string only; credentials come from the standard AWS chain.
-    """
-    env = os.environ if env is None else env
-    return (env.get("RECSYS_S3_ENDPOINT") or "").strip() or None
-
-
-def aws_region_from_env(env: Mapping[str, str] | None = None) -> str:
-    """``RECSYS_AWS_REGION``, else ``AWS_DEFAULT_REGION``, else ``us-east-1``: the region of
-    DynamoDB (:attr:`Settings.aws_region`) and of an S3 lake (:func:`recsys.lake.s3_client`,
-    which, like :func:`s3_endpoint_from_env`, has only the environment to go on).
-    """
-    env = os.environ if env is None else env
-    return (
-        (env.get("RECSYS_AWS_REGION") or "").strip() or (env.get("AWS_DEFAULT_REGION") or "").strip()
-        or DEFAULT_AWS_REGION
-    )
 
 
 def _parse_weights(text: str) -> dict[str, float]:
@@ -159,60 +166,493 @@ def _parse_weights(text: str) -> dict[str, float]:
     return weights
 
 
-@dataclass(frozen=True)
-class Settings:
-    home: Path
-    lake: str
-    source: str
-    source_columns: dict[str, str]
-    catalog: str | None
-    source_table: str = "events"
-    source_query: str | None = None
-    window_days: int = 70
-    holdout_days: int = 7
-    holdout_max_users: int = 20_000
-    tune_max_users: int = 200_000
-    k: int = 20
-    event_weights: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_EVENT_WEIGHTS))
-    recency_half_life_days: float = 0.0
-    factors: int = 64
-    regularization: float = 0.05
-    alpha: float = 2.0
-    iterations: int = 10
-    random_state: int = 42
-    tuning_grid: str = DEFAULT_TUNING_GRID
-    weighting: str = "log"
-    model: str = "als"
-    learning_rate: float = 0.01
-    bpr_regularization: float = 0.01
-    bpr_iterations: int = 100
-    gate_min_lift: float = 0.05
-    gate_max_drop: float = 0.25
-    exclude_seen: str = "all"
-    purchase_event_types: tuple[str, ...] = ("Purchase",)
-    max_per_category: int = 0
-    max_bad_share: float = 0.01
-    volume_min_ratio: float = 0.1
-    volume_max_ratio: float = 5.0
-    volume_history_days: int = 14
-    max_unknown_item_share: float = 0.05
-    bot_max_user_share: float = 0.5
-    bot_min_day_rows: int = 1000
-    validate_chunk_rows: int = 1_000_000
-    dynamodb_endpoint: str | None = DEFAULT_ENDPOINT
-    aws_region: str = DEFAULT_AWS_REGION
-    table: str = "recsys_user_recommendations"
-    ttl_days: int = 14
-    publish_threads: int = 8
-    publish_shards: int = 4
-    publish_pool: str = DEFAULT_PUBLISH_POOL
-    publish_pool_slots: int = 4
-    recommend_batch_users: int = 50_000
-    duckdb_memory_limit: str = "4GB"
-    duckdb_threads: int = 0
-    duckdb_temp_directory: str = ""
-    verify_sample: int = 200
-    cache_dir: Path = Path.home() / ".cache" / "recsys"
+# Variables are text; these turn the text of one field into its value. Values that are not
+# text (defaults, DAG Params) go to pydantic's own validation as they are.
+
+
+def _number(kind: type[int | float]) -> Callable[[Any, ValidationInfo], Any]:
+    def parse(value: Any, info: ValidationInfo) -> Any:
+        if not isinstance(value, str):
+            return value
+        try:
+            return kind(value)  # Python's reading, as before: " 30 " and "1_000" are numbers
+        except ValueError:
+            raise ConfigError(f"setting {info.field_name}: expected {kind.__name__}, got {value!r}") from None
+
+    return parse
+
+
+def _weights(value: Any) -> Any:
+    return _parse_weights(value) if isinstance(value, str) else value
+
+
+def _source_columns(value: Any) -> Any:
+    return parse_mapping(value, "RECSYS_SOURCE_COLUMNS") if isinstance(value, str) else value
+
+
+def _comma_list(value: Any) -> Any:
+    return tuple(t.strip() for t in value.split(",") if t.strip()) if isinstance(value, str) else value
+
+
+def _endpoint(value: Any) -> Any:
+    if isinstance(value, str) and value.strip() in ("", "aws"):
+        return None  # the real AWS endpoint of the region, standard credential chain
+    return value.strip() if isinstance(value, str) else value
+
+
+def _seconds(value: Any) -> Any:
+    try:
+        seconds = float(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"RECSYS_SERVE_TIMEOUT: expected seconds as a number (e.g. 0.5), got {value!r}") from None
+    if not 0.0 < seconds <= 60.0:
+        raise ConfigError(f"RECSYS_SERVE_TIMEOUT: expected seconds between 0 and 60 (e.g. 0.5), got {value!r}")
+    return seconds
+
+
+def _airflow_number(value: Any) -> Any:
+    if not isinstance(value, str):
+        return value
+    try:
+        return int(value)
+    except ValueError as exc:
+        raise ConfigError(f"RECSYS_AIRFLOW_WORKERS, _WORKER_CONCURRENCY and _PORT must be integers: {exc}") from None
+
+
+def _resolved(path: Path) -> Path:
+    return path.expanduser().resolve()
+
+
+def _under_home(*parts: str) -> Callable[[dict[str, Any]], str]:
+    """A default below the (already validated) home folder."""
+    return lambda data: str(Path(data.get("home") or _resolved(Path("var"))).joinpath(*parts))
+
+
+Int = Annotated[int, BeforeValidator(_number(int))]
+Float = Annotated[float, BeforeValidator(_number(float))]
+AirflowInt = Annotated[int, BeforeValidator(_airflow_number)]
+
+
+def _meta(
+    group: str,
+    *,
+    env: tuple[str, ...] = (),
+    param: dict[str, Any] | None = None,
+    doc: str = "",
+    default_doc: str = "",
+    strip: bool = False,
+    keep_empty: bool = False,
+) -> dict[str, Any]:
+    """What a field adds to its type, default and description (``json_schema_extra``).
+
+    ``env``: the variables read, first set one wins (default ``RECSYS_<FIELD>``); ``param``: the
+    DAG Param's bounds (the field is then a Param); ``doc``: more text for the documentation
+    than the Param shows; ``default_doc``: the default as the documentation states it (when it
+    depends on the machine or on other settings); ``strip``: surrounding blanks are dropped;
+    ``keep_empty``: an empty variable is a value, not unset.
+    """
+    meta: dict[str, Any] = {"group": group}
+    if env:
+        meta["env"] = list(env)
+    if param is not None:
+        meta["param"] = param
+    for key, value in (("doc", doc), ("default_doc", default_doc), ("strip", strip), ("keep_empty", keep_empty)):
+        if value:
+            meta[key] = value
+    return meta
+
+
+_PATHS = "Data and paths"
+_WINDOW = "Window and evaluation"
+_MODEL = "Model and tuning"
+_LISTS = "Lists"
+_CHECKS = "Input checks (validate)"
+_PUBLISH = "DynamoDB and publishing"
+_DUCKDB = "DuckDB"
+_SERVE = "Storefront API (recsys serve)"
+_STACK = "Local Airflow stack (recsys airflow)"
+_DEVELOPER = "Developer paths"
+
+
+# --------------------------------------------------------------------------- the settings
+
+
+class Settings(BaseSettings):
+    """Every knob of recsys; build it with :meth:`from_env`, which raises ConfigError on a bad value.
+
+    ``Settings(**values)`` works too (the values, then ``os.environ``) but raises pydantic's
+    ValidationError. Frozen: a run's changes come as a copy from :meth:`with_overrides`.
+    """
+
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, frozen=True, extra="ignore", validate_default=True)
+
+    # Data and paths
+    home: Annotated[Path, AfterValidator(_resolved)] = Field(
+        default=Path("var"),
+        description="All local state: the lake, the Airflow home, DynamoDB Local's data, DuckDB's spill folder "
+        "and the working copy of an S3 lake",
+        json_schema_extra=_meta(_PATHS, default_doc="`var` (in the working directory)"),
+    )
+    lake: str = Field(
+        default_factory=_under_home("lake"),
+        description="The lake root: a local folder, or `s3://bucket/prefix` (the bucket must exist)",
+        json_schema_extra=_meta(_PATHS, default_doc="`$RECSYS_HOME/lake`"),
+    )
+    source: str = Field(
+        default_factory=_under_home("demo", "interactions"),
+        description="Where the events come from: a file or folder of Parquet, CSV or JSON-lines files with the "
+        "columns `user_id, item_id, event_type, event_ts[, event_id]`, or `postgres://CONN_ID`, the storefront's "
+        "PostgreSQL through the Airflow connection CONN_ID (`postgres://` alone means `recsys_source`)",
+        json_schema_extra=_meta(_PATHS, default_doc="the demo store, `$RECSYS_HOME/demo/interactions`"),
+    )
+    source_columns: Annotated[dict[str, str], BeforeValidator(_source_columns)] = Field(
+        default_factory=dict,
+        description="Source column names that differ from the canonical ones, e.g. "
+        "`user_id=USER_ID,event_ts=TIMESTAMP`. Without it names match case-insensitively and a few common "
+        "names are recognised (`timestamp` for `event_ts`, ...)",
+        json_schema_extra=_meta(_PATHS),
+    )
+    catalog: str | None = Field(
+        default_factory=_under_home("demo", "catalog.parquet"),
+        description="Catalog file (`item_id`, `name`, `category`, `active`; inactive items are never recommended)",
+        json_schema_extra=_meta(
+            _PATHS,
+            default_doc="the demo catalog when the source is the demo store; none (every item active) "
+            "when `RECSYS_SOURCE` is set",
+        ),
+    )
+    source_table: str = Field(
+        default="events",
+        description="The PostgreSQL table (`schema.table`) holding the events",
+        json_schema_extra=_meta(_PATHS),
+    )
+    source_query: str | None = Field(
+        default=None,
+        description="A SELECT to read the PostgreSQL events from instead of `RECSYS_SOURCE_TABLE` "
+        "(the day filter is applied around it)",
+        json_schema_extra=_meta(_PATHS),
+    )
+    s3_endpoint: str | None = Field(
+        default=None,
+        description="URL of an S3-compatible server for an `s3://` lake (MinIO, moto); unset for AWS S3. "
+        "Credentials come from the standard AWS chain, never from `RECSYS_*`",
+        json_schema_extra=_meta(_PATHS, strip=True),
+    )
+    cache_dir: Path = Field(
+        default_factory=lambda: Path.home() / ".cache" / "recsys",
+        description="Downloads kept between runs (the DynamoDB Local jar)",
+        json_schema_extra=_meta(
+            _PATHS, env=("RECSYS_CACHE",), default_doc="`$XDG_CACHE_HOME/recsys`, else `~/.cache/recsys`"
+        ),
+    )
+
+    # Window and evaluation
+    window_days: Int = Field(
+        default=70,
+        description="Days of history (default RECSYS_WINDOW_DAYS)",
+        json_schema_extra=_meta(_WINDOW, param={"minimum": 2}, doc="The window ends at the run date."),
+    )
+    holdout_days: Int = Field(
+        default=7,
+        description="Newest days held out for evaluation",
+        json_schema_extra=_meta(
+            _WINDOW, param={"minimum": 1}, doc="Tuning candidates and the quality gate are scored on them."
+        ),
+    )
+    holdout_max_users: Int = Field(
+        default=20_000,
+        description="At most this many warm hold-out users are scored per candidate (a seeded sample; 0 = all)",
+        json_schema_extra=_meta(_WINDOW),
+    )
+    tune_max_users: Int = Field(
+        default=200_000,
+        description="Tuning candidates are fit on at most this many training users: every evaluated hold-out "
+        "user and a seeded sample of the others (0 = all); the winner is trained on every user",
+        json_schema_extra=_meta(_WINDOW),
+    )
+    k: Int = Field(
+        default=20,
+        description="List length",
+        json_schema_extra=_meta(
+            _WINDOW, param={"minimum": 1, "maximum": 100}, doc="Items in each user's list; also the k of NDCG@k."
+        ),
+    )
+
+    # Model and tuning
+    event_weights: Annotated[dict[str, float], BeforeValidator(_weights)] = Field(
+        default_factory=lambda: dict(DEFAULT_EVENT_WEIGHTS),
+        description="Weight of each event type in the confidence, `type=weight,...`. Source values that spell a "
+        "configured type another way (any case, `_`/`-`/spaces ignored, and common names: `transaction`/`order` "
+        "for `Purchase`, `cart` for `AddToCart`, `checkout` for `StartCheckout`) are read as that type",
+        json_schema_extra=_meta(_MODEL),
+    )
+    factors: Int = Field(
+        default=64,
+        description="ALS factors",
+        json_schema_extra=_meta(_MODEL, param={"minimum": 1}, doc="Outside the grid; BPR uses it too."),
+    )
+    regularization: Float = Field(
+        default=0.05,
+        description="ALS regularization",
+        json_schema_extra=_meta(_MODEL, param={"minimum": 0}, doc="Outside the grid."),
+    )
+    alpha: Float = Field(
+        default=2.0,
+        description="Confidence scaling: alpha * log1p(weight sum)",
+        json_schema_extra=_meta(
+            _MODEL, param={"minimum": 0}, doc="Outside the grid; with `bm25` weighting: alpha * BM25(weight sum)."
+        ),
+    )
+    iterations: Int = Field(
+        default=10,
+        description="ALS iterations",
+        json_schema_extra=_meta(_MODEL, param={"minimum": 1}, doc="Outside the grid."),
+    )
+    recency_half_life_days: Float = Field(
+        default=0.0,
+        description="Older events count less (0 = off)",
+        json_schema_extra=_meta(
+            _MODEL, param={"minimum": 0}, doc="Events this many days old count half; outside the grid (`half_life`)."
+        ),
+    )
+    tuning_grid: str = Field(
+        default=DEFAULT_TUNING_GRID,
+        description="Candidates tried each night, e.g. "
+        "factors=32,64;alpha=2,10;half_life=0,14;weights=configured,uniform | model=bpr;factors=64 "
+        "(empty: no tuning)",
+        json_schema_extra=_meta(
+            _MODEL,
+            param={},
+            keep_empty=True,
+            doc="One mapped `tune` task per candidate. `name=v1,v2;name=v1` is a cartesian product (unnamed "
+            "fields keep the settings outside the grid), `grid | grid` the union of two. Names: `model` (`als`, "
+            "`bpr`), `factors`, `regularization`, `alpha`, `iterations`, `weighting` (`log`, `bm25`), "
+            "`learning_rate` (BPR), `weights` (`configured` = `RECSYS_EVENT_WEIGHTS`, `uniform` = every type 1), "
+            "`weight.<event type>` (one type's weight), `half_life` (recency half-life in days, 0 = off). "
+            "Equal candidates are tried once.",
+        ),
+    )
+    weighting: str = Field(
+        default="log",
+        description="How weighted events become ALS confidence outside the grid: `log` (alpha * log1p) or "
+        "`bm25` (alpha * BM25, which damps items everybody touches and very long histories)",
+        json_schema_extra=_meta(_MODEL),
+    )
+    model: str = Field(
+        default="als",
+        description="Model family outside the grid (als or bpr)",
+        json_schema_extra=_meta(_MODEL, param={"enum": [None, *MODELS]}),
+    )
+    learning_rate: Float = Field(
+        default=0.01, description="BPR learning rate outside the grid", json_schema_extra=_meta(_MODEL)
+    )
+    bpr_regularization: Float = Field(
+        default=0.01,
+        description="BPR regularization outside the grid (a grid's `regularization` applies to both families)",
+        json_schema_extra=_meta(_MODEL),
+    )
+    bpr_iterations: Int = Field(
+        default=100,
+        description="BPR iterations outside the grid (a grid's `iterations` applies to both families)",
+        json_schema_extra=_meta(_MODEL),
+    )
+    random_state: Int = Field(
+        default=42, description="Seed of the model fits and of the hold-out and tuning user samples",
+        json_schema_extra=_meta(_MODEL),
+    )
+    gate_min_lift: Float = Field(
+        default=0.05,
+        description="The quality gate: the model's hold-out NDCG@k must beat popularity's by this share",
+        json_schema_extra=_meta(_MODEL),
+    )
+    gate_max_drop: Float = Field(
+        default=0.25,
+        description="The quality gate: the model's hold-out NDCG@k must not fall more than this share below "
+        "the served champion's",
+        json_schema_extra=_meta(_MODEL),
+    )
+
+    # Lists
+    exclude_seen: str = Field(
+        default="all",
+        description="`all`: never recommend an item the user touched; `purchased`: exclude only bought items "
+        "(`RECSYS_PURCHASE_EVENT_TYPES`)",
+        json_schema_extra=_meta(_LISTS),
+    )
+    purchase_event_types: Annotated[tuple[str, ...], BeforeValidator(_comma_list)] = Field(
+        default=("Purchase",),
+        description="Event types that are a purchase, comma-separated (for `RECSYS_EXCLUDE_SEEN=purchased`)",
+        json_schema_extra=_meta(_LISTS),
+    )
+    max_per_category: Int = Field(
+        default=0,
+        description="At most this many items of one category in a list (0 = no cap)",
+        json_schema_extra=_meta(_LISTS),
+    )
+    recommend_batch_users: Int = Field(
+        default=50_000,
+        description="Users scored at once by recommend; each batch's lists are written out before the next "
+        "(memory: one batch of lists)",
+        json_schema_extra=_meta(_LISTS),
+    )
+
+    # Input checks (validate)
+    max_bad_share: Float = Field(
+        default=0.01,
+        description="Share of a day's rows (or of a file's rows that fit no day) allowed to break a row check "
+        "and be quarantined; above it the run fails before aggregate",
+        json_schema_extra=_meta(_CHECKS),
+    )
+    volume_min_ratio: Float = Field(
+        default=0.1,
+        description="A day's kept rows must be at least this multiple of the mean of the earlier days "
+        "(`RECSYS_VOLUME_HISTORY_DAYS`; judged once at least 3 such days, averaging 10+ rows, exist)",
+        json_schema_extra=_meta(_CHECKS),
+    )
+    volume_max_ratio: Float = Field(
+        default=5.0,
+        description="... and at most this multiple of it",
+        json_schema_extra=_meta(_CHECKS),
+    )
+    volume_history_days: Int = Field(
+        default=14,
+        description="Earlier days with rows whose mean the volume band is taken around",
+        json_schema_extra=_meta(_CHECKS),
+    )
+    max_unknown_item_share: Float = Field(
+        default=0.05,
+        description="Share of a day's kept rows whose item the catalog does not know (only with a catalog)",
+        json_schema_extra=_meta(_CHECKS),
+    )
+    bot_max_user_share: Float = Field(
+        default=0.5,
+        description="On days of at least `RECSYS_BOT_MIN_DAY_ROWS` rows, a user above this share of the day is "
+        "a bot: its rows are quarantined (`bot_user`) and the rest of the day is judged on its own",
+        json_schema_extra=_meta(_CHECKS),
+    )
+    bot_min_day_rows: Int = Field(
+        default=1000, description="Smaller days are not checked for bots", json_schema_extra=_meta(_CHECKS)
+    )
+    validate_chunk_rows: Int = Field(
+        default=1_000_000,
+        description="Staged rows validate holds at once: consecutive days are checked together up to this many "
+        "rows (a bigger day alone), so its memory follows this, not the window",
+        json_schema_extra=_meta(_CHECKS),
+    )
+
+    # DynamoDB and publishing
+    dynamodb_endpoint: Annotated[str | None, BeforeValidator(_endpoint)] = Field(
+        default=DEFAULT_ENDPOINT,
+        description="DynamoDB endpoint (the default is DynamoDB Local); empty or `aws` for real AWS with the "
+        "standard credential chain",
+        json_schema_extra=_meta(_PUBLISH, keep_empty=True),
+    )
+    aws_region: str = Field(
+        default=DEFAULT_AWS_REGION,
+        description="AWS region of DynamoDB and of an S3 lake",
+        json_schema_extra=_meta(_PUBLISH, env=("RECSYS_AWS_REGION", "AWS_DEFAULT_REGION"), strip=True),
+    )
+    table: str = Field(
+        default="recsys_user_recommendations",
+        description="The DynamoDB serving table",
+        json_schema_extra=_meta(_PUBLISH),
+    )
+    ttl_days: Int = Field(
+        default=14,
+        description="Days until an item that is not refreshed expires (`expires_at`)",
+        json_schema_extra=_meta(_PUBLISH),
+    )
+    publish_threads: Int = Field(
+        default=8, description="Concurrent BatchWriteItem calls of one publish shard", json_schema_extra=_meta(_PUBLISH)
+    )
+    publish_shards: Int = Field(
+        default=4,
+        description="Publish tasks the users are split into (default RECSYS_PUBLISH_SHARDS)",
+        json_schema_extra=_meta(
+            _PUBLISH, param={"minimum": 1}, doc="Contiguous ranges of the sorted user ids, one mapped task each."
+        ),
+    )
+    publish_pool: str = Field(
+        default=DEFAULT_PUBLISH_POOL,
+        description="The Airflow pool the publish shards run in: it bounds how many write to DynamoDB at once",
+        json_schema_extra=_meta(_PUBLISH, strip=True),
+    )
+    publish_pool_slots: Int = Field(
+        default=4,
+        description="Slots of that pool when recsys creates it (an existing pool keeps its size)",
+        json_schema_extra=_meta(_PUBLISH),
+    )
+    verify_sample: Int = Field(
+        default=200,
+        description="Users whose published lists verify reads back from DynamoDB",
+        json_schema_extra=_meta(_PUBLISH),
+    )
+
+    # DuckDB
+    duckdb_memory_limit: str = Field(
+        default="4GB",
+        description="DuckDB's `memory_limit` for every connection (a size such as 4GB or 512MiB); beyond it "
+        "aggregations and sorts spill to the temp directory",
+        json_schema_extra=_meta(_DUCKDB),
+    )
+    duckdb_threads: Int = Field(
+        default=0, description="DuckDB's `threads` (0 = one per core)", json_schema_extra=_meta(_DUCKDB)
+    )
+    duckdb_temp_directory: str = Field(
+        default="",
+        description="Where DuckDB spills",
+        json_schema_extra=_meta(_DUCKDB, env=("RECSYS_DUCKDB_TEMP_DIR",), default_doc="`$RECSYS_HOME/duckdb-tmp`"),
+    )
+
+    # Storefront API
+    serve_timeout: Annotated[float, BeforeValidator(_seconds)] = Field(
+        default=DEFAULT_SERVE_TIMEOUT,
+        description="Seconds the API waits for DynamoDB per request, retries included (more than 0, at most 60)",
+        json_schema_extra=_meta(_SERVE, strip=True),
+    )
+
+    # Local Airflow stack
+    airflow_executor: str = Field(
+        default="LocalExecutor",
+        description="`LocalExecutor` or `CeleryExecutor` (with Celery workers on Redis)",
+        json_schema_extra=_meta(_STACK),
+    )
+    airflow_workers: AirflowInt = Field(default=2, description="Celery workers", json_schema_extra=_meta(_STACK))
+    airflow_worker_concurrency: AirflowInt = Field(
+        default=2, description="Tasks each Celery worker runs at once", json_schema_extra=_meta(_STACK)
+    )
+    airflow_port: AirflowInt = Field(
+        default=8080, description="Port of the api-server and UI", json_schema_extra=_meta(_STACK)
+    )
+    airflow_db: str = Field(
+        default=DEFAULT_AIRFLOW_DB,
+        description="SQLAlchemy URL of the metadata database (PostgreSQL; the database is created when missing)",
+        json_schema_extra=_meta(_STACK),
+    )
+    airflow_broker: str = Field(
+        default=DEFAULT_AIRFLOW_BROKER,
+        description="Celery broker (results go to the metadata database)",
+        json_schema_extra=_meta(_STACK),
+    )
+    airflow_user: str = Field(default="admin", description="UI and REST API login", json_schema_extra=_meta(_STACK))
+    airflow_password: str | None = Field(
+        default=None,
+        repr=False,
+        description="Password of that login",
+        json_schema_extra=_meta(_STACK, default_doc="generated once, kept in `$RECSYS_HOME/airflow/stack/password`"),
+    )
+
+    # Developer paths
+    sql_dir: Path = Field(
+        default_factory=lambda: _SOURCE_TREE / "sql",
+        description="Folder of the SQL files, one per output",
+        json_schema_extra=_meta(_DEVELOPER, default_doc="`sql/` of the source tree"),
+    )
+    dags_folder: Path = Field(
+        default_factory=lambda: _SOURCE_TREE / "dags",
+        description="DAGs folder that `recsys run` and `recsys airflow` point Airflow at",
+        json_schema_extra=_meta(_DEVELOPER, default_doc="`dags/` of the source tree"),
+    )
 
     @property
     def source_conn_id(self) -> str | None:
@@ -240,134 +680,57 @@ class Settings:
         return self.home / "dynamodb-local"
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None) -> "Settings":
-        """Build settings from ``RECSYS_*`` variables; raises ConfigError on a bad value.
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        """Settings from ``RECSYS_*`` variables (``os.environ`` by default); raises ConfigError on a bad value."""
+        return _reading(os.environ if env is None else env, cls)
 
-        A variable that code outside the settings also needs on its own (the DAG file, the S3
-        lake) is parsed by its ``*_from_env`` function, here as there, so the two cannot differ.
-        """
-        env = os.environ if env is None else env
-        home = home_from_env(env)
-        demo = home / "demo"
-        source_set = bool(env.get("RECSYS_SOURCE"))
-        source = env.get("RECSYS_SOURCE") or str(demo / "interactions")
-        # The demo catalog only describes the demo store: a store of your own has no
-        # catalog unless RECSYS_CATALOG names one (then every item counts as active).
-        catalog = env.get("RECSYS_CATALOG") or (None if source_set else str(demo / "catalog.parquet"))
-        endpoint_raw = env.get("RECSYS_DYNAMODB_ENDPOINT")
-        endpoint: str | None
-        if endpoint_raw is None:
-            endpoint = DEFAULT_ENDPOINT
-        elif endpoint_raw.strip() in ("", "aws"):
-            endpoint = None  # the real AWS endpoint of the region, standard credential chain
-        else:
-            endpoint = endpoint_raw.strip()
-        cache = env.get("RECSYS_CACHE") or os.path.join(
-            env.get("XDG_CACHE_HOME") or str(Path.home() / ".cache"), "recsys"
-        )
-        values: dict[str, Any] = dict(
-            home=home,
-            lake=env.get("RECSYS_LAKE") or str(home / "lake"),
-            source=source,
-            source_columns=parse_mapping(env.get("RECSYS_SOURCE_COLUMNS", ""), "RECSYS_SOURCE_COLUMNS"),
-            catalog=catalog,
-            dynamodb_endpoint=endpoint,
-            cache_dir=Path(cache),
-            publish_pool=publish_pool_from_env(env),
-            aws_region=aws_region_from_env(env),
-        )
-        if env.get("RECSYS_EVENT_WEIGHTS"):
-            values["event_weights"] = _parse_weights(env["RECSYS_EVENT_WEIGHTS"])
-        simple = {
-            "RECSYS_WINDOW_DAYS": "window_days",
-            "RECSYS_HOLDOUT_DAYS": "holdout_days",
-            "RECSYS_HOLDOUT_MAX_USERS": "holdout_max_users",
-            "RECSYS_TUNE_MAX_USERS": "tune_max_users",
-            "RECSYS_K": "k",
-            "RECSYS_RECENCY_HALF_LIFE_DAYS": "recency_half_life_days",
-            "RECSYS_FACTORS": "factors",
-            "RECSYS_REGULARIZATION": "regularization",
-            "RECSYS_ALPHA": "alpha",
-            "RECSYS_ITERATIONS": "iterations",
-            "RECSYS_WEIGHTING": "weighting",
-            "RECSYS_MODEL": "model",
-            "RECSYS_LEARNING_RATE": "learning_rate",
-            "RECSYS_BPR_REGULARIZATION": "bpr_regularization",
-            "RECSYS_BPR_ITERATIONS": "bpr_iterations",
-            "RECSYS_GATE_MIN_LIFT": "gate_min_lift",
-            "RECSYS_GATE_MAX_DROP": "gate_max_drop",
-            "RECSYS_EXCLUDE_SEEN": "exclude_seen",
-            "RECSYS_MAX_PER_CATEGORY": "max_per_category",
-            "RECSYS_MAX_BAD_SHARE": "max_bad_share",
-            "RECSYS_VOLUME_MIN_RATIO": "volume_min_ratio",
-            "RECSYS_VOLUME_MAX_RATIO": "volume_max_ratio",
-            "RECSYS_VOLUME_HISTORY_DAYS": "volume_history_days",
-            "RECSYS_MAX_UNKNOWN_ITEM_SHARE": "max_unknown_item_share",
-            "RECSYS_BOT_MAX_USER_SHARE": "bot_max_user_share",
-            "RECSYS_BOT_MIN_DAY_ROWS": "bot_min_day_rows",
-            "RECSYS_VALIDATE_CHUNK_ROWS": "validate_chunk_rows",
-            "RECSYS_TABLE": "table",
-            "RECSYS_TTL_DAYS": "ttl_days",
-            "RECSYS_PUBLISH_THREADS": "publish_threads",
-            "RECSYS_PUBLISH_SHARDS": "publish_shards",
-            "RECSYS_PUBLISH_POOL_SLOTS": "publish_pool_slots",
-            "RECSYS_RECOMMEND_BATCH_USERS": "recommend_batch_users",
-            "RECSYS_DUCKDB_MEMORY_LIMIT": "duckdb_memory_limit",
-            "RECSYS_DUCKDB_THREADS": "duckdb_threads",
-            "RECSYS_DUCKDB_TEMP_DIR": "duckdb_temp_directory",
-            "RECSYS_VERIFY_SAMPLE": "verify_sample",
-            "RECSYS_SOURCE_TABLE": "source_table",
-            "RECSYS_SOURCE_QUERY": "source_query",
-        }
-        for variable, name in simple.items():
-            if env.get(variable):
-                values[name] = env[variable]
-        if env.get("RECSYS_PURCHASE_EVENT_TYPES"):
-            values["purchase_event_types"] = tuple(
-                t.strip() for t in env["RECSYS_PURCHASE_EVENT_TYPES"].split(",") if t.strip()
-            )
-        if "RECSYS_TUNING_GRID" in env:  # empty = no tuning: the settings' own ALS parameters
-            values["tuning_grid"] = env["RECSYS_TUNING_GRID"]
-        return cls._checked(values)
-
-    def with_overrides(self, overrides: Mapping[str, Any]) -> "Settings":
-        """A copy with the given fields replaced (e.g. from DAG Params); None values are ignored."""
-        values = dataclasses.asdict(self)
-        values.update({k: v for k, v in overrides.items() if v is not None and k in values})
-        return self._checked(values)
+    def with_overrides(self, overrides: Mapping[str, Any]) -> Settings:
+        """A copy with the given fields replaced (e.g. from DAG Params); None values and unknown keys
+        are ignored. Raises ConfigError like :meth:`from_env`."""
+        fields = type(self).model_fields
+        values = self.model_dump()
+        values.update({k: v for k, v in overrides.items() if v is not None and k in fields})
+        return _reading({}, lambda: type(self).model_validate(values))  # the values only, no variable
 
     @classmethod
-    def _checked(cls, values: dict[str, Any]) -> "Settings":
-        """Coerce field types and check ranges; raises ConfigError naming the field."""
-        for f in dataclasses.fields(cls):
-            if f.name not in values:
-                continue
-            value = values[f.name]
-            try:
-                if f.type in ("int",):
-                    values[f.name] = int(value)
-                elif f.type in ("float",):
-                    values[f.name] = float(value)
-                elif f.type == "Path":
-                    values[f.name] = Path(value)
-            except (TypeError, ValueError):
-                raise ConfigError(f"setting {f.name}: expected {f.type}, got {value!r}") from None
-        settings = cls(**values)
-        if settings.window_days < 2:
-            raise ConfigError(f"window_days must be at least 2, got {settings.window_days}")
-        if not 1 <= settings.holdout_days < settings.window_days:
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        """Values given to ``Settings(...)`` first, then :class:`EnvironmentSource` (no .env or secret files)."""
+        env = _ENVIRON.get()
+        return init_settings, EnvironmentSource(settings_cls, os.environ if env is None else env)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _own_source_has_no_demo_catalog(cls, data: Any) -> Any:
+        # The demo catalog only describes the demo store: a store of your own has no
+        # catalog unless RECSYS_CATALOG names one (then every item counts as active).
+        if isinstance(data, dict) and data.get("source") is not None and "catalog" not in data:
+            return {**data, "catalog": None}
+        return data
+
+    @model_validator(mode="after")
+    def _check(self) -> Self:
+        """Check ranges and the tuning grid; raises ConfigError naming the field."""
+        if self.window_days < 2:
+            raise ConfigError(f"window_days must be at least 2, got {self.window_days}")
+        if not 1 <= self.holdout_days < self.window_days:
             raise ConfigError(
-                f"holdout_days must be between 1 and window_days-1 ({settings.window_days - 1}), "
-                f"got {settings.holdout_days}"
+                f"holdout_days must be between 1 and window_days-1 ({self.window_days - 1}), got {self.holdout_days}"
             )
-        if settings.tune_max_users < 0:
-            raise ConfigError(f"tune_max_users must be 0 (every user) or more, got {settings.tune_max_users}")
-        if settings.holdout_max_users < 0:
-            raise ConfigError(f"holdout_max_users must be 0 (every warm user) or more, got {settings.holdout_max_users}")
-        if settings.k < 1:
-            raise ConfigError(f"k must be at least 1, got {settings.k}")
-        grids = parse_grids(settings.tuning_grid)
-        for name, allowed, default in (("weighting", WEIGHTINGS, settings.weighting), ("model", MODELS, settings.model),
+        if self.tune_max_users < 0:
+            raise ConfigError(f"tune_max_users must be 0 (every user) or more, got {self.tune_max_users}")
+        if self.holdout_max_users < 0:
+            raise ConfigError(f"holdout_max_users must be 0 (every warm user) or more, got {self.holdout_max_users}")
+        if self.k < 1:
+            raise ConfigError(f"k must be at least 1, got {self.k}")
+        grids = parse_grids(self.tuning_grid)
+        for name, allowed, default in (("weighting", WEIGHTINGS, self.weighting), ("model", MODELS, self.model),
                                        ("weights", WEIGHT_PRESETS, "configured")):
             for value in [default, *(v for grid in grids for v in grid.get(name, []))]:
                 if value not in allowed:
@@ -375,44 +738,201 @@ class Settings:
         for grid in grids:
             for name, values in grid.items():
                 event_type = name[len(WEIGHT_KEY_PREFIX):]
-                if name.startswith(WEIGHT_KEY_PREFIX) and event_type not in settings.event_weights:
+                if name.startswith(WEIGHT_KEY_PREFIX) and event_type not in self.event_weights:
                     raise ConfigError(
                         f"tuning grid key {name}: {event_type!r} is not a configured event type "
-                        f"(RECSYS_EVENT_WEIGHTS has {sorted(settings.event_weights)})"
+                        f"(RECSYS_EVENT_WEIGHTS has {sorted(self.event_weights)})"
                     )
                 if (name.startswith(WEIGHT_KEY_PREFIX) or name == "half_life") and any(v < 0 for v in values):
                     raise ConfigError(f"tuning grid key {name}: values must be 0 or more, got {values}")
-        if settings.recency_half_life_days < 0:
-            raise ConfigError(f"recency_half_life_days must be 0 (off) or more, got {settings.recency_half_life_days}")
-        if settings.exclude_seen not in ("all", "purchased"):
-            raise ConfigError(f"exclude_seen must be 'all' or 'purchased', got {settings.exclude_seen!r}")
-        if settings.max_per_category < 0:
-            raise ConfigError(f"max_per_category must be 0 (off) or more, got {settings.max_per_category}")
-        for name in ("publish_threads", "publish_shards", "publish_pool_slots"):
-            if getattr(settings, name) < 1:
-                raise ConfigError(f"{name} must be at least 1, got {getattr(settings, name)}")
-        if settings.recommend_batch_users < 1:
-            raise ConfigError(f"recommend_batch_users must be at least 1, got {settings.recommend_batch_users}")
-        if settings.validate_chunk_rows < 1:
-            raise ConfigError(f"validate_chunk_rows must be at least 1, got {settings.validate_chunk_rows}")
-        if not MEMORY_LIMIT.fullmatch(settings.duckdb_memory_limit):
+        if self.recency_half_life_days < 0:
+            raise ConfigError(f"recency_half_life_days must be 0 (off) or more, got {self.recency_half_life_days}")
+        if self.exclude_seen not in ("all", "purchased"):
+            raise ConfigError(f"exclude_seen must be 'all' or 'purchased', got {self.exclude_seen!r}")
+        if self.max_per_category < 0:
+            raise ConfigError(f"max_per_category must be 0 (off) or more, got {self.max_per_category}")
+        for name, count in (("publish_threads", self.publish_threads), ("publish_shards", self.publish_shards),
+                            ("publish_pool_slots", self.publish_pool_slots)):
+            if count < 1:
+                raise ConfigError(f"{name} must be at least 1, got {count}")
+        if self.recommend_batch_users < 1:
+            raise ConfigError(f"recommend_batch_users must be at least 1, got {self.recommend_batch_users}")
+        if self.validate_chunk_rows < 1:
+            raise ConfigError(f"validate_chunk_rows must be at least 1, got {self.validate_chunk_rows}")
+        if not MEMORY_LIMIT.fullmatch(self.duckdb_memory_limit):
             raise ConfigError(
-                f"RECSYS_DUCKDB_MEMORY_LIMIT: expected a size such as 4GB or 512MiB, got {settings.duckdb_memory_limit!r}"
+                f"RECSYS_DUCKDB_MEMORY_LIMIT: expected a size such as 4GB or 512MiB, got {self.duckdb_memory_limit!r}"
             )
-        if settings.duckdb_threads < 0:
-            raise ConfigError(f"duckdb_threads must be 0 (one per core) or more, got {settings.duckdb_threads}")
-        if not 0.0 <= settings.max_bad_share < 1.0:
-            raise ConfigError(f"max_bad_share must be in [0, 1), got {settings.max_bad_share}")
-        if not 0.0 <= settings.volume_min_ratio <= 1.0 <= settings.volume_max_ratio:
+        if self.duckdb_threads < 0:
+            raise ConfigError(f"duckdb_threads must be 0 (one per core) or more, got {self.duckdb_threads}")
+        if not 0.0 <= self.max_bad_share < 1.0:
+            raise ConfigError(f"max_bad_share must be in [0, 1), got {self.max_bad_share}")
+        if not 0.0 <= self.volume_min_ratio <= 1.0 <= self.volume_max_ratio:
             raise ConfigError(
                 f"volume band must satisfy 0 <= volume_min_ratio <= 1 <= volume_max_ratio, "
-                f"got {settings.volume_min_ratio} and {settings.volume_max_ratio}"
+                f"got {self.volume_min_ratio} and {self.volume_max_ratio}"
             )
-        if settings.volume_history_days < 1:
-            raise ConfigError(f"volume_history_days must be at least 1, got {settings.volume_history_days}")
-        if not 0.0 < settings.bot_max_user_share <= 1.0 or not 0.0 <= settings.max_unknown_item_share <= 1.0:
+        if self.volume_history_days < 1:
+            raise ConfigError(f"volume_history_days must be at least 1, got {self.volume_history_days}")
+        if not 0.0 < self.bot_max_user_share <= 1.0 or not 0.0 <= self.max_unknown_item_share <= 1.0:
             raise ConfigError(
                 f"bot_max_user_share must be in (0, 1] and max_unknown_item_share in [0, 1], "
-                f"got {settings.bot_max_user_share} and {settings.max_unknown_item_share}"
+                f"got {self.bot_max_user_share} and {self.max_unknown_item_share}"
             )
-        return settings
+        if self.airflow_executor not in AIRFLOW_EXECUTORS:
+            raise ConfigError(
+                f"RECSYS_AIRFLOW_EXECUTOR must be one of {AIRFLOW_EXECUTORS}, got {self.airflow_executor!r}"
+            )
+        if not self.airflow_db.startswith("postgresql"):
+            raise ConfigError(f"RECSYS_AIRFLOW_DB must be a postgresql+psycopg2:// URL, got {self.airflow_db!r}")
+        return self
+
+
+# The environment that building a Settings reads: os.environ, the mapping given to from_env, or
+# none at all for with_overrides. pydantic-settings builds its sources inside Settings.__init__
+# (which model_validate calls too), so the mapping reaches them through this variable.
+_ENVIRON: ContextVar[Mapping[str, str] | None] = ContextVar("recsys_settings_environ", default=None)
+
+
+def _reading(env: Mapping[str, str], build: Callable[[], Settings]) -> Settings:
+    """``build()`` with ``env`` as the environment, pydantic's ValidationError turned into the
+    ConfigError that names the fix."""
+    token = _ENVIRON.set(env)
+    try:
+        return build()
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        error = first.get("ctx", {}).get("error")
+        if isinstance(error, ConfigError):
+            raise error from None
+        name = str(first["loc"][0]) if first["loc"] else "?"
+        field = Settings.model_fields.get(name)
+        kind = getattr(field.annotation, "__name__", str(field.annotation)) if field else "a value"
+        raise ConfigError(f"setting {name}: expected {kind}, got {first['input']!r}") from None
+    finally:
+        _ENVIRON.reset(token)
+
+
+# --------------------------------------------------------------------------- the reader
+
+
+def _meta_of(field: FieldInfo) -> dict[str, Any]:
+    extra = field.json_schema_extra
+    return dict(extra) if isinstance(extra, dict) else {}
+
+
+def _variables(name: str, field: FieldInfo) -> tuple[str, ...]:
+    return tuple(_meta_of(field).get("env") or [ENV_PREFIX + name.upper()])
+
+
+def field_meta(name: str) -> dict[str, Any]:
+    """What the field ``name`` adds to its type, default and description (see :func:`_meta`)."""
+    return _meta_of(Settings.model_fields[name])
+
+
+def variables_of(name: str) -> tuple[str, ...]:
+    """The environment variables a field is read from, in order: ``RECSYS_<FIELD>`` unless it names others."""
+    return _variables(name, Settings.model_fields[name])
+
+
+class EnvironmentSource(PydanticBaseSettingsSource):
+    """Settings' values from one environment (a mapping of variable to text).
+
+    Per field the first of its variables that is set wins. An empty variable counts as unset
+    (unless the field keeps empty values: ``RECSYS_TUNING_GRID`` and ``RECSYS_DYNAMODB_ENDPOINT``,
+    where empty means "no tuning" and "real AWS"); fields marked ``strip`` drop surrounding
+    blanks first, so a blank value is unset too.
+    """
+
+    def __init__(self, settings_cls: type[BaseSettings], env: Mapping[str, str]) -> None:
+        super().__init__(settings_cls)
+        self.env = env
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        meta = _meta_of(field)
+        for variable in _variables(field_name, field):
+            text = self.env.get(variable)
+            if text is None:
+                continue
+            text = text.strip() if meta.get("strip") else text
+            if text or meta.get("keep_empty"):
+                return text, variable, False
+        return None, field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        values: dict[str, Any] = {}
+        for name, field in self.settings_cls.model_fields.items():
+            text, _, _ = self.get_field_value(field, name)
+            if text is not None:
+                values[name] = text
+        # XDG_CACHE_HOME names the parent of recsys' cache folder, not the folder itself.
+        if "cache_dir" not in values and self.env.get("XDG_CACHE_HOME"):
+            values["cache_dir"] = os.path.join(self.env["XDG_CACHE_HOME"], "recsys")
+        return values
+
+
+def _only(names: tuple[str, ...], env: Mapping[str, str] | None) -> Settings:
+    """Settings read from just the variables of ``names``: another bad variable cannot fail it."""
+    env = os.environ if env is None else env
+    return Settings.from_env({v: env[v] for name in names for v in variables_of(name) if v in env})
+
+
+# The *_from_env functions read one value where building (and possibly failing on) the whole
+# settings object is not wanted: the DAG file when it is parsed, the S3 lake that is called with
+# the lake root only, module constants set at import. They read through Settings' own fields, so
+# the two cannot differ.
+
+
+def publish_pool_from_env(env: Mapping[str, str] | None = None) -> str:
+    """The Airflow pool the publish shards run in: ``RECSYS_PUBLISH_POOL`` or ``recsys_dynamodb``."""
+    return _only(("publish_pool",), env).publish_pool
+
+
+def home_from_env(env: Mapping[str, str] | None = None) -> Path:
+    """``RECSYS_HOME`` (default ``var``), resolved: where every local working folder lives."""
+    return _only(("home",), env).home
+
+
+def s3_endpoint_from_env(env: Mapping[str, str] | None = None) -> str | None:
+    """``RECSYS_S3_ENDPOINT``: the URL of an S3-compatible server (MinIO, moto), or None for AWS S3."""
+    return _only(("s3_endpoint",), env).s3_endpoint
+
+
+def aws_region_from_env(env: Mapping[str, str] | None = None) -> str:
+    """``RECSYS_AWS_REGION``, else ``AWS_DEFAULT_REGION``, else ``us-east-1``: the region of
+    DynamoDB (:attr:`Settings.aws_region`) and of an S3 lake (:func:`recsys.io.lake.s3_client`).
+    """
+    return _only(("aws_region",), env).aws_region
+
+
+def sql_dir_from_env(env: Mapping[str, str] | None = None) -> Path:
+    """``RECSYS_SQL_DIR``, else ``sql/`` of the source tree: where the SQL runner finds its files."""
+    return _only(("sql_dir",), env).sql_dir
+
+
+def dags_folder_from_env(env: Mapping[str, str] | None = None) -> Path:
+    """``RECSYS_DAGS_FOLDER``, else ``dags/`` of the source tree: the DAGs folder Airflow is pointed at."""
+    return _only(("dags_folder",), env).dags_folder
+
+
+# --------------------------------------------------------------------------- DAG Params
+
+
+PARAM_FIELDS: tuple[str, ...] = tuple(name for name in Settings.model_fields if "param" in field_meta(name))
+
+
+def dag_params() -> dict[str, dict[str, Any]]:
+    """Keyword arguments of ``airflow.sdk.Param`` for each DAG Param: the DAG-only ones, then one per
+    field in PARAM_FIELDS (default None, i.e. the setting from the environment; its bounds and
+    description). The DAG does ``{name: Param(**kw) for name, kw in dag_params().items()}``.
+    """
+    params = copy.deepcopy(DAG_ONLY_PARAMS)
+    for name in PARAM_FIELDS:
+        field = Settings.model_fields[name]
+        params[name] = {
+            "default": None,
+            "type": ["null", _JSON_TYPES[field.annotation]],
+            **copy.deepcopy(field_meta(name)["param"]),
+            "description": field.description,
+        }
+    return params
