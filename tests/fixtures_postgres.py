@@ -1,45 +1,46 @@
-"""PostgreSQL for the tests: the server at RECSYS_TEST_POSTGRES (default 127.0.0.1:5432, user
-postgres), a fresh database per fixture, dropped afterwards.
+"""PostgreSQL for the tests: a fresh database per fixture on the tests' server, dropped afterwards.
 
-Never skipped: when the server is not there the fixture errors and says how to start it.
+The server is ``tests.services.postgres_server()``: the one at RECSYS_TEST_POSTGRES (default
+127.0.0.1:5432, user postgres) when it answers, else a private one started for the test run.
 """
 
 from __future__ import annotations
 
-import os
 import uuid
-from typing import Iterator
+from collections.abc import Iterator
+from typing import Any
 
+import psycopg
 import pytest
+from psycopg import sql
 
-SERVER = os.environ.get("RECSYS_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432")
+from tests.services import postgres_server
 
 
-def admin_connect() -> "object":
+def admin_connect() -> psycopg.Connection[tuple[Any, ...]]:
     """An autocommit psycopg connection to the server's ``postgres`` database."""
-    import psycopg
-
+    server = postgres_server()
     try:
-        return psycopg.connect(f"{SERVER}/postgres", autocommit=True, connect_timeout=5)
+        return psycopg.connect(f"{server}/postgres", autocommit=True, connect_timeout=5)
     except psycopg.OperationalError as exc:
         raise RuntimeError(
-            f"PostgreSQL is not reachable at {SERVER} ({exc}); start it (e.g. 'service postgresql start') "
-            "or point RECSYS_TEST_POSTGRES at one (trust auth, a user that may CREATE DATABASE)"
+            f"PostgreSQL answers at {server} but refuses the tests ({exc}); RECSYS_TEST_POSTGRES must name a "
+            "server with trust auth and a user that may CREATE DATABASE (or nothing, for a private one)"
         ) from exc
 
 
 def create_database(prefix: str) -> str:
     """Create a database with a fresh name; returns its URI."""
     name = f"{prefix}_{uuid.uuid4().hex[:10]}"
-    with admin_connect() as con:  # type: ignore[attr-defined]
-        con.execute(f'CREATE DATABASE "{name}"')
-    return f"{SERVER}/{name}"
+    with admin_connect() as con:
+        con.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    return f"{postgres_server()}/{name}"
 
 
 def drop_database(uri: str) -> None:
     name = uri.rsplit("/", 1)[1]
-    with admin_connect() as con:  # type: ignore[attr-defined]
-        con.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    with admin_connect() as con:
+        con.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
 
 
 @pytest.fixture
