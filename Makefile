@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 export OPENBLAS_NUM_THREADS := 1
 
-.PHONY: run test install dynamodb-local-fetch lint clean airflow airflow-down
+.PHONY: run test test-fast install dynamodb-local-fetch lint clean airflow airflow-down
 
 $(STAMP): pyproject.toml constraints.txt
 	@echo "==> creating $(VENV) with pinned dependencies (constraints.txt)"
@@ -23,9 +23,18 @@ dynamodb-local-fetch: install
 run: install
 	$(BIN)/recsys demo
 
-## test: the whole test suite (starts its own DynamoDB Local)
+## test: the whole test suite (starts its own DynamoDB Local; PostgreSQL and Redis too when none answers)
 test: dynamodb-local-fetch
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+## test-fast: pure, SQL and single-stage tests (no whole-DAG run, no Airflow stack): under 3 minutes
+test-fast: dynamodb-local-fetch
+	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
+
+## lint: ruff on everything, mypy (strict) on the package
+lint: install
+	$(BIN)/ruff check recsys dags plugins tests bench scripts
+	$(BIN)/mypy
 
 ## airflow: a real Airflow 3 in the background (PostgreSQL metadata; RECSYS_AIRFLOW_EXECUTOR=CeleryExecutor for Redis workers)
 airflow: dynamodb-local-fetch

@@ -105,7 +105,12 @@ def start_dynamodb_local(db_path: Path | None = None) -> DynamoDBLocal:
     """DynamoDB Local on a free port of 127.0.0.1 (``-sharedDb``; in memory when ``db_path`` is None),
     once it answers; its log is in a temporary folder removed by :meth:`DynamoDBLocal.stop`."""
     from recsys.config import Settings
-    from recsys.dynamodb_local import ensure_jar, free_port, start_process, wait_until_ready
+    from recsys.dev.dynamodb_local import (
+        ensure_jar,
+        free_port,
+        start_process,
+        wait_until_ready,
+    )
 
     jar_dir = ensure_jar(Settings.from_env().cache_dir)
     workdir = tempfile.TemporaryDirectory(prefix="bench-dynamodb-local-")

@@ -7,7 +7,7 @@
 
 1. generates the store under ``--home`` (reused when it is already there at that size);
 2. runs the nightly DAG for the store's last day the way ``recsys run`` does
-   (``recsys.cli.run_dag``: Airflow's ``dag.test()``, every task in one process), in a
+   (``recsys.dev.cli.run_dag``: Airflow's ``dag.test()``, every task in one process), in a
    child process, on an empty lake, so extract copies the whole window as on a first run.
    Each stage is timed there, and its peak RSS is the process's high-water mark during the
    stage (reset with ``/proc/self/clear_refs`` when the stage starts; "RSS at start" says
@@ -121,17 +121,20 @@ def stop_child(process: subprocess.Popen, grace_seconds: float = 10.0) -> None:
 
 
 def child_dag(out: Path, publish: bool) -> int:
-    """The DAG through ``recsys.cli.run_dag``, with every stage timed and its peak RSS taken."""
-    from recsys import model, runtime
-    from recsys.cli import run_dag
+    """The DAG through ``recsys.dev.dagrun.run_dag``, with every stage timed and its peak RSS taken."""
+    from recsys import runtime
     from recsys.config import Settings
+    from recsys.core import holdout, lists, model
+    from recsys.dev.dagrun import run_dag
+    from recsys.stages import recommend, train
 
     records: list[dict[str, Any]] = []
     inner: dict[str, float] = {}
     current: list[str] = [""]
     run_stage = runtime.run_stage
 
-    def timed_stage(name: str, *args: Any, **kwargs: Any) -> Any:
+    def timed_stage(stage: Any, *args: Any, **kwargs: Any) -> Any:
+        name = stage.__name__
         if name == "plan_publish" and not publish:
             return []  # no shards: Airflow skips publish_shard, finish_publish and verify
         current[0] = name
@@ -139,7 +142,7 @@ def child_dag(out: Path, publish: bool) -> int:
         record: dict[str, Any] = {"stage": name, "rss_start_kib": rss_kib()}
         started = time.perf_counter()
         try:
-            result = run_stage(name, *args, **kwargs)
+            result = run_stage(stage, *args, **kwargs)
         finally:
             record["seconds"] = time.perf_counter() - started
             record["peak_kib"] = rss_kib("VmHWM")
@@ -160,11 +163,12 @@ def child_dag(out: Path, publish: bool) -> int:
         return wrapper
 
     runtime.run_stage = timed_stage
-    # recsys.pipeline imports these inside its functions, so patching the module reaches them.
-    model.confidence_matrix = timed(model.confidence_matrix, "confidence_matrix")
-    model.train_model = timed(model.train_model, "fit")
-    model.recommend_factors = timed(model.recommend_factors, "recommend_factors")
-    model.similar_items = timed(model.similar_items, "similar_items")
+    # Patched where the stages look them up (each module imported the name at its top).
+    for where in (holdout, train):
+        where.confidence_matrix = timed(model.confidence_matrix, "confidence_matrix")  # type: ignore[attr-defined]
+        where.train_model = timed(model.train_model, "fit")  # type: ignore[attr-defined]
+    lists.recommend_factors = timed(model.recommend_factors, "recommend_factors")
+    recommend.similar_items = timed(model.similar_items, "similar_items")  # type: ignore[attr-defined]
     settings = Settings.from_env()
     started = time.perf_counter()
     dag_run = run_dag(settings, END_DATE)
@@ -221,14 +225,15 @@ def child_raw_duckdb(out: Path, files: list[str], start: str, end: str, weights:
         return seconds, whole, int(rows)
 
     def project() -> tuple[float, float]:
-        from recsys import pipeline
         from recsys.config import Settings
+        from recsys.stages.aggregate import aggregate
+        from recsys.stages.index_events import index_events
 
         settings = Settings.from_env()
         started = time.perf_counter()
-        pipeline.aggregate(settings, END_DATE)
+        aggregate(settings, END_DATE)
         middle = time.perf_counter()
-        pipeline.index_events(settings, END_DATE)
+        index_events(settings, END_DATE)
         return middle - started, time.perf_counter() - middle
 
     seconds, whole, rows = raw()
@@ -259,13 +264,21 @@ def child_raw_implicit(out: Path, models: str, events_dir: str, catalog: str, k:
     import pyarrow.parquet as pq
     from threadpoolctl import threadpool_limits
 
-    from recsys import lake, pipeline
     from recsys.config import Settings
-    from recsys.model import ModelParams, confidence_matrix, recommend_factors, scale_confidence, train_model
+    from recsys.core.lists import seen_matrix
+    from recsys.core.model import (
+        ModelParams,
+        confidence_matrix,
+        recommend_factors,
+        scale_confidence,
+        train_model,
+    )
+    from recsys.io import lake
+    from recsys.io.artifacts import load_pair_events
 
     winner = lake.read_json(Path(models) / "params.json")
     params = ModelParams(**winner["model"])
-    events = pipeline.load_pair_events(Path(events_dir), "")
+    events = load_pair_events(Path(events_dir), "")
     full = confidence_matrix(events, dict(winner["event_weights"]), float(winner["half_life_days"]))
     if params.model == "als":
         fit_on = scale_confidence(full.matrix, params.alpha, params.weighting)
@@ -274,7 +287,7 @@ def child_raw_implicit(out: Path, models: str, events_dir: str, catalog: str, k:
         fit_on.data = np.ones_like(fit_on.data, dtype=np.float32)
     # What recommend leaves out: the same seen matrix it builds (exclude_seen), rows and columns as the model's.
     settings = Settings.from_env()
-    seen = pipeline.seen_matrix(settings, events)
+    seen = seen_matrix(settings, events)
     del events
     cat = pq.read_table(catalog, columns=["item_id", "active"])
     inactive = pc.filter(cat["item_id"], pc.invert(cat["active"]))
@@ -377,7 +390,7 @@ def ensure_store(store: Path, scale: float) -> dict[str, Any]:
 
 
 def child_datagen(out: Path, store: str, scale: float) -> int:
-    from recsys.datagen import generate_store
+    from recsys.dev.datagen import generate_store
 
     summary = generate_store(Path(store), days=DAYS, end_date=END_DATE, **sizes(scale))
     out.write_text(json.dumps({**summary, "peak_kib": rss_kib("VmHWM")}))
@@ -552,9 +565,9 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if server:
             server.stop()
-    from recsys import lake
     from recsys.config import Settings
-    from recsys.window import Window
+    from recsys.core.window import Window
+    from recsys.io import lake
 
     settings = Settings.from_env({"RECSYS_HOME": str(home), "RECSYS_SOURCE": str(store / "interactions"),
                                   "RECSYS_CATALOG": str(store / "catalog.parquet")})
@@ -573,9 +586,9 @@ def main(argv: list[str] | None = None) -> int:
 def run_baselines(args: argparse.Namespace, home: Path, store: Path, env: dict[str, str], server: Any,
                   work: Path, run_log: Path) -> dict[str, Any]:
     """Each baseline in a fresh child process over the data the DAG just used."""
-    from recsys import lake
     from recsys.config import Settings
-    from recsys.window import Window
+    from recsys.core.window import Window
+    from recsys.io import lake
 
     settings = Settings.from_env({k: v for k, v in env.items() if k.startswith("RECSYS_")})
     window = Window.of(settings, END_DATE)

@@ -6,7 +6,7 @@ times, each into a fresh table that is dropped afterwards:
 * plain    the usual code: boto3 resource ``Table.batch_writer()``, one thread, Decimal scores;
 * raw      the best concurrent low-level ``batch_write_item`` writer built here (several
            thread counts; the best is the ceiling the project is held against);
-* project  ``recsys.dynamodb.publish_recommendations`` with ``--threads``.
+* project  ``recsys.io.dynamodb.publish_recommendations`` with ``--threads``.
 
 Every timing runs from the Arrow table to the last item acknowledged (building items is
 part of the cost), and every table is counted afterwards (Scan, Select=COUNT): a run that
@@ -34,11 +34,18 @@ from typing import Any, Callable
 
 import numpy as np
 import pyarrow as pa
+from _common import (
+    DynamoDBLocal,
+    K,
+    int_list,
+    make_lists,
+    positive_int,
+    start_dynamodb_local,
+    start_run,
+)
 
 from recsys.config import POPULAR_USER_ID, Settings
-from recsys.dynamodb import ensure_table, make_client, publish_recommendations
-
-from _common import K, DynamoDBLocal, int_list, make_lists, positive_int, start_dynamodb_local, start_run
+from recsys.io.dynamodb import ensure_table, make_client, publish_recommendations
 
 log = logging.getLogger("bench.publish")
 

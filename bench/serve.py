@@ -45,12 +45,23 @@ from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
+from _common import (
+    int_list,
+    make_lists,
+    positive_int,
+    start_dynamodb_local,
+    start_run,
+    stop_process,
+)
 
 from recsys.config import POPULAR_USER_ID, Settings
-from recsys.dynamodb import ensure_table, make_client, mark_served, publish_recommendations
-from recsys.dynamodb_local import free_port
-
-from _common import int_list, make_lists, positive_int, start_dynamodb_local, start_run, stop_process
+from recsys.dev.dynamodb_local import free_port
+from recsys.io.dynamodb import (
+    ensure_table,
+    make_client,
+    mark_served,
+    publish_recommendations,
+)
 
 log = logging.getLogger("bench.serve")
 

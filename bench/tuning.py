@@ -23,11 +23,20 @@ import time
 from pathlib import Path
 from typing import Any
 
-from recsys import lake, pipeline
-from recsys.config import Settings
-from recsys.report import params_text
-
 from _common import setup_logging
+
+from recsys import datasets
+from recsys.config import Settings
+from recsys.core.grid import tuning_candidates
+from recsys.io import lake
+from recsys.io.report import params_text
+from recsys.stages.aggregate import aggregate
+from recsys.stages.extract import extract
+from recsys.stages.index_events import index_events
+from recsys.stages.recommend import recommend
+from recsys.stages.train import train
+from recsys.stages.tune import tune
+from recsys.stages.validate import validate
 
 
 def main() -> None:
@@ -51,20 +60,19 @@ def main() -> None:
         return out
 
     if args.ingest:
-        from recsys import ingest
 
-        extracted = timed("extract", ingest.extract)
-        timed("validate", ingest.validate, extracted["days"])
+        extracted = timed("extract", extract)
+        timed("validate", validate, extracted["days"])
     if not lake.is_s3(settings.lake):  # a benchmark is not gated by what an earlier run served
-        (Path(settings.lake) / pipeline.CHAMPION).unlink(missing_ok=True)
-    timed("aggregate", pipeline.aggregate)
-    timed("index_events", pipeline.index_events)
-    candidates = pipeline.tuning_candidates(settings)
+        (Path(settings.lake) / datasets.CHAMPION).unlink(missing_ok=True)
+    timed("aggregate", aggregate)
+    timed("index_events", index_events)
+    candidates = tuning_candidates(settings)
     started = time.perf_counter()
-    results = [pipeline.tune(settings, day, c) for c in candidates]
+    results = [tune(settings, day, c) for c in candidates]
     times.append((f"tune x{len(results)}", time.perf_counter() - started))
-    timed("train", pipeline.train, results)
-    timed("recommend", pipeline.recommend)
+    timed("train", train, results)
+    timed("recommend", recommend)
 
     metrics = lake.read_partition_json(settings.lake, "models", day, "metrics.json")
     k = settings.k

@@ -4,7 +4,7 @@
 
 Makes the demo store under ``$RECSYS_HOME/demo`` when it is missing (``recsys datagen``'s
 defaults: 800,000 events over 70 days ending 2026-10-31) and stages it when staging is empty
-(``ingest.extract`` for its last day on an empty lake: the whole window, as on a first run).
+(``extract`` for its last day on an empty lake: the whole window, as on a first run).
 Then it runs ``validate_partitions`` over the staged days once per ``RECSYS_VALIDATE_CHUNK_ROWS``
 budget, each in a fresh process, and prints per budget the chunks, the wall seconds, the RSS
 before validate and the process's peak RSS (its VmHWM). It is a benchmark, not a test: it
@@ -39,14 +39,15 @@ END_DATE = dt.date(2026, 10, 31)
 def child(budget: int, out: Path) -> int:
     """Validate every staged day with ``budget`` rows a chunk; write the figures to ``out``."""
     os.environ["RECSYS_VALIDATE_CHUNK_ROWS"] = str(budget)
-    from recsys import lake
+    from recsys import datasets
     from recsys.config import Settings
-    from recsys.ingest import STAGING
-    from recsys.validate import plan_chunks, validate_partitions
+    from recsys.core.checks import plan_chunks
+    from recsys.io import lake
+    from recsys.stages.validate import validate_partitions
 
     settings = Settings.from_env()
-    days = lake.list_days(settings.lake, STAGING)
-    chunks = plan_chunks({d: lake.partition_rows(settings.lake, STAGING, d) for d in days}, budget)
+    days = lake.list_days(settings.lake, datasets.STAGING)
+    chunks = plan_chunks({d: lake.partition_rows(settings.lake, datasets.STAGING, d) for d in days}, budget)
     start_kib = rss_kib()
     started = time.perf_counter()
     summary = validate_partitions(settings, days, max(days))
@@ -57,16 +58,19 @@ def child(budget: int, out: Path) -> int:
 
 def ensure_staged() -> int:
     """Generate and stage the demo store unless staging already holds days; returns its row count."""
-    from recsys import ingest, lake
+    from recsys import datasets
     from recsys.config import Settings
-    from recsys.datagen import generate_store
+    from recsys.dev.datagen import generate_store
+    from recsys.io import lake
 
     settings = Settings.from_env()
-    if not lake.list_days(settings.lake, ingest.STAGING):
+    if not lake.list_days(settings.lake, datasets.STAGING):
         if not settings.demo_dir.exists():
             generate_store(settings.demo_dir, end_date=END_DATE)
-        ingest.extract(settings, END_DATE)
-    return sum(lake.partition_rows(settings.lake, ingest.STAGING, d) for d in lake.list_days(settings.lake, ingest.STAGING))
+        from recsys.stages.extract import extract
+
+        extract(settings, END_DATE)
+    return sum(lake.partition_rows(settings.lake, datasets.STAGING, d) for d in lake.list_days(settings.lake, datasets.STAGING))
 
 
 def main(argv: list[str] | None = None) -> int:

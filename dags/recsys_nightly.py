@@ -24,9 +24,9 @@ from __future__ import annotations
 
 import datetime as dt
 
-from airflow.sdk import CronDataIntervalTimetable, Param, dag, get_current_context, task
+from airflow.sdk import CronDataIntervalTimetable, Param, dag, task
 
-from recsys.config import publish_pool_from_env
+from recsys.config import dag_params, publish_pool_from_env
 
 DEFAULT_ARGS = {
     "owner": "recsys",
@@ -47,97 +47,95 @@ DEFAULT_ARGS = {
     default_args=DEFAULT_ARGS,
     tags=["recsys", "recommendations", "dynamodb"],
     doc_md=__doc__,
-    params={
-        "run_date": Param(None, type=["null", "string"], format="date", description="Process this date instead of the data interval start"),
-        "window_days": Param(None, type=["null", "integer"], minimum=2, description="Days of history (default RECSYS_WINDOW_DAYS)"),
-        "holdout_days": Param(None, type=["null", "integer"], minimum=1, description="Newest days held out for evaluation"),
-        "k": Param(None, type=["null", "integer"], minimum=1, maximum=100, description="List length"),
-        "factors": Param(None, type=["null", "integer"], minimum=1, description="ALS factors"),
-        "regularization": Param(None, type=["null", "number"], minimum=0, description="ALS regularization"),
-        "alpha": Param(None, type=["null", "number"], minimum=0, description="Confidence scaling: alpha * log1p(weight sum)"),
-        "iterations": Param(None, type=["null", "integer"], minimum=1, description="ALS iterations"),
-        "recency_half_life_days": Param(None, type=["null", "number"], minimum=0, description="Older events count less (0 = off)"),
-        "force_publish": Param(False, type="boolean", description="Publish even if the table serves a newer run date"),
-        "tuning_grid": Param(None, type=["null", "string"], description="Candidates tried each night, e.g. factors=32,64;alpha=2,10;half_life=0,14;weights=configured,uniform | model=bpr;factors=64 (empty: no tuning)"),
-        "publish_shards": Param(None, type=["null", "integer"], minimum=1, description="Publish tasks the users are split into (default RECSYS_PUBLISH_SHARDS)"),
-        "model": Param(None, type=["null", "string"], enum=[None, "als", "bpr"], description="Model family outside the grid (als or bpr)"),
-    },
+    # One declaration: the Settings fields (recsys/config.py) that a run may override, and run_date, force_publish.
+    params={name: Param(**kwargs) for name, kwargs in dag_params().items()},
 )
 def recsys_nightly() -> None:
-    # Each task is one call: the stage functions live in recsys.pipeline.
+    # Each task is one call of the function of the same name in recsys/stages/<module>.py,
+    # imported inside the task so that parsing this file loads none of the pipeline.
     @task
     def extract() -> dict:
         from recsys.runtime import run_stage
+        from recsys.stages.extract import extract as stage
 
-        return run_stage("extract")
+        return run_stage(stage)
 
     @task
     def validate(extracted: dict) -> dict:
         from recsys.runtime import run_stage
+        from recsys.stages.validate import validate as stage
 
-        return run_stage("validate", extracted["days"])
+        return run_stage(stage, extracted["days"])
 
     @task
     def aggregate(validated: dict) -> dict:
         from recsys.runtime import run_stage
+        from recsys.stages.aggregate import aggregate as stage
 
-        return run_stage("aggregate")
+        return run_stage(stage)
 
     @task
     def index_events(aggregated: dict) -> dict:
         from recsys.runtime import run_stage
+        from recsys.stages.index_events import index_events as stage
 
-        return run_stage("index_events")
+        return run_stage(stage)
 
     @task
     def candidates(indexed: dict) -> list[dict]:
-        from recsys.runtime import settings_for
+        from recsys.runtime import run_stage
+        from recsys.stages.tune import candidates as stage
 
-        from recsys import pipeline
-
-        return pipeline.tuning_candidates(settings_for(get_current_context()))
+        return run_stage(stage)
 
     @task
     def tune(candidate: dict) -> dict:
         from recsys.runtime import run_stage
+        from recsys.stages.tune import tune as stage
 
-        return run_stage("tune", candidate)
+        return run_stage(stage, candidate)
 
     @task
     def train(results: list[dict]) -> dict:
         from recsys.runtime import mapped_results, run_stage
+        from recsys.stages.train import train as stage
 
-        return run_stage("train", mapped_results(results))
+        return run_stage(stage, mapped_results(results))
 
     @task
     def recommend(trained: dict) -> dict:
         from recsys.runtime import run_stage
+        from recsys.stages.recommend import recommend as stage
 
-        return run_stage("recommend")
+        return run_stage(stage)
 
     @task
     def plan_publish(recommended: dict) -> list[dict]:
         from recsys.runtime import run_stage
+        from recsys.stages.publish import plan_publish as stage
 
-        return run_stage("plan_publish")
+        return run_stage(stage)
 
     @task(pool=publish_pool_from_env())
     def publish_shard(shard: dict) -> dict:
         from recsys.runtime import run_stage
+        from recsys.stages.publish import publish_shard as stage
 
-        return run_stage("publish_shard", shard)
+        return run_stage(stage, shard)
 
     @task
     def finish_publish(shards: list[dict], results: list[dict]) -> dict:
         from recsys.runtime import mapped_results, run_stage
+        from recsys.stages.publish import finish_publish as stage
 
-        return run_stage("finish_publish", list(shards), mapped_results(results))
+        return run_stage(stage, list(shards), mapped_results(results))
 
     @task
     def verify(published: dict) -> dict:
         from recsys.runtime import run_stage
+        from recsys.stages.verify import verify as stage
 
-        return run_stage("verify", published)
+        return run_stage(stage, published)
 
     indexed = index_events(aggregate(validate(extract())))
     results = tune.expand(candidate=candidates(indexed))

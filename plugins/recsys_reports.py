@@ -2,7 +2,7 @@
 
 A FastAPI app mounted on the api-server at ``/recsys`` serves the reports that the train
 task writes to ``lake/reports/dt=D/report.html`` (a local lake or S3, read through
-:mod:`recsys.lake`); an external view adds "Recsys reports" to
+:mod:`recsys.io.lake`); an external view adds "Recsys reports" to
 the navigation and a "Model report" tab to the DAG's page.
 """
 
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import html
+
 from airflow.plugins_manager import AirflowPlugin
 from fastapi import FastAPI, HTTPException
 from fastapi.responses import FileResponse, HTMLResponse
@@ -26,7 +27,7 @@ def _lake() -> str:
 @app.get("/reports/", response_class=HTMLResponse)
 def list_reports() -> str:
     """An index of every night's report, newest first."""
-    from recsys import lake
+    from recsys.io import lake
 
     days = [d.isoformat() for d in reversed(lake.list_days(_lake(), "reports"))]
     items = "".join(f'<li><a href="{html.escape(d)}">{html.escape(d)}</a></li>' for d in days)
@@ -44,8 +45,8 @@ def get_report(day: str) -> FileResponse:
         parsed = dt.date.fromisoformat(day)
     except ValueError:
         raise HTTPException(status_code=400, detail=f"expected a date YYYY-MM-DD, got {day!r}") from None
-    from recsys import lake
-    from recsys.report import REPORT_FILE
+    from recsys.io import lake
+    from recsys.io.report import REPORT_FILE
 
     try:  # an S3 lake: the report is downloaded to this machine's working copy first
         path = lake.fetch_partition(_lake(), "reports", parsed, [REPORT_FILE]) / REPORT_FILE

@@ -4,33 +4,16 @@ and whether the run is a backfill. The one place that reads the Airflow context.
 from __future__ import annotations
 
 import datetime as dt
+import inspect
 import logging
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence, TypeVar
 
-from recsys.config import Settings
+from recsys.config import PARAM_FIELDS, Settings
+from recsys.core.gate import QualityGateError
+
+T = TypeVar("T")
 
 log = logging.getLogger(__name__)
-
-# DAG Params that override a Settings field of the same name for one run.
-PARAM_FIELDS = (
-    "window_days",
-    "holdout_days",
-    "k",
-    "factors",
-    "regularization",
-    "alpha",
-    "iterations",
-    "recency_half_life_days",
-    "tuning_grid",
-    "publish_shards",
-    "model",
-)
-
-# Stages that also need to know what kind of run this is: keyword -> how it is read.
-RUN_FLAGS: dict[str, tuple[str, ...]] = {
-    "plan_publish": ("is_backfill", "force"),
-    "finish_publish": ("force",),
-}
 
 
 def resolve_run_date(context: Mapping[str, Any]) -> dt.date:
@@ -78,8 +61,11 @@ def mapped_results(results: Sequence[Any]) -> list[Any]:
     return list(results[:])
 
 
-def run_stage(name: str, *args: Any) -> Any:
-    """Run the stage ``<name>(settings, run_date, *args)`` of recsys.ingest or recsys.pipeline.
+def run_stage(stage: Callable[..., T], *args: Any) -> T:
+    """Run ``stage(settings, run_date, *args)`` for the current task's run.
+
+    A stage that takes ``is_backfill`` or ``force`` (publishing) gets them from the run: a
+    backfill run, the ``force_publish`` Param.
 
     Bad input, a failed quality gate or a missing partition cannot be fixed by retrying:
     those fail the task at once (AirflowFailException) with the stage's own message, so
@@ -89,17 +75,16 @@ def run_stage(name: str, *args: Any) -> Any:
     from airflow.sdk import get_current_context
     from airflow.sdk.exceptions import AirflowFailException
 
-    from recsys import ingest, pipeline
-
     context = get_current_context()
     settings, day = settings_for(context), resolve_run_date(context)
+    name = stage.__name__
     log.info("stage %s for run date %s", name, day)
-    stage = getattr(ingest, name, None) or getattr(pipeline, name)
+    wanted = inspect.signature(stage).parameters
+    flags = {
+        "is_backfill": lambda: is_backfill(context),
+        "force": lambda: bool((context.get("params") or {}).get("force_publish")),
+    }
     try:
-        flags = {
-            "is_backfill": lambda: is_backfill(context),
-            "force": lambda: bool((context.get("params") or {}).get("force_publish")),
-        }
-        return stage(settings, day, *args, **{flag: flags[flag]() for flag in RUN_FLAGS.get(name, ())})
-    except (ValueError, LookupError, FileNotFoundError, pipeline.QualityGateError) as exc:
+        return stage(settings, day, *args, **{flag: read() for flag, read in flags.items() if flag in wanted})
+    except (ValueError, LookupError, FileNotFoundError, QualityGateError) as exc:
         raise AirflowFailException(f"{name} failed for {day}: {type(exc).__name__}: {exc}") from exc

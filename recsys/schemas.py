@@ -19,3 +19,7 @@ INTERACTIONS_SCHEMA = pa.schema(
 RECOMMENDATIONS_SCHEMA = pa.schema(
     [("user_id", pa.string()), ("rank", pa.int16()), ("item_id", pa.string()), ("score", pa.float32())]
 )
+
+# What an id that is not valid UTF-8 starts with once read (U+FFFD, then the bytes in hex):
+# extract marks such ids (recsys.io.sources.files) and validate quarantines them.
+INVALID_UTF8_MARK = "\ufffd"

@@ -33,9 +33,9 @@ os.environ.setdefault("RECSYS_HOME", str(REPO / "var" / "screenshot"))
 os.environ.setdefault("RECSYS_AIRFLOW_DB", "postgresql+psycopg2://postgres@127.0.0.1:5432/recsys_airflow_screenshot")
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
-from recsys.airflow_stack import ApiClient, StackConfig, down, login_password, up  # noqa: E402
 from recsys.config import Settings  # noqa: E402
-from recsys.dynamodb_local import free_port  # noqa: E402
+from recsys.dev.airflow_stack import ApiClient, StackConfig, down, login_password, up  # noqa: E402
+from recsys.dev.dynamodb_local import free_port  # noqa: E402
 
 log = logging.getLogger("screenshot")
 DAG_ID = "recsys_nightly"
@@ -49,8 +49,8 @@ CHROMIUM_FLAGS = [
 
 def prepare_data(settings: Settings) -> None:
     """The demo store and DynamoDB Local the DAG runs against."""
-    from recsys import dynamodb_local
-    from recsys.datagen import generate_store
+    from recsys.dev import dynamodb_local
+    from recsys.dev.datagen import generate_store
 
     if not (settings.demo_dir / "interactions").exists():
         log.info("generating a small store in %s", settings.demo_dir)
@@ -210,7 +210,7 @@ def main() -> int:
         screenshot(info["url"], info["user"], login_password(config), args.out)
     finally:
         if not args.keep:
-            from recsys import dynamodb_local
+            from recsys.dev import dynamodb_local
 
             down(config)
             dynamodb_local.stop(settings)

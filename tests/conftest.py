@@ -6,16 +6,16 @@ fix in its message, so a green run always means the real server was exercised.
 
 from __future__ import annotations
 
-# Must come before anything imports airflow: Airflow reads its configuration once, at import.
-from tests.fixtures_airflow import airflow_env  # noqa: F401  (re-exported as a fixture)
-
 from pathlib import Path
 from typing import Any, Iterator
 
 import pytest
 
-from recsys import dynamodb_local
 from recsys.config import Settings
+from recsys.dev import dynamodb_local
+
+# Must come before anything imports airflow: Airflow reads its configuration once, at import.
+from tests.fixtures_airflow import airflow_env  # noqa: F401  (re-exported as a fixture)
 
 
 @pytest.fixture(scope="session")

@@ -18,11 +18,20 @@ from typing import Any, Iterator
 
 import pytest
 
-from recsys import lake
-from recsys.airflow_stack import ApiClient, StackConfig, down, login_password, running, stack_env, up
 from recsys.config import Settings
-from recsys.dynamodb_local import free_port
+from recsys.dev.airflow_stack import (
+    ApiClient,
+    StackConfig,
+    down,
+    login_password,
+    running,
+    stack_env,
+    up,
+)
+from recsys.dev.dynamodb_local import free_port
+from recsys.io import lake
 from tests.fixtures_postgres import create_database, drop_database
+from tests.services import redis_url
 from tests.test_pipeline_e2e import END, ONE_MODEL, recsys_env, scan, store  # noqa: F401  (fixtures)
 
 pytestmark = pytest.mark.slow
@@ -185,7 +194,7 @@ def test_tasks_run_on_two_celery_workers_over_redis(tmp_path: Path, monkeypatch:
         "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "False",
         "AIRFLOW__OPERATORS__DEFAULT_QUEUE": queue,
     }
-    with airflow_stack(tmp_path, monkeypatch, executor="CeleryExecutor", workers=2, worker_concurrency=2,
+    with airflow_stack(tmp_path, monkeypatch, executor="CeleryExecutor", broker_url=redis_url(), workers=2, worker_concurrency=2,
                        extra_env=extra_env) as (config, api):
         assert {"celery-worker-1", "celery-worker-2"} <= set(running(config))
         wait_for("the probe DAG", lambda: _get_or_none(api, "/api/v2/dags/recsys_celery_probe"), 180)

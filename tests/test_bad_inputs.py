@@ -43,9 +43,9 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
-from recsys import lake
 from recsys.config import Settings
-from recsys.datagen import generate_store
+from recsys.dev.datagen import generate_store
+from recsys.io import lake
 from tests.test_pipeline_e2e import END, SMALL, scan
 
 NEXT = END + dt.timedelta(days=1)
@@ -97,7 +97,7 @@ def history(
     tmp_path_factory: pytest.TempPathFactory, dynamodb_endpoint: str, airflow_env: Path
 ) -> Iterator[History]:
     """A store, and a lake and table after one good night (END); tuning off to keep it short."""
-    from recsys.cli import run_dag
+    from recsys.dev.dagrun import run_dag
 
     root = tmp_path_factory.mktemp("bad-inputs")
     store = root / "store"
@@ -166,7 +166,7 @@ def run_next_day(
     files: dict[str, bytes | pa.Table],
 ) -> Outcome:
     """Copy the history's lake, add ``files`` to the source folder and run the next day."""
-    from recsys.cli import run_dag
+    from recsys.dev.dagrun import run_dag
 
     home = tmp_path / "case"
     shutil.copytree(history.home / "lake", home / "lake")

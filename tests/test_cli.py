@@ -6,8 +6,8 @@ import datetime as dt
 from pathlib import Path
 from types import SimpleNamespace
 
-from recsys.cli import ensure_publish_pool, stage_times
 from recsys.config import Settings
+from recsys.dev.dagrun import ensure_publish_pool, stage_times
 
 
 def test_ensure_publish_pool_creates_it_once_and_keeps_an_operators_size(airflow_env: Path, tmp_path: Path) -> None:

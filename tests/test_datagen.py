@@ -19,8 +19,13 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
-from recsys import datagen
-from recsys.datagen import EVENT_SHARES, EVENT_TYPES, add_datagen_parser, generate_store
+from recsys.dev import datagen
+from recsys.dev.datagen import (
+    EVENT_SHARES,
+    EVENT_TYPES,
+    add_datagen_parser,
+    generate_store,
+)
 
 SMALL: dict[str, Any] = dict(users=2_000, items=200, events=30_000, days=30, seed=7, end_date=dt.date(2026, 10, 31))
 EVENTS_SCHEMA = pa.schema(

@@ -1,5 +1,5 @@
-"""recsys.dynamodb against a real DynamoDB Local, plus the retry logic against a hand-written double
-(DynamoDB Local never throttles), and recsys.dynamodb_local's start/stop/status."""
+"""recsys.io.dynamodb against a real DynamoDB Local, plus the retry logic against a hand-written double
+(DynamoDB Local never throttles), and recsys.dev.dynamodb_local's start/stop/status."""
 
 from __future__ import annotations
 
@@ -16,9 +16,11 @@ import pyarrow as pa
 import pytest
 from botocore.exceptions import ClientError
 
-from recsys import dynamodb, dynamodb_local
 from recsys.config import POPULAR_USER_ID, Settings
-from recsys.dynamodb import PublicationError, TableSchemaError
+from recsys.dev import dynamodb_local
+from recsys.io import dynamodb
+from recsys.io.dynamodb import PublicationError, TableSchemaError
+from recsys.serving.reader import get_recommendations
 
 GENERATED_AT = dt.datetime(2026, 6, 1, 3, 0, tzinfo=dt.timezone.utc)
 # In the future: DynamoDB Local's TTL really deletes expired items.
@@ -415,7 +417,7 @@ def test_verify_requires_a_popular_list(dynamodb_client: Any, table: str) -> Non
 def test_get_recommendations_returns_the_users_list(dynamodb_client: Any, published: tuple[str, pa.Table]) -> None:
     name, recs = published
     expected = expected_lists(recs)["user-00042-ü"]
-    result = dynamodb.get_recommendations(dynamodb_client, name, "user-00042-ü")
+    result = get_recommendations(dynamodb_client, name, "user-00042-ü")
     assert result["source"] == "user" and result["user_id"] == "user-00042-ü"
     assert result["model_version"] == "v1" and result["generated_at"] == "2026-06-01T03:00:00Z"
     assert [x["item_id"] for x in result["items"]] == [i for i, _ in expected]
@@ -426,34 +428,34 @@ def test_get_recommendations_returns_the_users_list(dynamodb_client: Any, publis
 def test_get_recommendations_falls_back_to_popular(dynamodb_client: Any, published: tuple[str, pa.Table]) -> None:
     name, recs = published
     popular = [i for i, _ in expected_lists(recs)[POPULAR_USER_ID]]
-    result = dynamodb.get_recommendations(dynamodb_client, name, "someone-new")
+    result = get_recommendations(dynamodb_client, name, "someone-new")
     assert result["source"] == "popular" and result["user_id"] == "someone-new"
     assert [x["item_id"] for x in result["items"]] == popular
-    assert dynamodb.get_recommendations(dynamodb_client, name, POPULAR_USER_ID)["source"] == "popular"
+    assert get_recommendations(dynamodb_client, name, POPULAR_USER_ID)["source"] == "popular"
     longest = "é" * 1024  # 2,048 bytes: the largest key DynamoDB takes
-    assert dynamodb.get_recommendations(dynamodb_client, name, longest)["source"] == "popular"
+    assert get_recommendations(dynamodb_client, name, longest)["source"] == "popular"
 
 
 def test_get_recommendations_limit(dynamodb_client: Any, published: tuple[str, pa.Table]) -> None:
     name, recs = published
     popular = [i for i, _ in expected_lists(recs)[POPULAR_USER_ID]]
-    result = dynamodb.get_recommendations(dynamodb_client, name, "someone-new", limit=3)
+    result = get_recommendations(dynamodb_client, name, "someone-new", limit=3)
     assert [x["item_id"] for x in result["items"]] == popular[:3]
     with pytest.raises(ValueError, match="limit"):
-        dynamodb.get_recommendations(dynamodb_client, name, "u", limit=0)
+        get_recommendations(dynamodb_client, name, "u", limit=0)
 
 
 @pytest.mark.parametrize("user_id", ["", "x" * 2049, "é" * 1025, "\ud800"])
 def test_get_recommendations_rejects_bad_ids(dynamodb_client: Any, published: tuple[str, pa.Table], user_id: str) -> None:
     with pytest.raises(ValueError, match="user_id"):
-        dynamodb.get_recommendations(dynamodb_client, published[0], user_id)
+        get_recommendations(dynamodb_client, published[0], user_id)
 
 
 def test_get_recommendations_before_anything_was_published(dynamodb_client: Any, table: str) -> None:
     with pytest.raises(LookupError, match=f"{table} has neither user 'u1' nor the fallback '__popular__'.*not been published"):
-        dynamodb.get_recommendations(dynamodb_client, table, "u1")
+        get_recommendations(dynamodb_client, table, "u1")
     with pytest.raises(LookupError, match="does not exist: nothing has been published"):
-        dynamodb.get_recommendations(dynamodb_client, new_table(), "u1")
+        get_recommendations(dynamodb_client, new_table(), "u1")
 
 
 # --------------------------------------------------------------------------- client
@@ -550,7 +552,13 @@ def test_command_line_parser() -> None:
 
 
 def test_served_marker_never_moves_backwards_unless_forced(dynamodb_client: Any) -> None:
-    from recsys.dynamodb import META_KEY, OlderRunError, ensure_table, get_recommendations, mark_served, read_served
+    from recsys.io.dynamodb import (
+        META_KEY,
+        OlderRunError,
+        ensure_table,
+        mark_served,
+        read_served,
+    )
 
     table = f"meta_{uuid.uuid4().hex[:8]}"
     assert read_served(dynamodb_client, table) is None  # no table yet

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from recsys.metrics import (
+from recsys.core.metrics import (
     catalog_coverage,
     evaluate_lists,
     hit_matrix,

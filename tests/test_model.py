@@ -5,21 +5,21 @@ from __future__ import annotations
 import datetime as dt
 
 import numpy as np
-import pytest
 import pyarrow as pa
+import pytest
 import scipy.sparse as sp
 
-from recsys.model import (
+from recsys.core.lists import lists_table
+from recsys.core.model import (
     ModelParams,
     build_user_item_matrix,
     recommend_factors,
-    recommend_popular,
     top_k_items,
     train_model,
 )
-from recsys.ingest import _chunks
-from recsys.pipeline import _lists_table
 from recsys.runtime import is_backfill, resolve_run_date
+from recsys.stages.extract import _chunks
+from tests.support import build_pair_events, recommend_popular
 
 
 def test_build_user_item_matrix_sorts_ids_and_drops_unknown_rows() -> None:
@@ -64,7 +64,7 @@ def test_als_learns_two_blocks() -> None:
 def test_lists_table_is_long_and_skips_padding() -> None:
     ids = np.array([[1, 0], [1, -1]], dtype=np.int32)
     scores = np.array([[0.9, 0.5], [0.7, -np.inf]], dtype=np.float32)
-    table = _lists_table(pa.array(["u1", "u2"]), pa.array(["a", "b"]), ids, scores)
+    table = lists_table(pa.array(["u1", "u2"]), pa.array(["a", "b"]), ids, scores)
     assert table.to_pylist() == [
         {"user_id": "u1", "rank": 1, "item_id": "b", "score": np.float32(0.9)},
         {"user_id": "u1", "rank": 2, "item_id": "a", "score": 0.5},
@@ -102,7 +102,7 @@ def test_tuning_candidates_are_the_grid_product_over_settings(tmp_path) -> None:
     import pytest
 
     from recsys.config import ConfigError, Settings
-    from recsys.pipeline import tuning_candidates
+    from recsys.core.grid import tuning_candidates
 
     env = {"RECSYS_HOME": str(tmp_path), "RECSYS_EVENT_WEIGHTS": "view=1,buy=5"}
     s = Settings.from_env({**env, "RECSYS_TUNING_GRID": "factors=8,16;alpha=1.5", "RECSYS_ITERATIONS": "3"})
@@ -157,7 +157,7 @@ def _weighted_events() -> pa.Table:
 
 
 def test_confidence_matrix_sums_weights_times_decayed_events() -> None:
-    from recsys.model import build_pair_events, confidence_matrix
+    from recsys.core.model import confidence_matrix
 
     events = build_pair_events(_weighted_events(), [END])[0]
     assert events.user_ids.to_pylist() == ["u1", "u2"] and events.item_ids.to_pylist() == ["a", "b"]
@@ -179,7 +179,6 @@ def test_confidence_matrix_sums_weights_times_decayed_events() -> None:
 def test_pair_events_of_the_training_days_are_aged_at_their_own_end() -> None:
     """The same events cut at an earlier end: only what happened before it, aged at it, with
     rows and columns of the ids that remain."""
-    from recsys.model import build_pair_events
 
     split = END - dt.timedelta(days=7)
     train = build_pair_events(_weighted_events(), [split])[0]
@@ -191,7 +190,6 @@ def test_pair_events_of_the_training_days_are_aged_at_their_own_end() -> None:
 
 
 def test_several_ends_at_once_equal_each_end_alone() -> None:
-    from recsys.model import build_pair_events
 
     ends = [END, END - dt.timedelta(days=7), END - dt.timedelta(days=10)]
     together = build_pair_events(_weighted_events(), ends)
@@ -203,7 +201,7 @@ def test_several_ends_at_once_equal_each_end_alone() -> None:
 
 
 def test_take_users_keeps_their_pairs_entries_and_ages_with_rows_renumbered() -> None:
-    from recsys.model import build_pair_events, confidence_matrix, take_users
+    from recsys.core.model import confidence_matrix, take_users
 
     table = pa.concat_tables([_weighted_events(), pa.table({
         "user_id": ["u0", "u0"], "item_id": ["c", "a"], "event_type": ["view", "buy"],
@@ -220,7 +218,6 @@ def test_take_users_keeps_their_pairs_entries_and_ages_with_rows_renumbered() ->
 
 
 def test_rows_in_any_order_give_the_same_pair_events() -> None:
-    from recsys.model import build_pair_events
 
     table = _weighted_events()
     one = build_pair_events(table, [END])[0].arrays()
@@ -230,7 +227,7 @@ def test_rows_in_any_order_give_the_same_pair_events() -> None:
 
 def test_weighted_events_sql_keeps_configured_types_in_the_window_with_their_time() -> None:
     """sql/weighted_events.sql on hand-made events: one row per weighted event of [$start, $end)."""
-    from recsys.sqlrun import connect, run_sql
+    from recsys.io.sql import connect, run_sql
 
     con = connect()
     stamps = [END - dt.timedelta(days=d) for d in (7, 14, 0.5, 3.25, 1, 40)]
@@ -276,7 +273,8 @@ def test_bpr_through_the_wrapper_learns_two_blocks_and_saves() -> None:
 
 
 def test_saved_factors_load_with_their_family(tmp_path) -> None:  # type: ignore[no-untyped-def]
-    from recsys.model import Factors, load_model, save_model
+    from recsys.core.model import Factors
+    from recsys.io.artifacts import load_model, save_model
 
     factors = Factors(np.ones((2, 3), np.float32), np.arange(12, dtype=np.float32).reshape(4, 3), "bpr")
     save_model(factors, tmp_path / "model.npz")
@@ -286,7 +284,7 @@ def test_saved_factors_load_with_their_family(tmp_path) -> None:  # type: ignore
 
 
 def test_cap_per_category_keeps_the_best_of_each_category_in_order() -> None:
-    from recsys.model import cap_per_category
+    from recsys.core.model import cap_per_category
 
     categories = np.array([0, 0, 0, 1, 1, -1])  # item 5 has no category: never capped
     ids = np.array([[0, 1, 2, 3, 5, 4], [2, 0, -1, -1, -1, -1]], dtype=np.int32)
@@ -297,7 +295,7 @@ def test_cap_per_category_keeps_the_best_of_each_category_in_order() -> None:
 
 
 def test_similar_items_are_nearest_by_cosine_and_never_the_item_itself() -> None:
-    from recsys.model import similar_items
+    from recsys.core.model import similar_items
 
     factors = np.array([[1, 0], [0.9, 0.1], [0, 1], [0.1, 0.9], [-1, 0]], dtype=np.float32)
     ids, scores = similar_items(factors, 2, np.array([4]))
@@ -308,7 +306,7 @@ def test_similar_items_are_nearest_by_cosine_and_never_the_item_itself() -> None
 
 
 def test_bm25_weighting_damps_common_items_and_long_histories() -> None:
-    from recsys.model import BM25_FLOOR, scale_confidence
+    from recsys.core.model import BM25_FLOOR, scale_confidence
 
     dense = np.zeros((12, 10), dtype=np.float32)
     dense[:6, 0] = 1  # item 0: half the users
@@ -332,7 +330,7 @@ def test_bm25_damps_a_popular_item_by_its_idf_not_in_proportion_to_its_popularit
     # weight (idf log(40) - log1p(20) against log(40) - log1p(1)). Items as documents damped it
     # in proportion to its popularity (a fifteenth here), which at scale 10 left popular items
     # almost no weight and the BM25 candidates at NDCG@20 0.0109.
-    from recsys.model import scale_confidence
+    from recsys.core.model import scale_confidence
 
     dense = np.zeros((40, 41), dtype=np.float32)
     dense[:20, 0] = 1  # item 0: half the users
@@ -343,8 +341,7 @@ def test_bm25_damps_a_popular_item_by_its_idf_not_in_proportion_to_its_popularit
 
 def test_seen_matrix_excludes_everything_touched_or_only_purchases(tmp_path) -> None:  # type: ignore[no-untyped-def]
     from recsys.config import Settings
-    from recsys.model import build_pair_events
-    from recsys.pipeline import seen_matrix
+    from recsys.core.lists import seen_matrix
 
     events = build_pair_events(_weighted_events(), [END])[0]  # u1: a (view, buy), b (view); u2: b (buy)
     everything = Settings.from_env({"RECSYS_HOME": str(tmp_path), "RECSYS_EVENT_WEIGHTS": "view=1,buy=10"})
@@ -355,7 +352,7 @@ def test_seen_matrix_excludes_everything_touched_or_only_purchases(tmp_path) -> 
 
 
 def test_sample_rows_is_seeded_sorted_and_keeps_small_sets_whole() -> None:
-    from recsys.pipeline import sample_rows
+    from recsys.core.holdout import sample_rows
 
     rows = np.arange(100, 200)
     assert sample_rows(rows, 0, 1) is rows and sample_rows(rows, 100, 1) is rows
@@ -368,7 +365,7 @@ def test_sample_rows_is_seeded_sorted_and_keeps_small_sets_whole() -> None:
 def test_batched_lists_equal_one_batch_on_a_tiny_matrix(tmp_path) -> None:  # type: ignore[no-untyped-def]
     """What recommend does batch by batch (top-k, filters, category cap) gives the lists of one batch."""
     from recsys.config import Settings
-    from recsys.pipeline import ItemFilters, serve_lists
+    from recsys.core.lists import ItemFilters, serve_lists
 
     rng = np.random.default_rng(3)
     items = rng.normal(size=(12, 3)).astype(np.float32)
@@ -390,7 +387,7 @@ def test_batched_lists_equal_one_batch_on_a_tiny_matrix(tmp_path) -> None:  # ty
 
 def test_duckdb_settings_reach_the_connection(tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
     from recsys.config import ConfigError, Settings
-    from recsys.sqlrun import connect
+    from recsys.io.sql import connect
 
     monkeypatch.setenv("RECSYS_DUCKDB_MEMORY_LIMIT", "512MiB")
     monkeypatch.setenv("RECSYS_DUCKDB_THREADS", "1")
@@ -405,7 +402,7 @@ def test_duckdb_settings_reach_the_connection(tmp_path, monkeypatch) -> None:  #
 
 @pytest.mark.parametrize("key_offset", [0, 1 << 50])  # packed into one int64 / too wide: lexsort
 def test_events_sort_by_key_then_newest_first_on_both_paths(key_offset: int) -> None:
-    from recsys.model import _sort_by_key_newest_first
+    from recsys.core.model import _sort_by_key_newest_first
 
     rng = np.random.default_rng(3)
     key = rng.integers(0, 50, size=5_000) + key_offset
@@ -416,7 +413,6 @@ def test_events_sort_by_key_then_newest_first_on_both_paths(key_offset: int) -> 
 
 
 def test_pair_events_refuse_an_end_inside_a_second() -> None:
-    from recsys.model import build_pair_events
 
     with pytest.raises(ValueError, match="not a whole second"):
         build_pair_events(_weighted_events(), [END - dt.timedelta(microseconds=500)])

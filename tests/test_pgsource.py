@@ -11,10 +11,11 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
-from recsys import lake, pgsource
-from recsys.cli import latest_source_date
 from recsys.config import Settings
-from recsys.source import SourceError
+from recsys.io import lake
+from recsys.io.source import newest_complete_day
+from recsys.io.sources import postgres as pgsource
+from recsys.io.sources.files import SourceError
 from tests.fixtures_postgres import postgres_database  # noqa: F401  (a fixture)
 from tests.test_pipeline_e2e import END, recsys_env, run, scan, store  # noqa: F401  (fixtures)
 
@@ -66,7 +67,7 @@ def test_days_stream_into_parquet_in_batches_with_epoch_milliseconds(
     assert staged.schema.field("u").type == pa.string() and staged["i"][0].as_py().startswith("0000")
     files = sorted(out.glob("*.parquet"))
     assert len(files) == 1 and pq.ParquetFile(files[0]).metadata.num_row_groups > 3  # written batch by batch
-    assert latest_source_date(settings) == dt.date(2026, 5, 3)  # newest event 23:59:51 UTC: complete
+    assert newest_complete_day(settings) == dt.date(2026, 5, 3)  # newest event 23:59:51 UTC: complete
 
 
 def test_latest_skips_a_cut_off_last_day_as_for_files(
@@ -82,13 +83,13 @@ def test_latest_skips_a_cut_off_last_day_as_for_files(
         "occurred_at": [at(1, 12), at(2, 9), at(3, 22, 59)],  # the export stops at 22:59 on May 3
     }), "events")
     settings = settings_for(monkeypatch, tmp_path, postgres_database, RECSYS_SOURCE_COLUMNS=MAPPING)
-    assert latest_source_date(settings) == dt.date(2026, 5, 2)
+    assert newest_complete_day(settings) == dt.date(2026, 5, 2)
     with psycopg.connect(postgres_database, autocommit=True) as con:
         con.execute("INSERT INTO events VALUES ('u4', 'i4', 'View', %s)", (at(3, 23),))
-    assert latest_source_date(settings) == dt.date(2026, 5, 3)  # an event at 23:00: May 3 has landed
+    assert newest_complete_day(settings) == dt.date(2026, 5, 3)  # an event at 23:00: May 3 has landed
     with psycopg.connect(postgres_database, autocommit=True) as con:
         con.execute("INSERT INTO events VALUES ('u5', 'i5', 'View', %s)", (at(5, 4),))
-    assert latest_source_date(settings) == dt.date(2026, 5, 5)  # nothing on May 4: the partial day is all there is
+    assert newest_complete_day(settings) == dt.date(2026, 5, 5)  # nothing on May 4: the partial day is all there is
 
 
 def test_missing_connection_and_missing_column_name_the_fix(

@@ -16,9 +16,9 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
-from recsys import lake
 from recsys.config import POPULAR_USER_ID, Settings
-from recsys.datagen import generate_store
+from recsys.dev.datagen import generate_store
+from recsys.io import lake
 
 END = dt.date(2026, 5, 31)
 SMALL = dict(users=3_000, items=300, events=60_000, days=35, seed=11, end_date=END, categories=10)
@@ -79,7 +79,7 @@ def lists_of(items: dict[str, dict]) -> dict[str, list[str]]:
 
 
 def run(settings: Settings, day: dt.date) -> Any:
-    from recsys.cli import run_dag
+    from recsys.dev.dagrun import run_dag
 
     return run_dag(settings, day)
 
@@ -187,7 +187,7 @@ def test_broken_batch_fails_before_anything_is_served(
 def test_quality_gate_passes_a_good_model_and_blocks_a_bad_one(
     recsys_env: Settings, dynamodb_client: Any, airflow_env: Path
 ) -> None:
-    from recsys.cli import run_dag
+    from recsys.dev.dagrun import run_dag
 
     settings = recsys_env
     good = run_dag(settings, END)
@@ -212,7 +212,7 @@ def test_quality_gate_passes_a_good_model_and_blocks_a_bad_one(
 def test_an_older_date_never_replaces_newer_lists_unless_forced(
     one_model_env: Settings, dynamodb_client: Any, airflow_env: Path
 ) -> None:
-    from recsys.cli import run_dag
+    from recsys.dev.dagrun import run_dag
 
     settings = one_model_env
     assert str(run(settings, END).state).endswith("success")

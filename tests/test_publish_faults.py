@@ -25,9 +25,12 @@ import pyarrow as pa
 import pytest
 from botocore.exceptions import ClientError
 
-from recsys import dynamodb, dynamodb_local, lake, pipeline
 from recsys.config import Settings
-from recsys.dynamodb import META_KEY, PublicationError
+from recsys.dev import dynamodb_local
+from recsys.io import dynamodb, lake
+from recsys.io.dynamodb import META_KEY, PublicationError
+from recsys.stages.publish import finish_publish, plan_publish, publish_shard
+from recsys.stages.verify import verify
 from tests.test_dynamodb import make_recs, scan
 
 DAY = dt.date(2026, 6, 2)
@@ -59,11 +62,11 @@ def lake_with_lists(
 
 def publish_all(settings: Settings, day: dt.date, **flags: Any) -> dict[str, Any]:
     """What the DAG does: plan, every shard, then __meta__ and verify."""
-    shards = pipeline.plan_publish(settings, day, **flags)
+    shards = plan_publish(settings, day, **flags)
     assert shards, "nothing was planned"
-    results = [pipeline.publish_shard(settings, day, shard) for shard in shards]
-    published = pipeline.finish_publish(settings, day, shards, results, force=flags.get("force", False))
-    pipeline.verify(settings, day, published)
+    results = [publish_shard(settings, day, shard) for shard in shards]
+    published = finish_publish(settings, day, shards, results, force=flags.get("force", False))
+    verify(settings, day, published)
     return published
 
 
@@ -108,12 +111,12 @@ def serving_v1(dynamodb_endpoint: str, dynamodb_client: Any, tmp_path: Path) -> 
 
 SHARD_RUNNER = """
 import json, sys
-from recsys import pipeline
 from recsys.config import Settings
 import datetime as dt
+from recsys.stages.publish import publish_shard
 shards = json.loads(sys.argv[1])
 for shard in shards:
-    pipeline.publish_shard(Settings.from_env(), dt.date.fromisoformat(sys.argv[2]), shard)
+    publish_shard(Settings.from_env(), dt.date.fromisoformat(sys.argv[2]), shard)
 """
 
 
@@ -122,7 +125,7 @@ def test_publisher_killed_mid_publish_then_retried_serves_every_user_the_new_ver
 ) -> None:
     settings, table = serving_v1, serving_v1.table
     users = set(versions(dynamodb_client, table))
-    shards = pipeline.plan_publish(settings, DAY)
+    shards = plan_publish(settings, DAY)
     assert [s["shard"] for s in shards] == [0, 1, 2] and sum(s["users"] for s in shards) == USERS + 1
     # The shard tasks run in a process of their own (as a task does), one thread: slow enough to kill.
     env = {**os.environ, "PYTHONPATH": str(REPO), "RECSYS_HOME": str(settings.home),
@@ -149,14 +152,14 @@ def test_publisher_killed_mid_publish_then_retried_serves_every_user_the_new_ver
     assert served(dynamodb_client, table) == (BEFORE.isoformat(), "v1"), "__meta__ moved before every shard ran"
     # finish_publish refuses to mark a publication whose shards did not all report.
     with pytest.raises(PublicationError, match=r"shards \[0, 1, 2\] were planned but results came from \[\]"):
-        pipeline.finish_publish(settings, DAY, shards, [])
+        finish_publish(settings, DAY, shards, [])
     assert served(dynamodb_client, table) == (BEFORE.isoformat(), "v1")
 
     # The retry: every shard task again, with the plan's own ranges and timestamps.
-    results = [pipeline.publish_shard(settings, DAY, shard) for shard in shards]
+    results = [publish_shard(settings, DAY, shard) for shard in shards]
     assert [r["items"] for r in results] == [s["users"] for s in shards]
-    published = pipeline.finish_publish(settings, DAY, shards, results)
-    assert pipeline.verify(settings, DAY, published)["verified"] is True
+    published = finish_publish(settings, DAY, shards, results)
+    assert verify(settings, DAY, published)["verified"] is True
     after = versions(dynamodb_client, table)
     assert set(after) == users and set(after.values()) == {"v2"}
     assert served(dynamodb_client, table) == (DAY.isoformat(), "v2")
@@ -166,13 +169,13 @@ def test_publisher_killed_mid_publish_then_retried_serves_every_user_the_new_ver
 
 def test_a_retried_shard_rewrites_exactly_its_own_users(serving_v1: Settings, dynamodb_client: Any) -> None:
     settings = serving_v1
-    shards = pipeline.plan_publish(settings, DAY)
-    pipeline.publish_shard(settings, DAY, shards[1])
+    shards = plan_publish(settings, DAY)
+    publish_shard(settings, DAY, shards[1])
     now = versions(dynamodb_client, settings.table)
     middle = {u for u, v in now.items() if v == "v2"}
     assert len(middle) == shards[1]["users"]
     assert all(shards[1]["first"] <= u < shards[1]["end"] for u in middle)
-    pipeline.publish_shard(settings, DAY, shards[1])  # the retry
+    publish_shard(settings, DAY, shards[1])  # the retry
     assert versions(dynamodb_client, settings.table) == now
 
 
@@ -211,12 +214,12 @@ def test_dynamodb_stopped_mid_publish_fails_naming_the_endpoint_and_a_retry_comp
     users = 300  # a freshly started DynamoDB Local on disk writes far slower than the session's in-memory one
     settings = lake_with_lists(tmp_path / "home", endpoint, "recs", threads=1, shards=1, users=users)
     client = dynamodb.make_client(settings)
-    shards = pipeline.plan_publish(settings, DAY)
+    shards = plan_publish(settings, DAY)
     failure: list[BaseException] = []
 
     def run() -> None:
         try:
-            pipeline.publish_shard(settings, DAY, shards[0])
+            publish_shard(settings, DAY, shards[0])
         except BaseException as exc:  # noqa: BLE001 (the test inspects it)
             failure.append(exc)
 
@@ -237,11 +240,11 @@ def test_dynamodb_stopped_mid_publish_fails_naming_the_endpoint_and_a_retry_comp
     own_dynamodb["start"]()  # the same data folder: what was written survives
     assert dynamodb.read_served(client, "recs") is None
     retry = settings.with_overrides({"publish_threads": 4})
-    published = pipeline.finish_publish(
-        retry, DAY, shards, [pipeline.publish_shard(retry, DAY, shard) for shard in shards]
+    published = finish_publish(
+        retry, DAY, shards, [publish_shard(retry, DAY, shard) for shard in shards]
     )
     assert published["items"] == users + 1
-    assert pipeline.verify(settings, DAY, published)["verified"] is True
+    assert verify(settings, DAY, published)["verified"] is True
     assert set(versions(client, "recs").values()) == {"v2"} and len(versions(client, "recs")) == users + 1
 
 
@@ -256,11 +259,11 @@ def test_backfill_or_older_date_after_a_newer_publish_leaves_the_table_unchanged
     settings = lake_with_lists(tmp_path / "home", dynamodb_endpoint, table)
     publish_all(settings, DAY)
     before = scan(dynamodb_client, table)
-    assert pipeline.plan_publish(settings, BEFORE, is_backfill=True) == []
-    assert pipeline.plan_publish(settings, BEFORE) == []
-    assert pipeline.plan_publish(settings, BEFORE, is_backfill=True, force=True) == []  # a backfill never publishes
+    assert plan_publish(settings, BEFORE, is_backfill=True) == []
+    assert plan_publish(settings, BEFORE) == []
+    assert plan_publish(settings, BEFORE, is_backfill=True, force=True) == []  # a backfill never publishes
     assert scan(dynamodb_client, table) == before
-    assert pipeline.plan_publish(settings, BEFORE, force=True)  # only force_publish makes the older date go out
+    assert plan_publish(settings, BEFORE, force=True)  # only force_publish makes the older date go out
 
 
 # --------------------------------------------------------------------------- throttling (a double)

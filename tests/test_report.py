@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from recsys import lake
 from recsys.config import Settings
-from recsys.report import write_report
+from recsys.io import lake
+from recsys.io.report import write_report
 
 PLUGIN = Path(__file__).resolve().parents[1] / "plugins" / "recsys_reports.py"
 

@@ -20,8 +20,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
 
-from recsys import dynamodb_local, lake
+from recsys import datasets
 from recsys.config import Settings
+from recsys.dev import dynamodb_local
+from recsys.io import lake
 from tests.test_pipeline_e2e import END, recsys_env, scan, store  # noqa: F401  (fixtures)
 
 DAY = dt.date(2026, 3, 1)
@@ -140,7 +142,7 @@ def test_a_half_written_partition_is_invisible(s3_lake: str, monkeypatch: pytest
     put = lake._put_bytes
 
     def no_manifest(root: str, relpath: str, body: bytes) -> None:
-        if relpath.endswith(lake.MANIFEST):
+        if relpath.endswith(datasets.MANIFEST):
             raise lake.LakeError("connection reset")
         put(root, relpath, body)
 
@@ -194,7 +196,7 @@ def test_a_rerun_replaces_the_partition_on_every_machine(
     answers = iter([stale])
     monkeypatch.setattr(lake, "read_manifest", lambda *args: next(answers, None) or real(*args))
     monkeypatch.setenv("RECSYS_HOME", str(tmp_path / "third-worker"))
-    with caplog.at_level(logging.INFO, logger="recsys.lake"):
+    with caplog.at_level(logging.INFO, logger="recsys.io.lake"):
         assert lake.read_partition(s3_lake, "confidence", DAY).equals(table(4))
     assert "changed while it was downloaded" in caplog.text
 
@@ -212,7 +214,7 @@ def test_s3_errors_name_the_fix(s3_lake: str) -> None:
 def test_whole_dag_on_an_s3_lake(
     recsys_env: Settings, s3_lake: str, dynamodb_client: Any, airflow_env: Path, monkeypatch: pytest.MonkeyPatch  # noqa: F811
 ) -> None:
-    from recsys.cli import run_dag
+    from recsys.dev.dagrun import run_dag
 
     # One untuned model, as in test_pgsource: quick, and it need only beat popularity here.
     for key, value in {"RECSYS_LAKE": s3_lake, "RECSYS_TUNING_GRID": "", "RECSYS_FACTORS": "16", "RECSYS_ALPHA": "10",

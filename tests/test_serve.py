@@ -1,4 +1,4 @@
-"""recsys.serve (the storefront's HTTP API) against the session's real DynamoDB Local.
+"""recsys.serving.api (the storefront's HTTP API) against the session's real DynamoDB Local.
 
 Items are put with the low-level client into tables of their own; requests go through
 FastAPI's TestClient, and one test starts the real ``recsys serve`` command on a free port.
@@ -25,9 +25,10 @@ from typing import Any, Iterator
 import pytest
 from fastapi.testclient import TestClient
 
-from recsys import dynamodb, dynamodb_local
-from recsys.config import ConfigError, POPULAR_USER_ID, Settings
-from recsys.serve import DEFAULT_TIMEOUT, create_app, openapi_json, serve_timeout
+from recsys.config import POPULAR_USER_ID, Settings
+from recsys.dev import dynamodb_local
+from recsys.io import dynamodb
+from recsys.serving.api import create_app, openapi_json
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 OPENAPI_FILE = REPO_ROOT / "docs" / "openapi.json"
@@ -273,14 +274,6 @@ def test_a_queue_of_requests_to_a_silent_dynamodb_all_end_in_time(silent_endpoin
 
 
 # --------------------------------------------------------------------------- settings, OpenAPI
-
-
-def test_serve_timeout_from_the_environment() -> None:
-    assert serve_timeout({}) == DEFAULT_TIMEOUT == 0.5
-    assert serve_timeout({"RECSYS_SERVE_TIMEOUT": " 0.25 "}) == 0.25
-    for bad in ("abc", "0", "-1", "61"):
-        with pytest.raises(ConfigError, match="RECSYS_SERVE_TIMEOUT"):
-            serve_timeout({"RECSYS_SERVE_TIMEOUT": bad})
 
 
 def test_committed_openapi_document_is_what_the_app_generates(api: TestClient) -> None:

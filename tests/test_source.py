@@ -11,8 +11,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from recsys.config import ConfigError, Settings, parse_mapping
-from recsys.source import SourceError, register_catalog, register_source
-from recsys.sqlrun import connect
+from recsys.io.sources.files import SourceError, register_catalog, register_source
+from recsys.io.sql import connect
 
 UTC = dt.timezone.utc
 
@@ -151,7 +151,7 @@ def test_event_type_spellings_map_to_the_configured_names(tmp_path: Path) -> Non
     assert types == ["View", "AddToCart", "Purchase", "AddToCart", "StartCheckout", "Teleport"]
     # Without configured types nothing is renamed; an alias never takes a configured type's own name.
     assert [r["event_type"] for r in canonical_rows(tmp_path)][:3] == ["view", "addtocart", "transaction"]
-    from recsys.source import event_type_spellings
+    from recsys.io.sources.files import event_type_spellings
 
     assert event_type_spellings(["cart", "AddToCart"]) == {"cart": "cart", "addtocart": "AddToCart", "addtobasket": "AddToCart", "basketadd": "AddToCart"}
 
@@ -173,7 +173,7 @@ def test_event_type_spellings_map_to_the_configured_names(tmp_path: Path) -> Non
     ],
 )
 def test_latest_complete_day_rule(newest_ts: dt.datetime, day_before_has_events: bool, expected: dt.date) -> None:
-    from recsys.source import latest_complete_day
+    from recsys.io.sources.files import latest_complete_day
 
     assert latest_complete_day(newest_ts, day_before_has_events) == expected
 
@@ -187,16 +187,16 @@ def test_latest_complete_day_rule(newest_ts: dt.datetime, day_before_has_events:
     ],
 )
 def test_latest_is_the_newest_complete_day(tmp_path: Path, last_event: dt.datetime, expected: dt.date) -> None:
-    from recsys.cli import latest_source_date
+    from recsys.io.source import newest_complete_day
 
     first = dt.datetime(2015, 9, 17, 12, tzinfo=UTC)
     rows = [f"u1,i1,View,{first.isoformat()}", f"u2,i2,View,{last_event.isoformat()}"]
     (tmp_path / "events.csv").write_text("user_id,item_id,event_type,event_ts\n" + "\n".join(rows) + "\n")
-    assert latest_source_date(Settings.from_env({"RECSYS_SOURCE": str(tmp_path)})) == expected
+    assert newest_complete_day(Settings.from_env({"RECSYS_SOURCE": str(tmp_path)})) == expected
 
 
 def test_latest_of_a_single_partial_day_is_that_day(tmp_path: Path) -> None:
-    from recsys.cli import latest_source_date
+    from recsys.io.source import newest_complete_day
 
     (tmp_path / "events.csv").write_text("user_id,item_id,event_type,event_ts\nu1,i1,View,2015-09-18T03:13:00Z\n")
-    assert latest_source_date(Settings.from_env({"RECSYS_SOURCE": str(tmp_path)})) == dt.date(2015, 9, 18)
+    assert newest_complete_day(Settings.from_env({"RECSYS_SOURCE": str(tmp_path)})) == dt.date(2015, 9, 18)

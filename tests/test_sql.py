@@ -7,7 +7,7 @@ import datetime as dt
 import pyarrow as pa
 import pytest
 
-from recsys.sqlrun import connect, run_sql
+from recsys.io.sql import connect, run_sql
 
 UTC = dt.timezone.utc
 
@@ -171,7 +171,7 @@ def test_interactions_marks_repeated_event_ids(con) -> None:  # type: ignore[no-
 
 
 def test_only_parameters_the_statement_uses_are_bound() -> None:
-    from recsys.sqlrun import used_params
+    from recsys.io.sql import used_params
 
     text = "-- rows of [$start, $end)\nselect $end_day as d, $end as e -- not $split\nfrom t"
     params = {"start": 1, "end": 2, "end_day": 3, "split": 4}
@@ -180,9 +180,9 @@ def test_only_parameters_the_statement_uses_are_bound() -> None:
 
 
 def test_copy_to_parquet_writes_the_query_to_a_file_named_with_a_quote(con, tmp_path) -> None:  # type: ignore[no-untyped-def]
-    from recsys.sqlrun import copy_to_parquet
-
     import pyarrow.parquet as pq
+
+    from recsys.io.sql import copy_to_parquet
 
     path = tmp_path / "it's" / "part-0.parquet"
     path.parent.mkdir()

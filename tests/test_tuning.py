@@ -3,17 +3,26 @@ from index_events' event ages, and the hold-out every family is scored on."""
 
 from __future__ import annotations
 
-import dataclasses
 import datetime as dt
-from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pytest
 
-from recsys import lake, pipeline
 from recsys.config import Settings
-from recsys.datagen import generate_store
+from recsys.core.grid import make_candidate, split_candidate
+from recsys.core.holdout import score_candidate, tuning_users
+from recsys.core.lists import serve_lists
+from recsys.dev.datagen import generate_store
+from recsys.io import lake
+from recsys.io.artifacts import load_holdout
+from recsys.io.sql import register_window
+from recsys.stages.aggregate import aggregate
+from recsys.stages.extract import extract
+from recsys.stages.index_events import index_events
+from recsys.stages.recommend import recommend
+from recsys.stages.train import train
+from recsys.stages.validate import validate
 
 END = dt.date(2026, 5, 31)
 
@@ -25,30 +34,29 @@ def settings(tmp_path_factory: pytest.TempPathFactory) -> Settings:
     s = Settings.from_env({"RECSYS_HOME": str(home), "RECSYS_SOURCE": str(home / "demo" / "interactions"),
                            "RECSYS_CATALOG": str(home / "demo" / "catalog.parquet"), "RECSYS_WINDOW_DAYS": "21",
                            "RECSYS_HOLDOUT_DAYS": "4", "RECSYS_TUNING_GRID": ""})
-    from recsys import ingest
 
-    ingest.validate(s, END, ingest.extract(s, END)["days"])
-    pipeline.aggregate(s, END)
-    pipeline.index_events(s, END)
+    validate(s, END, extract(s, END)["days"])
+    aggregate(s, END)
+    index_events(s, END)
     return s
 
 
 def _sql_confidence(settings: Settings, half_life: float) -> pa.Table:
     """The training part's confidence the old way: sql/confidence.sql over the raw events."""
-    from recsys.sqlrun import connect, run_sql
-    from recsys.window import Window
+    from recsys.core.window import Window
+    from recsys.io.sql import connect, run_sql
 
     window = Window.of(settings, END)
     con = connect()
-    pipeline._register_window(con, settings, window)
+    register_window(con, settings, window)
     return run_sql(con, "confidence", {**window.sql_params(settings), "end": window.split, "half_life_days": half_life})
 
 
 @pytest.mark.parametrize("half_life", [0.0, 3.5])
 def test_candidate_matrix_equals_the_sql_confidence(settings: Settings, half_life: float) -> None:
-    from recsys.model import build_user_item_matrix, confidence_matrix
+    from recsys.core.model import build_user_item_matrix, confidence_matrix
 
-    data = pipeline.load_holdout(settings, END)
+    data = load_holdout(settings, END)
     built = confidence_matrix(data.events, settings.event_weights, half_life)
     expected = build_user_item_matrix(_sql_confidence(settings, half_life))
     assert built.user_ids.equals(expected.user_ids) and built.item_ids.equals(expected.item_ids)
@@ -60,28 +68,28 @@ def test_candidate_matrix_equals_the_sql_confidence(settings: Settings, half_lif
 def test_candidates_fit_on_the_evaluated_users_and_a_sample_of_the_rest(settings: Settings) -> None:
     """With RECSYS_TUNE_MAX_USERS below the training users, a candidate's matrix has that many
     rows: every evaluated user's row, unchanged, and the same sample on every run."""
-    from recsys.model import confidence_matrix
+    from recsys.core.model import confidence_matrix
 
-    data = pipeline.load_holdout(settings, END)
-    capped = dataclasses.replace(settings, tune_max_users=len(data.rows) + 100)
-    events, rows = pipeline.tuning_users(capped, data.events, data.rows)
+    data = load_holdout(settings, END)
+    capped = settings.with_overrides({"tune_max_users": len(data.rows) + 100})
+    events, rows = tuning_users(capped, data.events, data.rows)
     assert events.shape == (len(data.rows) + 100, data.events.shape[1])
     full = confidence_matrix(data.events, settings.event_weights, 3.5).matrix
     sub = confidence_matrix(events, settings.event_weights, 3.5).matrix
     assert (sub[rows] != full[data.rows]).nnz == 0
     assert events.user_ids.take(pa.array(rows)).equals(data.events.user_ids.take(pa.array(data.rows)))
-    again, _ = pipeline.tuning_users(capped, data.events, data.rows)
+    again, _ = tuning_users(capped, data.events, data.rows)
     assert again.user_ids.equals(events.user_ids)
-    below = dataclasses.replace(settings, tune_max_users=len(data.rows) // 2)
-    only, where = pipeline.tuning_users(below, data.events, data.rows)
+    below = settings.with_overrides({"tune_max_users": len(data.rows) // 2})
+    only, where = tuning_users(below, data.events, data.rows)
     assert only.shape[0] == len(data.rows) and where.tolist() == list(range(len(data.rows)))
-    assert pipeline.tuning_users(dataclasses.replace(settings, tune_max_users=0), data.events, data.rows)[0] is data.events
+    assert tuning_users(settings.with_overrides({"tune_max_users": 0}), data.events, data.rows)[0] is data.events
 
 
 def test_every_family_is_scored_on_new_items_with_served_lists(settings: Settings) -> None:
-    from recsys.model import confidence_matrix, train_model
+    from recsys.core.model import confidence_matrix, train_model
 
-    data = pipeline.load_holdout(settings, END)
+    data = load_holdout(settings, END)
     train_pairs = confidence_matrix(data.events, settings.event_weights, 0.0).matrix[data.rows]
     n_items = data.events.shape[1]
     assert data.truth[:, :n_items].multiply(train_pairs).nnz == 0  # relevant = not touched before the hold-out
@@ -89,15 +97,15 @@ def test_every_family_is_scored_on_new_items_with_served_lists(settings: Setting
     users = None
     for choice in ({"model": "als", "factors": 8}, {"model": "bpr", "factors": 8},
                    {"model": "als", "factors": 8, "weights": "uniform", "half_life": 7.0}):
-        candidate = pipeline.make_candidate(settings, choice)
-        params, weights, half_life = pipeline.split_candidate(candidate)
+        candidate = make_candidate(settings, choice)
+        params, weights, half_life = split_candidate(candidate)
         factors = train_model(confidence_matrix(data.events, weights, half_life).matrix, params)
-        ids, _ = pipeline.serve_lists(settings, factors.user_factors[data.rows], factors.item_factors, data.seen, data.filters)
+        ids, _ = serve_lists(settings, factors.user_factors[data.rows], factors.item_factors, data.seen, data.filters)
         listed = np.zeros(data.seen.shape, dtype=bool)
         np.put_along_axis(listed, np.maximum(ids, 0), ids >= 0, axis=1)
         assert listed.sum() > 0.9 * listed.size / 150 * settings.k  # lists are (nearly) full
         assert not (listed & (data.seen.toarray() > 0)).any() and not listed[:, data.filters.exclude].any()
-        metrics = pipeline.score_candidate(settings, data, candidate)
+        metrics = score_candidate(settings, data, candidate)
         assert users in (None, metrics["users_evaluated"])  # every family faces the same users and truth
         users = metrics["users_evaluated"]
         assert metrics["ndcg_at_k"] > 0.0
@@ -105,19 +113,19 @@ def test_every_family_is_scored_on_new_items_with_served_lists(settings: Setting
 
 
 def test_train_keeps_the_winners_family_and_recommend_uses_it(settings: Settings) -> None:
-    bpr = pipeline.make_candidate(settings, {"model": "bpr", "factors": 8})
-    data = pipeline.load_holdout(settings, END)
-    results = [{"params": bpr, "metrics": pipeline.score_candidate(settings, data, bpr), "seconds": 1.0}]
+    bpr = make_candidate(settings, {"model": "bpr", "factors": 8})
+    data = load_holdout(settings, END)
+    results = [{"params": bpr, "metrics": score_candidate(settings, data, bpr), "seconds": 1.0}]
     results[0]["metrics"]["ndcg_at_k"] = 1.0  # the winner whatever it scored: train must honour it
-    pipeline.train(settings, END, results)
+    train(settings, END, results)
     models = lake.partition_dir(settings.lake, "models", END)
     params = lake.read_json(models / "params.json")
     assert params["model"]["model"] == "bpr" and params["event_weights"] == bpr["event_weights"]
-    from recsys.model import load_model
+    from recsys.io.artifacts import load_model
 
     factors = load_model(models / "model.npz")
     assert factors.model == "bpr" and factors.item_factors.shape[1] == 9
-    out = pipeline.recommend(settings, END)
+    out = recommend(settings, END)
     assert out["users"] == factors.user_factors.shape[0] and out["short_lists"] == 0
     metrics = lake.read_json(models / "metrics.json")
     assert metrics["grid"][0]["params"] == bpr and metrics["grid"][0]["seconds"] == 1.0
@@ -128,18 +136,18 @@ def test_index_events_saves_the_capped_users_with_their_evaluated_rows(settings:
     """Through index_events and load_holdout (what tune reads): with RECSYS_TUNE_MAX_USERS below
     the training users, the saved events have that many users, and the evaluated rows point
     at the same users, with the same truth, as without the cap. Restores the partition."""
-    full = pipeline.load_holdout(settings, END)
-    capped = dataclasses.replace(settings, tune_max_users=len(full.rows) + 50)
+    full = load_holdout(settings, END)
+    capped = settings.with_overrides({"tune_max_users": len(full.rows) + 50})
     try:
-        pipeline.index_events(capped, END)
-        data = pipeline.load_holdout(capped, END)
+        index_events(capped, END)
+        data = load_holdout(capped, END)
     finally:
-        pipeline.index_events(settings, END)
+        index_events(settings, END)
     assert data.events.shape == (len(full.rows) + 50, full.events.shape[1])
     assert data.events.user_ids.take(pa.array(data.rows)).equals(full.events.user_ids.take(pa.array(full.rows)))
     assert (data.truth != full.truth).nnz == 0 and (data.seen != full.seen).nnz == 0
-    params, weights, half_life = pipeline.split_candidate(pipeline.make_candidate(settings, {"factors": 8}))
-    from recsys.model import confidence_matrix
+    params, weights, half_life = split_candidate(make_candidate(settings, {"factors": 8}))
+    from recsys.core.model import confidence_matrix
 
     sub = confidence_matrix(data.events, weights, half_life).matrix[data.rows]
     assert (sub != confidence_matrix(full.events, weights, half_life).matrix[full.rows]).nnz == 0

@@ -15,11 +15,17 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from recsys import ingest, lake
 from recsys.config import ConfigError, Settings
-from recsys.ingest import EmptyDayError, file_homes
-from recsys.source import SourceError
-from recsys.validate import ValidationError, plan_chunks, trailing_mean, user_share_of_day
+from recsys.core.checks import (
+    ValidationError,
+    plan_chunks,
+    trailing_mean,
+    user_share_of_day,
+)
+from recsys.io import lake
+from recsys.io.sources.files import SourceError
+from recsys.stages.extract import EmptyDayError, extract, file_homes
+from recsys.stages.validate import validate
 
 UTC = dt.timezone.utc
 D1 = dt.date(2026, 3, 1)
@@ -70,8 +76,8 @@ def history(settings: Settings, days: int = 9, rows: int = 100) -> None:
 
 
 def run(settings: Settings, d: dt.date) -> dict[str, Any]:
-    extracted = ingest.extract(settings, d)
-    return ingest.validate(settings, d, extracted["days"])
+    extracted = extract(settings, d)
+    return validate(settings, d, extracted["days"])
 
 
 def quarantine(settings: Settings, d: dt.date) -> list[dict[str, Any]]:
@@ -447,12 +453,12 @@ def test_header_only_and_zero_byte_files_are_skipped_but_all_empty_is_an_error(t
     (Path(s.source) / "quiet-hour.csv").write_text("user_id,item_id,event_type,event_ts\n")
     (Path(s.source) / "zero.jsonl").write_bytes(b"")
     pq.write_table(events(d, 0), Path(s.source) / "no-rows.parquet")
-    assert sorted(Path(p).name for p in ingest.extract(s, d)["empty_files"]) == ["no-rows.parquet", "quiet-hour.csv", "zero.jsonl"]
+    assert sorted(Path(p).name for p in extract(s, d)["empty_files"]) == ["no-rows.parquet", "quiet-hour.csv", "zero.jsonl"]
 
     only_empty = settings_for(tmp_path / "empty")
     (Path(only_empty.source) / "a.csv").write_bytes(b"")
     with pytest.raises(SourceError, match=r"every file is empty \(1 file\(s\), e.g. .*a.csv\)"):
-        ingest.extract(only_empty, d)
+        extract(only_empty, d)
 
 
 def test_an_empty_run_date_is_fatal_and_names_skipped_files(tmp_path: Path) -> None:
@@ -460,7 +466,7 @@ def test_an_empty_run_date_is_fatal_and_names_skipped_files(tmp_path: Path) -> N
     history(s)
     (Path(s.source) / f"events-{day(10)}.parquet").write_bytes(b"")
     with pytest.raises(EmptyDayError, match=rf"run date {day(10)} has no events .*1 empty file\(s\) were skipped"):
-        ingest.extract(s, day(10))
+        extract(s, day(10))
 
 
 def test_a_file_without_one_usable_timestamp_is_fatal_with_examples(tmp_path: Path) -> None:
@@ -470,7 +476,7 @@ def test_a_file_without_one_usable_timestamp_is_fatal_with_examples(tmp_path: Pa
     pq.write_table(events(d, 100), Path(s.source) / f"events-{d}.parquet")
     (Path(s.source) / "eu.csv").write_text("user_id,item_id,event_type,event_ts\nu1,i1,View,31/03/2026 10:00\n")
     with pytest.raises(SourceError, match=r"eu.csv: none of its 1 rows has a usable event_ts \(column 'event_ts', e.g. \['31/03/2026 10:00'\]\)"):
-        ingest.extract(s, d)
+        extract(s, d)
 
 
 def test_a_quote_that_never_closes_deep_in_a_csv_is_fatal_naming_the_line(tmp_path: Path) -> None:
@@ -482,7 +488,7 @@ def test_a_quote_that_never_closes_deep_in_a_csv_is_fatal_naming_the_line(tmp_pa
     lines[25_000] = b'"' + lines[25_000]  # beyond what DuckDB's sniffer samples
     (Path(s.source) / f"events-{d}.csv").write_bytes(b"\n".join(lines))
     with pytest.raises(SourceError, match=rf"events-{d}.csv as CSV: line 25001 opens a quote that is never closed"):
-        ingest.extract(s, d)
+        extract(s, d)
 
 
 def test_a_truncated_gzip_csv_is_fatal_naming_the_file(tmp_path: Path) -> None:
@@ -493,7 +499,7 @@ def test_a_truncated_gzip_csv_is_fatal_naming_the_file(tmp_path: Path) -> None:
     data = gzip.compress(csv_bytes(events(d, 20_000, prefix="z")))
     (Path(s.source) / "late.csv.gz").write_bytes(data[: len(data) // 2])
     with pytest.raises(SourceError, match=r"late.csv.gz"):
-        ingest.extract(s, d)
+        extract(s, d)
 
 
 def test_strays_of_a_file_without_a_home_day_are_judged_against_their_file(tmp_path: Path) -> None:
@@ -532,6 +538,6 @@ def test_validate_timing_scales_with_rows_not_partitions(tmp_path: Path) -> None
     s = settings_for(tmp_path)
     history(s)
     pq.write_table(events(day(10), 100), Path(s.source) / f"events-{day(10)}.parquet")
-    extracted = ingest.extract(s, day(10))
-    summary = ingest.validate(s, day(10), extracted["days"])
+    extracted = extract(s, day(10))
+    summary = validate(s, day(10), extracted["days"])
     assert summary["partitions"] == 10 and np.isfinite(summary["seconds"])

@@ -17,8 +17,7 @@ import logging
 import os
 import time
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -146,21 +145,6 @@ class PairEvents:
         return cls(user_ids=user_ids, item_ids=item_ids, event_types=[str(t) for t in arrays["event_types"]],
                    offsets=np.concatenate([[0], np.cumsum(arrays["counts"], dtype=np.int64)]),
                    **{k: arrays[k] for k in cls.ARRAYS})
-
-
-def build_pair_events(events: pa.Table, ends: Sequence[dt.datetime]) -> list[PairEvents]:
-    """For each of ``ends``: the weighted events before it (a (user_id, item_id, event_type,
-    event_us) table, one row per event: what ``sql/weighted_events.sql`` returns) indexed by
-    (user, item) pair, with each event's age at that end in days (second boundaries crossed,
-    as ``sql/confidence.sql`` counts them). Rows and columns are the sorted distinct ids of
-    those events, like :func:`build_user_item_matrix`. Entries and ages come out sorted
-    whatever the row order, so the sums built from them are the same on every run.
-
-    The ids are encoded and the events sorted once for all ends (:class:`SortedEvents`): an
-    earlier end keeps a subset of the sorted events, renumbered densely, which keeps their
-    order. Ends must fall on a whole second (ages count whole seconds)."""
-    sorted_events = SortedEvents.of(events)
-    return [sorted_events.before(end) for end in ends]
 
 
 @dataclass
@@ -336,9 +320,8 @@ def scale_confidence(matrix: sp.csr_matrix, alpha: float, weighting: str = "log"
     item of a long history (length norm per user). Raises ValueError for another weighting.
 
     The other orientation (items as documents, as in ``implicit``'s last.fm example) damps
-    an item by its own popularity; on the bench stores it scored hold-out NDCG@20 0.2123 at
-    scale 1 and collapsed to 0.0109 at scale 10, where this one scored 0.2512 and 0.2185
-    (log: 0.2492 and 0.2145; ALS, 16 factors, alpha 2 for BM25 and 10 for log).
+    an item by its own popularity, and collapsed on the larger bench store (see the tuning
+    figures in docs/benchmarks.md).
     ``implicit``'s idf, ``log(N) - log1p(df)``, is not positive for an item touched by nearly
     every user (only in tiny stores); such entries keep a small positive weight instead, since
     ALS would read a negative one as a dislike.
@@ -480,26 +463,6 @@ def recommend_factors(
     seconds = time.perf_counter() - started
     log.info("recommended top-%d for %d users in %.1f s (%.0f users/s)", k, len(ids), seconds, len(ids) / max(seconds, 1e-9))
     return ids, scores
-
-
-def recommend_popular(
-    popularity: np.ndarray, seen: sp.csr_matrix, k: int, exclude_items: np.ndarray | None
-) -> tuple[np.ndarray, np.ndarray]:
-    """The popularity baseline: the most popular items each user has not seen yet."""
-    queries = np.ones((seen.shape[0], 1), dtype=np.float32)
-    return top_k_items(popularity.reshape(-1, 1).astype(np.float32), queries, seen, k, exclude_items)
-
-
-def save_model(factors: Factors, path: Path) -> None:
-    """Save the factors and the family as ``.npz`` (what serving-time scoring needs)."""
-    np.savez(path, user_factors=factors.user_factors, item_factors=factors.item_factors, model=np.array(factors.model))
-
-
-def load_model(path: Path) -> Factors:
-    """The factors saved by :func:`save_model` (a file without a family is ALS)."""
-    with np.load(path, allow_pickle=False) as saved:
-        model = str(saved["model"]) if "model" in saved.files else "als"
-        return Factors(saved["user_factors"], saved["item_factors"], model)
 
 
 def fingerprint(*parts: Any) -> str:

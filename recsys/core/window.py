@@ -6,7 +6,6 @@ import datetime as dt
 from dataclasses import dataclass
 from typing import Any
 
-from recsys import lake
 from recsys.config import Settings
 
 
@@ -31,7 +30,7 @@ class Window:
 
     @property
     def days(self) -> list[dt.date]:
-        return lake.days_between(self.start.date(), self.day)
+        return days_between(self.start.date(), self.day)
 
     def sql_params(self, settings: Settings) -> dict[str, Any]:
         return {
@@ -40,3 +39,8 @@ class Window:
             "end": self.end,
             "half_life_days": float(settings.recency_half_life_days),
         }
+
+
+def days_between(start: dt.date, end: dt.date) -> list[dt.date]:
+    """Every date from ``start`` to ``end``, both included."""
+    return [start + dt.timedelta(days=i) for i in range((end - start).days + 1)]

@@ -33,14 +33,11 @@ from pathlib import Path
 from typing import Any, Mapping
 from urllib.parse import urlsplit, urlunsplit
 
-from recsys.config import ConfigError, Settings
+from recsys.config import DEFAULT_AIRFLOW_BROKER, DEFAULT_AIRFLOW_DB, Settings
 
 log = logging.getLogger(__name__)
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_DB = "postgresql+psycopg2://postgres@127.0.0.1:5432/recsys_airflow"
-DEFAULT_BROKER = "redis://127.0.0.1:6379/0"
-EXECUTORS = ("LocalExecutor", "CeleryExecutor")
+REPO_ROOT = Path(__file__).resolve().parents[2]
 CORE_COMPONENTS = ("api-server", "scheduler", "dag-processor", "triggerer")
 
 
@@ -50,12 +47,12 @@ class StackError(RuntimeError):
 
 @dataclass(frozen=True)
 class StackConfig:
-    """Where and how the stack runs; built from the environment by :meth:`from_env`."""
+    """Where and how the stack runs; built from the settings by :meth:`of`."""
 
     home: Path
-    db_url: str = DEFAULT_DB
+    db_url: str = DEFAULT_AIRFLOW_DB
     executor: str = "LocalExecutor"
-    broker_url: str = DEFAULT_BROKER
+    broker_url: str = DEFAULT_AIRFLOW_BROKER
     workers: int = 2
     worker_concurrency: int = 2
     port: int = 8080
@@ -64,34 +61,18 @@ class StackConfig:
     extra_env: dict[str, str] = field(default_factory=dict)
 
     @classmethod
-    def from_env(cls, settings: Settings, env: Mapping[str, str] | None = None) -> "StackConfig":
-        """Raises ConfigError naming the variable with a bad value."""
-        env = os.environ if env is None else env
-        executor = env.get("RECSYS_AIRFLOW_EXECUTOR") or "LocalExecutor"
-        if executor not in EXECUTORS:
-            raise ConfigError(f"RECSYS_AIRFLOW_EXECUTOR must be one of {EXECUTORS}, got {executor!r}")
-        try:
-            numbers = {
-                name: int(env.get(variable) or default)
-                for name, variable, default in (
-                    ("workers", "RECSYS_AIRFLOW_WORKERS", 2),
-                    ("worker_concurrency", "RECSYS_AIRFLOW_WORKER_CONCURRENCY", 2),
-                    ("port", "RECSYS_AIRFLOW_PORT", 8080),
-                )
-            }
-        except ValueError as exc:
-            raise ConfigError(f"RECSYS_AIRFLOW_WORKERS, _WORKER_CONCURRENCY and _PORT must be integers: {exc}") from None
-        db_url = env.get("RECSYS_AIRFLOW_DB") or DEFAULT_DB
-        if not db_url.startswith("postgresql"):
-            raise ConfigError(f"RECSYS_AIRFLOW_DB must be a postgresql+psycopg2:// URL, got {db_url!r}")
+    def of(cls, settings: Settings) -> "StackConfig":
+        """The stack the settings describe (``RECSYS_AIRFLOW_*``, checked by Settings)."""
         return cls(
             home=settings.airflow_home,
-            db_url=db_url,
-            executor=executor,
-            broker_url=env.get("RECSYS_AIRFLOW_BROKER") or DEFAULT_BROKER,
-            user=env.get("RECSYS_AIRFLOW_USER") or "admin",
-            password=env.get("RECSYS_AIRFLOW_PASSWORD") or None,
-            **numbers,
+            db_url=settings.airflow_db,
+            executor=settings.airflow_executor,
+            broker_url=settings.airflow_broker,
+            workers=settings.airflow_workers,
+            worker_concurrency=settings.airflow_worker_concurrency,
+            port=settings.airflow_port,
+            user=settings.airflow_user,
+            password=settings.airflow_password,
         )
 
     @property
@@ -237,7 +218,7 @@ def up(config: StackConfig, timeout: float = 180.0) -> dict[str, Any]:
     log.info("metadata database %s %s and migrated in %.1f s", config.db_url.rsplit("/", 1)[-1],
              "created" if created else "found", time.perf_counter() - started)
     # The publish shards run in an Airflow pool; a scheduler never starts tasks of a missing pool.
-    done = subprocess.run([sys.executable, "-m", "recsys.cli", "pool"], env=env, capture_output=True, text=True, check=False)
+    done = subprocess.run([sys.executable, "-m", "recsys.dev.cli", "pool"], env=env, capture_output=True, text=True, check=False)
     if done.returncode != 0:
         raise StackError(f"creating the publish pool failed ({done.returncode}):\n{done.stderr[-3000:]}")
     log.info("%s", done.stdout.strip())
@@ -358,7 +339,7 @@ class ApiClient:
 
 def cmd_airflow(args: argparse.Namespace) -> int:
     settings = Settings.from_env()
-    config = StackConfig.from_env(settings)
+    config = StackConfig.of(settings)
     if args.action == "up":
         info = up(config, timeout=args.timeout)
         print(f"Airflow 3 is up ({info['executor']}, metadata {config.db_url.rsplit('@', 1)[-1]})")

@@ -33,7 +33,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from recsys.lake import replace_dir
+from recsys.io.lake import replace_dir
 from recsys.schemas import INTERACTIONS_SCHEMA
 
 log = logging.getLogger(__name__)

@@ -40,10 +40,11 @@ from typing import Any, Iterator
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from recsys.config import aws_region_from_env, home_from_env, s3_endpoint_from_env
+from recsys.datasets import DATA_FILE, MANIFEST
+
 log = logging.getLogger(__name__)
 
-DATA_FILE = "part-0.parquet"
-MANIFEST = "_manifest.json"
 S3_SCHEME = "s3://"
 
 
@@ -105,7 +106,6 @@ def partition_file(lake: str | Path, dataset: str, day: dt.date, name: str = DAT
 
 def mirror_root(lake: str | Path) -> Path:
     """This machine's working copy of an S3 lake: ``$RECSYS_HOME/lake-mirror/<bucket>/<prefix>``."""
-    from recsys.config import home_from_env
 
     bucket, prefix = _split(lake)
     return home_from_env() / "lake-mirror" / bucket / prefix
@@ -126,7 +126,6 @@ def _client(endpoint: str | None, region: str) -> Any:
 def s3_client() -> Any:
     """A boto3 S3 client: ``RECSYS_S3_ENDPOINT`` when set, region from RECSYS_AWS_REGION or
     AWS_DEFAULT_REGION, credentials from the standard AWS chain."""
-    from recsys.config import aws_region_from_env, s3_endpoint_from_env
 
     return _client(s3_endpoint_from_env(), aws_region_from_env())
 
@@ -472,8 +471,3 @@ def write_text(path: Path, text: str) -> None:
 
 def read_json(path: Path) -> Any:
     return json.loads(Path(path).read_text())
-
-
-def days_between(start: dt.date, end: dt.date) -> list[dt.date]:
-    """Every date from ``start`` to ``end``, both included."""
-    return [start + dt.timedelta(days=i) for i in range((end - start).days + 1)]

@@ -13,8 +13,8 @@ import html
 import logging
 from typing import Any, Sequence
 
-from recsys import lake
 from recsys.config import Settings
+from recsys.io import lake
 
 log = logging.getLogger(__name__)
 

@@ -4,19 +4,24 @@ from __future__ import annotations
 
 import functools
 import logging
-import os
 import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
+import pyarrow as pa
+
+from recsys import datasets
+from recsys.config import Settings, sql_dir_from_env
+from recsys.core.window import Window
+from recsys.io import lake
+
 if TYPE_CHECKING:
     import duckdb
-    import pyarrow as pa
 
 log = logging.getLogger(__name__)
 
 SQL_COMMENT = re.compile(r"--[^\n]*")
-SQL_DIR = Path(os.environ.get("RECSYS_SQL_DIR") or Path(__file__).resolve().parents[1] / "sql")
+SQL_DIR = sql_dir_from_env()
 
 
 def connect(
@@ -31,7 +36,6 @@ def connect(
     """
     import duckdb
 
-    from recsys.config import Settings
 
     if memory_limit is None or threads is None:
         settings = Settings.from_env()
@@ -90,3 +94,23 @@ def register_parquet(con: "duckdb.DuckDBPyConnection", view: str, paths: Sequenc
     if not paths:
         raise ValueError(f"no Parquet files to register as view {view!r}")
     con.read_parquet([str(p) for p in paths]).create_view(view, replace=True)
+
+
+def register_window(con: Any, settings: Settings, window: Window) -> int:
+    """The views interaction_files (the window's day partitions) and event_weights (the weight
+    of each configured event type) that the window's queries read; returns the partitions
+    found."""
+    paths = [
+        lake.fetch_partition(settings.lake, datasets.INTERACTIONS, d, [datasets.DATA_FILE]) / datasets.DATA_FILE
+        for d in window.days
+        if lake.partition_exists(settings.lake, datasets.INTERACTIONS, d)
+    ]
+    register_parquet(con, "interaction_files", paths)
+    weights = pa.table(
+        {
+            "event_type": pa.array(list(settings.event_weights), pa.string()),
+            "weight": pa.array(list(settings.event_weights.values()), pa.float64()),
+        }
+    )
+    con.register("event_weights", weights)
+    return len(paths)

@@ -1,6 +1,6 @@
 """The storefront's HTTP read API: ``recsys serve`` (FastAPI on uvicorn).
 
-Three GET endpoints over the one DynamoDB read path of :mod:`recsys.dynamodb`:
+Three GET endpoints over the one DynamoDB read path of :mod:`recsys.io.dynamodb`:
 
 * ``/users/{user_id}/recommendations?limit=N`` — a user's list, or ``__popular__`` for an unknown user;
 * ``/items/{item_id}/similar?limit=N`` — the list published under key ``item#<item_id>``;
@@ -33,11 +33,13 @@ import os
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, AsyncIterator, Callable, Literal, Mapping
+from typing import TYPE_CHECKING, Any, AsyncIterator, Callable, Literal
 
 from pydantic import BaseModel, Field
 
-from recsys.config import ConfigError, Settings
+from recsys.config import DEFAULT_SERVE_TIMEOUT, Settings
+from recsys.io import dynamodb
+from recsys.serving.reader import get_recommendations, get_similar_items
 
 if TYPE_CHECKING:  # FastAPI itself is imported where an app is built: `recsys --help` stays quick
     from fastapi import FastAPI, Request
@@ -45,14 +47,13 @@ if TYPE_CHECKING:  # FastAPI itself is imported where an app is built: `recsys -
 
 log = logging.getLogger(__name__)
 
-TIMEOUT_VARIABLE = "RECSYS_SERVE_TIMEOUT"
-DEFAULT_TIMEOUT = 0.5  # seconds for one request's DynamoDB reads, retries included
+TIMEOUT_VARIABLE = "RECSYS_SERVE_TIMEOUT"  # Settings.serve_timeout
 DEFAULT_LIMIT = 20
 MAX_LIMIT = 100
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8088
 API_VERSION = "1.0"  # of the HTTP contract below; bump it with every change of docs/openapi.json
-APP_FACTORY = "recsys.serve:create_app_from_env"
+APP_FACTORY = "recsys.serving.api:create_app_from_env"
 
 
 # --------------------------------------------------------------------------- the contract (OpenAPI only)
@@ -108,27 +109,6 @@ UNAVAILABLE_DOCS: dict[int | str, dict[str, Any]] = {
 }
 
 
-# --------------------------------------------------------------------------- settings
-
-
-def serve_timeout(env: Mapping[str, str] | None = None) -> float:
-    """Seconds the API waits for DynamoDB per request (``RECSYS_SERVE_TIMEOUT``, default 0.5).
-
-    Raises ConfigError when the value is not a positive number.
-    """
-    env = os.environ if env is None else env
-    raw = (env.get(TIMEOUT_VARIABLE) or "").strip()
-    if not raw:
-        return DEFAULT_TIMEOUT
-    try:
-        value = float(raw)
-    except ValueError:
-        raise ConfigError(f"{TIMEOUT_VARIABLE}: expected seconds as a number (e.g. 0.5), got {raw!r}") from None
-    if not 0.0 < value <= 60.0:
-        raise ConfigError(f"{TIMEOUT_VARIABLE}: expected seconds between 0 and 60 (e.g. 0.5), got {raw!r}")
-    return value
-
-
 # --------------------------------------------------------------------------- errors
 
 
@@ -148,7 +128,12 @@ def _error_response(status: int, error: str, detail: str) -> JSONResponse:
 
 def _dynamodb_failure(exc: BaseException, table: str, timeout: float) -> ServeError:
     """The 503/504 for an exception of a boto3 call (or of the deadline)."""
-    from botocore.exceptions import BotoCoreError, ClientError, ConnectTimeoutError, ReadTimeoutError
+    from botocore.exceptions import (
+        BotoCoreError,
+        ClientError,
+        ConnectTimeoutError,
+        ReadTimeoutError,
+    )
 
     if isinstance(exc, (TimeoutError, ConnectTimeoutError, ReadTimeoutError)):
         return ServeError(
@@ -206,7 +191,7 @@ class Reader:
 # --------------------------------------------------------------------------- the app
 
 
-def create_app(settings: Settings, *, timeout: float = DEFAULT_TIMEOUT, client: Any | None = None) -> FastAPI:
+def create_app(settings: Settings, *, timeout: float = DEFAULT_SERVE_TIMEOUT, client: Any | None = None) -> FastAPI:
     """The API for ``settings.table``; DynamoDB reads give up after ``timeout`` seconds.
 
     ``client`` defaults to ``make_client(settings, timeout=timeout)``, built here, once.
@@ -214,7 +199,6 @@ def create_app(settings: Settings, *, timeout: float = DEFAULT_TIMEOUT, client: 
     from fastapi import FastAPI, Path, Query
     from fastapi.responses import JSONResponse
 
-    from recsys import dynamodb
 
     if client is None:
         client = dynamodb.make_client(settings, timeout=timeout)
@@ -262,7 +246,7 @@ def create_app(settings: Settings, *, timeout: float = DEFAULT_TIMEOUT, client: 
         },
     )
     async def user_recommendations(user_id: str = user_path, limit: int = limit_query) -> JSONResponse:
-        return JSONResponse(await reader.read(dynamodb.get_recommendations, user_id, limit, invalid="invalid_user_id"))
+        return JSONResponse(await reader.read(get_recommendations, user_id, limit, invalid="invalid_user_id"))
 
     @app.get(
         "/items/{item_id:path}/similar",
@@ -277,7 +261,7 @@ def create_app(settings: Settings, *, timeout: float = DEFAULT_TIMEOUT, client: 
         },
     )
     async def similar_items(item_id: str = item_path, limit: int = limit_query) -> JSONResponse:
-        result = await reader.read(dynamodb.get_similar_items, item_id, limit, invalid="invalid_item_id")
+        result = await reader.read(get_similar_items, item_id, limit, invalid="invalid_item_id")
         if result is None:
             raise ServeError(
                 404, "no_similar_items",
@@ -369,7 +353,8 @@ def create_app_from_env() -> FastAPI:
     """The app for ``Settings.from_env()`` and ``RECSYS_SERVE_TIMEOUT`` (uvicorn's factory in each worker)."""
     # A worker process (--workers > 1) does not run the CLI's logging set-up; no-op when it did.
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    return create_app(Settings.from_env(), timeout=serve_timeout())
+    settings = Settings.from_env()
+    return create_app(settings, timeout=settings.serve_timeout)
 
 
 def openapi_json(app: FastAPI | None = None) -> str:
@@ -410,8 +395,8 @@ def _command(args: argparse.Namespace) -> int:
     if args.timeout is not None:
         # Workers are separate processes that build their app from the environment.
         os.environ[TIMEOUT_VARIABLE] = str(args.timeout)
-    timeout = serve_timeout()
     settings = Settings.from_env()
+    timeout = settings.serve_timeout
     log.info(
         "recsys serve on http://%s:%d, %d worker(s), table %s, DynamoDB %s, timeout %g s",
         args.host, args.port, args.workers, settings.table, settings.dynamodb_endpoint or "AWS", timeout,
@@ -430,7 +415,7 @@ def add_serve_parser(subparsers: Any) -> None:
     parser.add_argument("--workers", type=int, default=1, help="uvicorn worker processes (default 1)")
     parser.add_argument(
         "--timeout", type=float, default=None,
-        help=f"seconds a request may wait for DynamoDB (default ${TIMEOUT_VARIABLE} or {DEFAULT_TIMEOUT})",
+        help=f"seconds a request may wait for DynamoDB (default ${TIMEOUT_VARIABLE} or {DEFAULT_SERVE_TIMEOUT})",
     )
     parser.add_argument("--access-log", action="store_true", help="log every request (costs throughput)")
     parser.add_argument("--openapi-out", metavar="PATH", help="write the OpenAPI document to PATH and exit")

@@ -35,6 +35,9 @@ if TYPE_CHECKING:
     import duckdb
     import pyarrow as pa
 
+from recsys.io.sql import connect, run_sql
+from recsys.schemas import INVALID_UTF8_MARK
+
 log = logging.getLogger(__name__)
 
 FORMATS = {
@@ -104,7 +107,6 @@ def _event_type_expr(column: str | None, event_types: Sequence[str]) -> str:
 
 # DuckDB adds each row's file under this name (chosen so that no store's column clashes).
 FILE_COLUMN = "__recsys_source_file"
-INVALID_UTF8_MARK = "\ufffd"  # U+FFFD: what an id that is not UTF-8 starts with (see _id_expr)
 CSV_DELIMITERS = (",", ";", "\t", "|")
 # DuckDB reject types that mean a quote was opened and never closed: the lines after it are
 # swallowed into one field, so the file as a whole cannot be trusted.
@@ -452,7 +454,6 @@ def rejected_lines(con: "duckdb.DuckDBPyConnection", registered: RegisteredSourc
     """
     import pyarrow as pa
 
-    from recsys.sqlrun import run_sql
 
     if not registered.has_csv or not con.sql(
         "SELECT count(*) FROM duckdb_tables() WHERE table_name = 'reject_errors'"
@@ -469,7 +470,6 @@ def newest_event(con: "duckdb.DuckDBPyConnection", source: str | Path) -> Newest
 
     Raises SourceError naming ``source`` when no event has a readable event_ts.
     """
-    from recsys.sqlrun import run_sql
 
     row = run_sql(con, "newest_event").to_pylist()[0]
     if row["newest_ts"] is None:
@@ -544,7 +544,6 @@ def register_catalog(con: "duckdb.DuckDBPyConnection", catalog: str | Path | Non
 def read_catalog(catalog: str | Path | None) -> "pa.Table":
     """The catalog's rows (item_id, name, category, active) as read by :func:`register_catalog`,
     through a connection of its own; no rows when no catalog is configured."""
-    from recsys.sqlrun import connect
 
     with connect() as con:
         register_catalog(con, catalog)

@@ -3,12 +3,12 @@
 ``RECSYS_SOURCE=postgres://CONN_ID`` (default connection id ``recsys_source``) names an
 Airflow connection; the events come from ``RECSYS_SOURCE_TABLE`` (default ``events``, may be
 ``schema.table``) or from the SELECT in ``RECSYS_SOURCE_QUERY``. Columns are resolved exactly
-as for files (:func:`recsys.source.resolve_columns`, ``RECSYS_SOURCE_COLUMNS``), and only
+as for files (:func:`recsys.io.sources.files.resolve_columns`, ``RECSYS_SOURCE_COLUMNS``), and only
 those columns of the needed days are read: through ADBC (binary COPY) as Arrow record
 batches, each written to Parquet as it arrives, so memory stays flat however large a day is.
 
 The staged folder keeps the source's own column names, so extract registers it with
-:func:`recsys.source.register_source` like any folder of files (the one seam with extract).
+:func:`recsys.io.sources.files.register_source` like any folder of files (the one seam with extract).
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable
 
 from recsys.config import Settings
-from recsys.source import NewestEvent, SourceError, as_utc, resolve_columns
+from recsys.io.sources.files import NewestEvent, SourceError, as_utc, resolve_columns
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -212,11 +212,6 @@ def stage_days(settings: Settings, day: dt.date, days: Iterable[dt.date]) -> Pat
     return out
 
 
-def staged_source(settings: Settings, day: dt.date, days: Iterable[dt.date]) -> str:
-    """What extract registers: the file source itself, or PostgreSQL's ``days`` staged as Parquet."""
-    if settings.source_conn_id is None:
-        return settings.source
-    return str(stage_days(settings, day, days))
 
 
 def _write_batches(reader: "pa.RecordBatchReader", path: Path, pq: Any) -> int:
@@ -244,7 +239,7 @@ def _ranges(days: list[dt.date]) -> list[tuple[dt.date, dt.date]]:
 def newest_event(settings: Settings) -> NewestEvent:
     """The newest event of the PostgreSQL source and whether the UTC day before its day has events.
 
-    Only the facts: :func:`recsys.source.latest_complete_day` decides from them which day is
+    Only the facts: :func:`recsys.io.sources.files.latest_complete_day` decides from them which day is
     complete, as for files. Raises SourceError when the source has no events.
     """
     con = _connect(settings)  # its session is in UTC, so date_trunc('day', ...) is the UTC day

@@ -1,0 +1,77 @@
+"""Tuning candidates: the grid's cartesian products, and one candidate's model parameters,
+event weights and half-life."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from typing import Any
+
+from recsys.config import WEIGHT_KEY_PREFIX, Settings, parse_grids
+from recsys.core.model import ModelParams
+
+log = logging.getLogger(__name__)
+
+
+def make_candidate(settings: Settings, choice: dict[str, Any] | None = None) -> dict[str, Any]:
+    """One candidate: model family and parameters, event weights and recency half-life.
+
+    ``choice`` holds grid values (keys of config.TUNABLE and ``weight.<type>``); what it does
+    not name comes from the settings, with each family's own defaults (BPR: ``bpr_iterations``,
+    ``bpr_regularization``, ``learning_rate``). BPR only sees which pairs have a weighted event,
+    so its weights are reduced to 1/0 and its half-life to the settings' (equal candidates
+    then collapse into one).
+    """
+
+    choice = choice or {}
+    family = choice.get("model", settings.model)
+    values: dict[str, Any] = {"model": family, "factors": settings.factors, "random_state": settings.random_state}
+    if family == "bpr":
+        values.update(regularization=settings.bpr_regularization, iterations=settings.bpr_iterations,
+                      learning_rate=settings.learning_rate)
+    else:
+        values.update(regularization=settings.regularization, alpha=settings.alpha, iterations=settings.iterations,
+                      weighting=settings.weighting)
+    fields = {f.name for f in dataclasses.fields(ModelParams)}
+    values.update({k: v for k, v in choice.items() if k in fields})
+    params = ModelParams(**values)
+    if choice.get("weights", "configured") == "uniform":
+        weights = {t: 1.0 for t in settings.event_weights}
+    else:
+        weights = {t: float(w) for t, w in settings.event_weights.items()}
+    weights.update({k[len(WEIGHT_KEY_PREFIX):]: float(v) for k, v in choice.items() if k.startswith(WEIGHT_KEY_PREFIX)})
+    half_life = float(choice.get("half_life", settings.recency_half_life_days))
+    if family == "bpr":
+        weights = {t: float(w > 0) for t, w in weights.items()}
+        half_life = float(settings.recency_half_life_days)
+    return {**params.as_dict(), "event_weights": weights, "half_life_days": half_life}
+
+
+def split_candidate(candidate: dict[str, Any]) -> tuple[Any, dict[str, float], float]:
+    """(ModelParams, event weights, half-life days) of a candidate made by :func:`make_candidate`."""
+
+    fields = {f.name for f in dataclasses.fields(ModelParams)}
+    params = ModelParams(**{k: v for k, v in candidate.items() if k in fields})
+    return params, dict(candidate["event_weights"]), float(candidate["half_life_days"])
+
+
+def tuning_candidates(settings: Settings) -> list[dict[str, Any]]:
+    """The candidate settings of this run: the cartesian product of each tuning grid (a grid
+    ``a | b`` is the union of two products), equal candidates once, in grid order.
+
+    The grid is ``name=v1,v2;name=v1`` over model fields (model, factors, regularization,
+    alpha, iterations, weighting, learning_rate), ``weights`` (configured, uniform),
+    ``weight.<event type>`` and ``half_life``; what it does not name keeps its settings
+    value. An empty grid is one candidate: the settings themselves.
+    """
+    from itertools import product
+
+
+    candidates: list[dict[str, Any]] = []
+    for grid in parse_grids(settings.tuning_grid) or [{}]:
+        names = sorted(grid)
+        for values in product(*(grid[n] for n in names)):
+            candidate = make_candidate(settings, dict(zip(names, values)))
+            if candidate not in candidates:
+                candidates.append(candidate)
+    return candidates

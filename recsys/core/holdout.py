@@ -1,0 +1,136 @@
+"""The hold-out of one run (training events, truth, filters) and the scoring of a candidate
+or of popularity on it."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import scipy.sparse as sp
+
+from recsys.config import Settings
+from recsys.core.grid import split_candidate
+from recsys.core.lists import ItemFilters, seen_matrix, serve_lists
+from recsys.core.metrics import evaluate_lists
+from recsys.core.model import (
+    PairEvents,
+    build_user_item_matrix,
+    confidence_matrix,
+    take_users,
+    train_model,
+)
+
+log = logging.getLogger(__name__)
+
+
+def _popularity_vector(popular: pa.Table, item_ids: pa.Array) -> np.ndarray:
+    """Popularity score per matrix column (higher = more popular; 0 for items not ranked)."""
+    scores = np.zeros(len(item_ids), dtype=np.float32)
+    index = pc.index_in(popular["item_id"], value_set=item_ids)
+    keep = pc.is_valid(index)
+    cols = pc.filter(index, keep).to_numpy()
+    ranks = pc.filter(popular["popularity_rank"], keep).to_numpy()
+    scores[cols] = (len(item_ids) + 1 - ranks).astype(np.float32)
+    return scores
+
+
+@dataclass
+class Holdout:
+    """What every hold-out evaluation of one run shares: the training events and the truth."""
+
+    events: PairEvents  # of the training days (at most tune_max_users users): each candidate's matrix
+    rows: np.ndarray  # rows of ``events`` of the users evaluated (all warm users, or a sample of them)
+    truth: sp.csr_matrix  # (len(rows) x items incl. hold-out-only items): what each should have found
+    seen: sp.csr_matrix  # (len(rows) x training items): what their lists must not repeat
+    filters: ItemFilters  # inactive items and categories of the training items
+    popularity: np.ndarray  # popularity score per training item
+    cold_users: int  # hold-out users the training days do not know (served __popular__)
+    warm_users: int  # hold-out users the training days know (rows holds all of them or a sample)
+
+    @property
+    def eligible_items(self) -> int:
+        return int(self.events.shape[1] - len(self.filters.exclude))
+
+
+def sample_rows(rows: np.ndarray, max_users: int, seed: int) -> np.ndarray:
+    """``rows`` itself, or when there are more than ``max_users`` (> 0), that many of them drawn
+    without replacement with ``seed`` (the same sample on every run of the same data), sorted."""
+    if max_users <= 0 or len(rows) <= max_users:
+        return rows
+    return np.sort(np.random.default_rng(seed).choice(rows, size=max_users, replace=False))
+
+
+def build_holdout(
+    settings: Settings, events: PairEvents, holdout: pa.Table, popular_train: pa.Table, filters: ItemFilters
+) -> Holdout:
+    """The hold-out of one run from aggregate's tables: truth = the items each user touched in
+    the hold-out days and not before (``holdout_relevant.sql``), for the users the training
+    days know (at most ``holdout_max_users`` of them, a seeded sample: scoring grows with
+    users x items, while the mean's standard error shrinks with the square root of the users
+    sampled); ``seen`` = what their served lists leave out."""
+
+    # Item space: training items first, then items only the hold-out has (still relevant, never hit).
+    holdout_items = pc.unique(holdout["item_id"])
+    extra = pc.filter(holdout_items, pc.invert(pc.is_in(holdout_items, value_set=events.item_ids)))
+    all_items = pa.concat_arrays([events.item_ids, extra.sort()])
+    relevant = build_user_item_matrix(holdout, item_ids=all_items, user_ids=events.user_ids).matrix
+    warm = np.flatnonzero(np.diff(relevant.indptr) > 0)
+    rows = sample_rows(warm, settings.holdout_max_users, settings.random_state)
+    if len(rows) < len(warm):
+        log.info("hold-out: %d of %d warm users evaluated (RECSYS_HOLDOUT_MAX_USERS)", len(rows), len(warm))
+    tune_events, tune_rows = tuning_users(settings, events, rows)
+    return Holdout(
+        events=tune_events,
+        rows=tune_rows,
+        truth=relevant[rows],
+        seen=seen_matrix(settings, tune_events)[tune_rows],  # the same rows, from the smaller set
+        filters=filters,
+        popularity=_popularity_vector(popular_train, events.item_ids),
+        cold_users=int(pc.count_distinct(holdout["user_id"]).as_py()) - len(warm),
+        warm_users=len(warm),
+    )
+
+
+def tuning_users(settings: Settings, events: PairEvents, rows: np.ndarray) -> tuple[PairEvents, np.ndarray]:
+    """The training events every tuning candidate fits on, and where the evaluated ``rows``
+    are in them: all users, or when there are more than ``tune_max_users`` (> 0), the
+    evaluated users plus a seeded sample of the others up to that many. A candidate's fit
+    then costs the same whatever the store's size; the winner is trained on every user.
+    Returns (PairEvents, rows in it)."""
+
+    n_users, cap = events.shape[0], settings.tune_max_users
+    if cap <= 0 or n_users <= max(cap, len(rows)):
+        return events, rows
+    others = np.setdiff1d(np.arange(n_users), rows, assume_unique=True)
+    extra = cap - len(rows)  # the evaluated users are always in, even beyond the cap
+    keep = rows if extra <= 0 else np.union1d(rows, sample_rows(others, extra, settings.random_state + 1))
+    log.info("tuning: candidates fit on %d of %d training users (RECSYS_TUNE_MAX_USERS), %d of them evaluated",
+             len(keep), n_users, len(rows))
+    return take_users(events, keep), np.searchsorted(keep, rows)
+
+
+def score_candidate(settings: Settings, data: Holdout, candidate: dict[str, Any]) -> dict[str, Any]:
+    """Train the candidate (its family and parameters, on the training days' matrix built with
+    its event weights and half-life); metrics of its lists on the hold-out.
+
+    Lists are made the way they are served (seen and inactive items filtered, category cap).
+    """
+
+    params, weights, half_life = split_candidate(candidate)
+    matrix = confidence_matrix(data.events, weights, half_life).matrix
+    factors = train_model(matrix, params)
+    ids, _ = serve_lists(settings, factors.user_factors[data.rows], factors.item_factors, data.seen, data.filters)
+    return evaluate_lists(ids, data.truth, settings.k, data.eligible_items)
+
+
+def score_popularity(settings: Settings, data: Holdout) -> dict[str, Any]:
+    """Metrics of the popularity baseline (most popular unseen active items) on the hold-out."""
+
+    item_vectors = data.popularity.reshape(-1, 1).astype(np.float32)
+    users = np.ones((len(data.rows), 1), dtype=np.float32)
+    ids, _ = serve_lists(settings, users, item_vectors, data.seen, data.filters)
+    return evaluate_lists(ids, data.truth, settings.k, data.eligible_items)

@@ -1,0 +1,23 @@
+"""The lake's dataset names and file names, in one place.
+
+A dataset is a folder of the lake with one partition ``dt=YYYY-MM-DD/`` per run date
+(:mod:`recsys.io.lake` builds the paths); each stage writes its own and reads earlier ones.
+"""
+
+from __future__ import annotations
+
+STAGING = "staging/interactions"  # extract: the rows of each day as read, before any check
+INTERACTIONS = "interactions"  # validate: the rows that passed
+QUARANTINE = "quarantine/interactions"  # validate: the rows that did not, with their reasons
+VALIDATION = "validation"  # validate: the Data Docs and summary of the run date
+CONFIDENCE = "confidence"  # aggregate: confidence per (user, item), hold-out truth, popularity
+PAIR_EVENTS = "pair_events"  # index_events: the window's events indexed by pair, the hold-out
+TUNING = "tuning"  # tune: one JSON per candidate
+MODELS = "models"  # train: the model, its ids, parameters, metrics and the report
+RECOMMENDATIONS = "recommendations"  # recommend: every list the storefront reads
+
+DATA_FILE = "part-0.parquet"  # the data file of a partition that has one
+MANIFEST = "_manifest.json"  # an S3 partition's commit record
+EXTRACT_META = "_extract.json"  # what extract read for a staged day
+CHAMPION = "models/champion.json"  # under the lake root: the model being served (set by verify)
+REPORT_FILE = "report.html"  # the nightly report, in the models partition

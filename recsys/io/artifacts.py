@@ -1,0 +1,107 @@
+"""What one task of a run leaves for the next in the lake as files: the pair-event index and
+hold-out (``npz``), the model, and the champion record."""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import scipy.sparse as sp
+
+from recsys import datasets
+from recsys.config import Settings
+from recsys.core.holdout import Holdout
+from recsys.core.lists import ItemFilters
+from recsys.core.model import Factors, PairEvents
+from recsys.io import lake
+
+log = logging.getLogger(__name__)
+
+
+def _csr_arrays(name: str, matrix: Any) -> dict[str, np.ndarray]:
+    return {f"{name}_indptr": matrix.indptr, f"{name}_indices": matrix.indices, f"{name}_data": matrix.data,
+            f"{name}_shape": np.array(matrix.shape)}
+
+
+def _csr_from(arrays: Mapping[str, np.ndarray], name: str) -> sp.csr_matrix:
+    return sp.csr_matrix((arrays[f"{name}_data"], arrays[f"{name}_indices"], arrays[f"{name}_indptr"]),
+                         shape=tuple(arrays[f"{name}_shape"]))
+
+
+def pair_event_files(prefix: str) -> list[str]:
+    """The files :func:`save_pair_events` writes with ``prefix``."""
+    return [f"{prefix}events.npz", f"{prefix}users.parquet", f"{prefix}items.parquet"]
+
+
+def save_pair_events(folder: Path, prefix: str, events: PairEvents) -> None:
+    """``<prefix>events.npz`` and the row and column ids (``<prefix>users/items.parquet``)."""
+    np.savez(folder / f"{prefix}events.npz", **events.arrays())
+    pq.write_table(pa.table({"user_id": events.user_ids}), folder / f"{prefix}users.parquet")
+    pq.write_table(pa.table({"item_id": events.item_ids}), folder / f"{prefix}items.parquet")
+
+
+def load_pair_events(folder: Path, prefix: str) -> PairEvents:
+    """What :func:`save_pair_events` wrote; raises FileNotFoundError naming the file."""
+
+    path = folder / f"{prefix}events.npz"
+    if not path.exists():
+        raise FileNotFoundError(f"{path} is missing: rerun index_events for this date (it writes the event index)")
+    users = pq.read_table(folder / f"{prefix}users.parquet")["user_id"].combine_chunks()
+    items = pq.read_table(folder / f"{prefix}items.parquet")["item_id"].combine_chunks()
+    with np.load(path, allow_pickle=False) as arrays:
+        return PairEvents.from_arrays({k: arrays[k] for k in arrays.files}, users, items)
+
+
+def load_window_events(settings: Settings, day: dt.date) -> PairEvents:
+    """The PairEvents of the whole window that index_events wrote for ``day`` (``events.npz``):
+    what train fits the winner on and recommend takes the seen items from."""
+    return load_pair_events(lake.fetch_partition(settings.lake, datasets.PAIR_EVENTS, day, pair_event_files("")), "")
+
+
+def save_holdout(folder: Path, holdout: Holdout) -> None:
+    """``holdout.npz``: rows, truth, seen, filters and popularity (the events are saved apart)."""
+    np.savez(
+        folder / "holdout.npz", rows=holdout.rows, **_csr_arrays("truth", holdout.truth),
+        **_csr_arrays("seen", holdout.seen), exclude=holdout.filters.exclude, categories=holdout.filters.categories,
+        popularity=holdout.popularity, cold_users=np.array(holdout.cold_users),
+        warm_users=np.array(holdout.warm_users),
+    )
+
+
+def load_holdout(settings: Settings, day: dt.date) -> Holdout:
+    """The training events and hold-out truth written by index_events for ``day``."""
+    folder = lake.fetch_partition(settings.lake, datasets.PAIR_EVENTS, day, [*pair_event_files("train_"), "holdout.npz"])
+    events = load_pair_events(folder, "train_")
+    with np.load(folder / "holdout.npz", allow_pickle=False) as arrays:
+        return Holdout(
+            events=events,
+            rows=arrays["rows"],
+            truth=_csr_from(arrays, "truth"),
+            seen=_csr_from(arrays, "seen"),
+            filters=ItemFilters(exclude=arrays["exclude"], categories=arrays["categories"]),
+            popularity=arrays["popularity"],
+            cold_users=int(arrays["cold_users"]),
+            warm_users=int(arrays["warm_users"]),
+        )
+
+
+def read_champion(settings: Settings) -> dict[str, Any] | None:
+    """``lake/models/champion.json``, or None before the first verified publish."""
+    return lake.read_lake_json(settings.lake, datasets.CHAMPION)  # type: ignore[no-any-return]
+
+
+def save_model(factors: Factors, path: Path) -> None:
+    """Save the factors and the family as ``.npz`` (what serving-time scoring needs)."""
+    np.savez(path, user_factors=factors.user_factors, item_factors=factors.item_factors, model=np.array(factors.model))
+
+
+def load_model(path: Path) -> Factors:
+    """The factors saved by :func:`save_model` (a file without a family is ALS)."""
+    with np.load(path, allow_pickle=False) as saved:
+        model = str(saved["model"]) if "model" in saved.files else "als"
+        return Factors(saved["user_factors"], saved["item_factors"], model)

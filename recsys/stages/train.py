@@ -1,0 +1,94 @@
+"""Task ``train``: the best candidate, gated against popularity and the champion, retrained
+on the whole window into ``lake/models/dt=D/``, with the nightly report."""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import time
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from recsys import datasets
+from recsys.config import Settings
+from recsys.core.gate import QualityGateError, check_gate
+from recsys.core.grid import make_candidate, split_candidate
+from recsys.core.holdout import score_candidate, score_popularity
+from recsys.core.model import confidence_matrix, fingerprint, train_model
+from recsys.io import lake
+from recsys.io.artifacts import (
+    load_holdout,
+    load_window_events,
+    read_champion,
+    save_model,
+)
+from recsys.io.report import write_report
+
+log = logging.getLogger(__name__)
+
+GRID_METRICS = ("ndcg_at_k", "map_at_k", "precision_at_k", "recall_at_k", "catalog_coverage")
+
+
+def train(settings: Settings, day: dt.date, results: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    """Pick the best candidate on NDCG@k, gate it against popularity, train it (its family,
+    event weights and half-life) on the whole window and write ``lake/models/dt=D/``
+    (model.npz, users/items.parquet, params.json, metrics.json with every candidate).
+
+    ``results`` are the tune tasks' outputs; without them the settings' own parameters are
+    scored here. Returns {"model_version", "metrics"}. Raises QualityGateError when the best
+    candidate does not beat the popularity baseline.
+    """
+
+    started = time.perf_counter()
+    data = load_holdout(settings, day)
+    if not results:
+        candidate = make_candidate(settings)
+        results = [{"params": candidate, "metrics": score_candidate(settings, data, candidate),
+                    "seconds": round(time.perf_counter() - started, 2)}]
+    ranked = sorted(results, key=lambda r: -r["metrics"]["ndcg_at_k"])
+    best = ranked[0]["params"]
+    params, weights, half_life = split_candidate(best)
+    metrics = {
+        "model": ranked[0]["metrics"],
+        "popularity": score_popularity(settings, data),
+        "grid": [{"params": r["params"], **{m: r["metrics"][m] for m in GRID_METRICS}, "seconds": r.get("seconds")}
+                 for r in ranked],
+        "holdout_users_cold": data.cold_users,
+        "holdout_users_warm": data.warm_users,
+        "train_users": data.events.shape[0],  # of the candidates' fits (RECSYS_TUNE_MAX_USERS)
+        "train_items": data.events.shape[1],
+        "train_nonzeros": len(data.events.indices),
+    }
+    k = settings.k
+    model_ndcg, pop_ndcg = metrics["model"]["ndcg_at_k"], metrics["popularity"]["ndcg_at_k"]
+    log.info(
+        "hold-out (%d of %d warm users evaluated, %d cold): best of %d %s ndcg@%d=%.4f map@%d=%.4f | popularity ndcg@%d=%.4f map@%d=%.4f",
+        len(data.rows), data.warm_users, data.cold_users, len(ranked), best, k, model_ndcg, k, metrics["model"]["map_at_k"],
+        k, pop_ndcg, k, metrics["popularity"]["map_at_k"],
+    )
+
+    try:
+        metrics["gate"] = check_gate(settings, day, metrics, read_champion(settings))
+    except QualityGateError as exc:
+        write_report(settings, day, metrics, model_version=None, gate_error=str(exc))
+        raise
+    events = load_window_events(settings, day)
+    full = confidence_matrix(events, weights, half_life)
+    factors = train_model(full.matrix, params)
+    version = f"{day.isoformat()}-{fingerprint(best, full.matrix.indptr, full.matrix.indices, full.matrix.data)}"
+    seconds = time.perf_counter() - started
+    with lake.replace_partition(settings.lake, datasets.MODELS, day) as tmp:
+        save_model(factors, tmp / "model.npz")
+        pq.write_table(pa.table({"user_id": full.user_ids}), tmp / "users.parquet")
+        pq.write_table(pa.table({"item_id": full.item_ids}), tmp / "items.parquet")
+        lake.write_json(tmp / "params.json", {"model_version": version, "model": params.as_dict(), "k": k,
+                                              "window_days": settings.window_days,
+                                              "holdout_days": settings.holdout_days,
+                                              "event_weights": weights, "half_life_days": half_life})
+        lake.write_json(tmp / "metrics.json", {"model_version": version, "run_date": day.isoformat(),
+                                               "k": k, **metrics, "seconds": round(seconds, 2)})
+    report = write_report(settings, day, metrics, model_version=version, gate_error=None)
+    log.info("train: model %s written in %.1f s; report: %s", version, seconds, report)
+    return {"model_version": version, "ndcg_at_k": model_ndcg, "popularity_ndcg_at_k": pop_ndcg}
