@@ -32,7 +32,8 @@ from recsys.dev.dynamodb_local import free_port
 from recsys.io import lake
 from tests.fixtures_postgres import create_database, drop_database
 from tests.services import redis_url
-from tests.test_pipeline_e2e import END, ONE_MODEL, recsys_env, scan, store  # noqa: F401  (fixtures)
+from tests.support import ONE_MODEL, scan
+from tests.support import STORE_END as END
 
 pytestmark = pytest.mark.slow
 DAG_ID = "recsys_nightly"

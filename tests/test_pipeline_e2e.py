@@ -7,7 +7,6 @@ import json
 import os
 import subprocess
 import sys
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -17,65 +16,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from recsys.config import POPULAR_USER_ID, Settings
-from recsys.dev.datagen import generate_store
 from recsys.io import lake
-
-END = dt.date(2026, 5, 31)
-SMALL = dict(users=3_000, items=300, events=60_000, days=35, seed=11, end_date=END, categories=10)
-
-
-@pytest.fixture(scope="module")
-def store(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("store") / "demo"
-    generate_store(out, **SMALL)  # type: ignore[arg-type]
-    return out
-
-
-@pytest.fixture
-def recsys_env(store: Path, dynamodb_endpoint: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Settings:
-    values = {
-        "RECSYS_HOME": str(tmp_path / "home"),
-        "RECSYS_SOURCE": str(store / "interactions"),
-        "RECSYS_CATALOG": str(store / "catalog.parquet"),
-        "RECSYS_WINDOW_DAYS": "28",
-        "RECSYS_DYNAMODB_ENDPOINT": dynamodb_endpoint,
-        "RECSYS_TABLE": f"recs_{uuid.uuid4().hex[:8]}",
-        "RECSYS_VERIFY_SAMPLE": "300",
-        "RECSYS_RECOMMEND_BATCH_USERS": "700",  # several batches of lists, each written as it is made
-    }
-    for key, value in values.items():
-        monkeypatch.setenv(key, value)
-    return Settings.from_env()
-
-
-# One model per run, a good one for this store, and no lift required of it: for the tests of
-# what is served when, where the tuning is not under test (12 candidates cost ~10 s a run).
-ONE_MODEL = {"RECSYS_TUNING_GRID": "", "RECSYS_FACTORS": "16", "RECSYS_ALPHA": "10", "RECSYS_GATE_MIN_LIFT": "0"}
-
-
-@pytest.fixture
-def one_model_env(recsys_env: Settings, monkeypatch: pytest.MonkeyPatch) -> Settings:
-    for key, value in ONE_MODEL.items():
-        monkeypatch.setenv(key, value)
-    return Settings.from_env()
-
-
-def scan(client: Any, table: str, with_meta: bool = False) -> dict[str, dict]:
-    """Every item of the table by user_id (the __meta__ record only when asked)."""
-    items: dict[str, dict] = {}
-    kwargs: dict[str, Any] = {"TableName": table}
-    while True:
-        page = client.scan(**kwargs)
-        for item in page["Items"]:
-            if with_meta or item["user_id"]["S"] != "__meta__":
-                items[item["user_id"]["S"]] = item
-        if "LastEvaluatedKey" not in page:
-            return items
-        kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
-
-
-def lists_of(items: dict[str, dict]) -> dict[str, list[str]]:
-    return {user: [x["M"]["item_id"]["S"] for x in item["items"]["L"]] for user, item in items.items()}
+from tests.support import ONE_MODEL, lists_of, scan
+from tests.support import STORE_END as END
 
 
 def run(settings: Settings, day: dt.date) -> Any:

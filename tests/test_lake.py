@@ -24,7 +24,8 @@ from recsys import datasets
 from recsys.config import Settings
 from recsys.dev import dynamodb_local
 from recsys.io import lake
-from tests.test_pipeline_e2e import END, recsys_env, scan, store  # noqa: F401  (fixtures)
+from tests.support import STORE_END as END
+from tests.support import scan
 
 DAY = dt.date(2026, 3, 1)
 CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
@@ -216,7 +217,7 @@ def test_whole_dag_on_an_s3_lake(
 ) -> None:
     from recsys.dev.dagrun import run_dag
 
-    # One untuned model, as in test_pgsource: quick, and it need only beat popularity here.
+    # One untuned model, as in test_postgres_source: quick, and it need only beat popularity here.
     for key, value in {"RECSYS_LAKE": s3_lake, "RECSYS_TUNING_GRID": "", "RECSYS_FACTORS": "16", "RECSYS_ALPHA": "10",
                        "RECSYS_GATE_MIN_LIFT": "0"}.items():
         monkeypatch.setenv(key, value)

@@ -17,7 +17,8 @@ from recsys.io.source import newest_complete_day
 from recsys.io.sources import postgres as pgsource
 from recsys.io.sources.files import SourceError
 from tests.fixtures_postgres import postgres_database  # noqa: F401  (a fixture)
-from tests.test_pipeline_e2e import END, recsys_env, run, scan, store  # noqa: F401  (fixtures)
+from tests.support import STORE_END as END
+from tests.support import run, scan
 
 # The store's own names, so RECSYS_SOURCE_COLUMNS is exercised as for files.
 RENAMED = {"user_id": "visitor", "item_id": "sku_code", "event_type": "kind", "event_ts": "occurred_at", "event_id": "event_ref"}
