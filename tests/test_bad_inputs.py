@@ -49,6 +49,8 @@ from recsys.io import lake
 from tests.support import SMALL, scan
 from tests.support import STORE_END as END
 
+pytestmark = pytest.mark.slow  # whole-DAG runs: make test, not make test-fast
+
 NEXT = END + dt.timedelta(days=1)
 UTC = dt.timezone.utc
 

@@ -212,6 +212,7 @@ def test_s3_errors_name_the_fix(s3_lake: str) -> None:
         lake.partition_exists("s3:///lake", "interactions", DAY)
 
 
+@pytest.mark.slow  # a whole-DAG run
 def test_whole_dag_on_an_s3_lake(
     recsys_env: Settings, s3_lake: str, dynamodb_client: Any, airflow_env: Path, monkeypatch: pytest.MonkeyPatch  # noqa: F811
 ) -> None:

@@ -20,6 +20,8 @@ from recsys.io import lake
 from tests.support import ONE_MODEL, lists_of, scan
 from tests.support import STORE_END as END
 
+pytestmark = pytest.mark.slow  # whole-DAG runs: make test, not make test-fast
+
 
 def run(settings: Settings, day: dt.date) -> Any:
     from recsys.dev.dagrun import run_dag

@@ -113,6 +113,7 @@ def test_missing_connection_and_missing_column_name_the_fix(
         pgsource.stage_days(no_table, day, [day])
 
 
+@pytest.mark.slow  # a whole-DAG run
 def test_the_dag_runs_from_postgres_and_publishes(
     store: Path, recsys_env: Settings, postgres_database: str, dynamodb_client: Any,  # noqa: F811
     airflow_env: Path, monkeypatch: pytest.MonkeyPatch,
