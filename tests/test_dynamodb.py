@@ -1,60 +1,35 @@
-"""recsys.io.dynamodb against a real DynamoDB Local, plus the retry logic against a hand-written double
-(DynamoDB Local never throttles), and recsys.dev.dynamodb_local's start/stop/status."""
+"""recsys.io.dynamodb against a real DynamoDB Local, including its retries of unprocessed items and
+throttling (injected underneath botocore's retry layer by tests.support.ThrottlingDynamoDB, since
+DynamoDB Local never throttles), and recsys.dev.dynamodb_local's start/stop/status."""
 
 from __future__ import annotations
 
-import argparse
 import datetime as dt
-import threading
 import time
 import uuid
+from collections import Counter
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import pytest
-from botocore.exceptions import ClientError
 
 from recsys.config import POPULAR_USER_ID, Settings
 from recsys.dev import dynamodb_local
 from recsys.io import dynamodb
 from recsys.io.dynamodb import PublicationError, TableSchemaError
 from recsys.serving.reader import get_recommendations
+from tests.support import ThrottlingDynamoDB, every_other_user, make_recs, scan
 
-GENERATED_AT = dt.datetime(2026, 6, 1, 3, 0, tzinfo=dt.timezone.utc)
+GENERATED_AT = dt.datetime(2026, 6, 1, 3, 0, tzinfo=dt.UTC)
 # In the future: DynamoDB Local's TTL really deletes expired items.
 EXPIRES_AT = int(time.time()) + 30 * 86400
 
 
 def new_table() -> str:
     return f"recs_{uuid.uuid4().hex[:10]}"
-
-
-def make_recs(n_users: int, seed: int = 0, n_items: int = 500, shuffle: bool = True) -> pa.Table:
-    """Lists of 1-20 items per user (plus a 20-item popular list), rows in random order."""
-    rng = np.random.default_rng(seed)
-    users, ranks, items, scores = [], [], [], []
-    for u in range(n_users + 1):
-        user = POPULAR_USER_ID if u == n_users else f"user-{u:05d}-ü"
-        k = 20 if u == n_users else int(rng.integers(1, 21))
-        chosen = rng.choice(n_items, size=k, replace=False)
-        values = np.sort(rng.random(k).astype(np.float32) * 10.0 ** rng.integers(-8, 3))[::-1]
-        users += [user] * k
-        ranks += list(range(1, k + 1))
-        items += [f"item-{i:04d}" for i in chosen]
-        scores += values.tolist()
-    table = pa.table(
-        {
-            "user_id": pa.array(users, pa.string()),
-            "rank": pa.array(ranks, pa.int16()),
-            "item_id": pa.array(items, pa.string()),
-            "score": pa.array(scores, pa.float32()),
-        }
-    )
-    if shuffle:
-        table = table.take(pa.array(rng.permutation(table.num_rows)))
-    return table
 
 
 def expected_lists(recs: pa.Table) -> dict[str, list[tuple[str, float]]]:
@@ -64,17 +39,6 @@ def expected_lists(recs: pa.Table) -> dict[str, list[tuple[str, float]]]:
     return {user: [(i, s) for _, i, s in sorted(rows)] for user, rows in lists.items()}
 
 
-def scan(client: Any, table: str) -> dict[str, dict[str, Any]]:
-    items: dict[str, dict[str, Any]] = {}
-    kwargs: dict[str, Any] = {"TableName": table}
-    while True:
-        page = client.scan(**kwargs)
-        items.update({item["user_id"]["S"]: item for item in page["Items"]})
-        if "LastEvaluatedKey" not in page:
-            return items
-        kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
-
-
 def publish(client: Any, table: str, recs: pa.Table, version: str, **kwargs: Any) -> dict[str, Any]:
     return dynamodb.publish_recommendations(
         client, table, recs, model_version=version, generated_at=GENERATED_AT, expires_at=EXPIRES_AT, **kwargs
@@ -82,7 +46,7 @@ def publish(client: Any, table: str, recs: pa.Table, version: str, **kwargs: Any
 
 
 def assert_table_holds(client: Any, table: str, recs: pa.Table, version: str) -> None:
-    served = scan(client, table)
+    served = scan(client, table, with_meta=True)
     expected = expected_lists(recs)
     assert set(served) == set(expected)
     for user, pairs in expected.items():
@@ -133,7 +97,7 @@ def test_ensure_table_creates_on_demand_table_with_ttl_and_is_idempotent(dynamod
 def test_ensure_table_keeps_existing_items(dynamodb_client: Any, table: str) -> None:
     dynamodb_client.put_item(TableName=table, Item={"user_id": {"S": "u1"}})
     dynamodb.ensure_table(dynamodb_client, table)
-    assert set(scan(dynamodb_client, table)) == {"u1"}
+    assert set(scan(dynamodb_client, table, with_meta=True)) == {"u1"}
 
 
 @pytest.mark.parametrize(
@@ -228,7 +192,7 @@ def test_shard_ranges_split_the_users_into_contiguous_ranges_once_each(shards: i
     ranges = dynamodb.shard_ranges(recs["user_id"], shards)
     assert [r["shard"] for r in ranges] == list(range(shards)) and {r["shards"] for r in ranges} == {shards}
     assert ranges[0]["first"] is None and ranges[-1]["end"] is None
-    assert all(a["end"] == b["first"] for a, b in zip(ranges, ranges[1:]))
+    assert all(a["end"] == b["first"] for a, b in pairwise(ranges))
     owners: dict[str, list[int]] = {}
     for r in ranges:
         where = dynamodb.key_range(r["first"], r["end"])
@@ -282,85 +246,55 @@ def test_publish_to_a_missing_table_fails_at_once(dynamodb_client: Any) -> None:
         publish(dynamodb_client, new_table(), make_recs(3), "v1")
 
 
-# --------------------------------------------------------------------------- retries (a double: DynamoDB Local never throttles)
+# --------------------------------------------------------------------------- retries (DynamoDB Local, throttled underneath botocore)
 
 
-class FlakyClient:
-    """batch_write_item that hands back part of each batch the first times and throttles once."""
-
-    def __init__(self, table: str, unprocessed_rounds: int = 2, throttle_on_call: int | None = 3) -> None:
-        self.table = table
-        self.unprocessed_rounds = unprocessed_rounds
-        self.throttle_on_call = throttle_on_call
-        self.stored: dict[str, dict[str, Any]] = {}
-        self.writes: dict[str, int] = {}
-        self.calls = 0
-        self.seen: dict[str, int] = {}
-        self.lock = threading.Lock()
-
-    def batch_write_item(self, RequestItems: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
-        requests = RequestItems[self.table]
-        assert list(RequestItems) == [self.table] and 1 <= len(requests) <= 25
-        with self.lock:
-            self.calls += 1
-            if self.calls == self.throttle_on_call:
-                raise ClientError(
-                    {"Error": {"Code": "ThrottlingException", "Message": "Rate exceeded"}}, "BatchWriteItem"
-                )
-            unprocessed = []
-            for request in requests:
-                item = request["PutRequest"]["Item"]
-                user = item["user_id"]["S"]
-                self.seen[user] = self.seen.get(user, 0) + 1
-                # Every other item comes back unprocessed for the first rounds it is sent.
-                if self.seen[user] <= self.unprocessed_rounds and hash(user) % 2:
-                    unprocessed.append(request)
-                else:
-                    self.stored[user] = item
-                    self.writes[user] = self.writes.get(user, 0) + 1
-        return {"UnprocessedItems": {self.table: unprocessed} if unprocessed else {}}
-
-
-def test_publish_retries_unprocessed_items_and_throttling_until_all_are_written() -> None:
+def test_publish_retries_unprocessed_items_and_throttling_until_all_are_written(dynamodb_endpoint: str, table: str) -> None:
     recs = make_recs(200, seed=4)
-    client = FlakyClient("t")
-    stats = publish(client, "t", recs, "v9", threads=4, backoff_base=1e-4, backoff_cap=1e-3)
-    expected = list(dynamodb.iter_items(recs, model_version="v9", generated_at=GENERATED_AT, expires_at=EXPIRES_AT))
-    assert client.stored == {item["user_id"]["S"]: item for item in expected}
-    assert set(client.writes.values()) == {1}
-    assert stats["items"] == 201 and stats["retries"] >= 3
+    double = ThrottlingDynamoDB(dynamodb_endpoint, throttles=8, throttle_from=3, unprocessed_rounds=2)
+    stats = publish(double.client, table, recs, "v9", threads=4, backoff_base=1e-4, backoff_cap=1e-3)
+    assert_table_holds(double.client, table, recs, "v9")
+    assert len(double.written) == 201 and set(double.written.values()) == {1}, "each user's put reached the table once"
+    assert double.handed_back == Counter({user: 2 for user in expected_lists(recs) if every_other_user(user)})
+    # Every throttled attempt was either retried by botocore or, the fourth in a row of one call, by recsys.
+    assert double.throttled == 8 == len(double.botocore_delays) + double.failed_calls
+    assert double.attempts == double.calls + len(double.botocore_delays)
+    users = sorted(expected_lists(recs))  # the order of the batches of 25
+    batches = [users[first : first + 25] for first in range(0, len(users), 25)]
+    rounds = 2 * sum(any(map(every_other_user, batch)) for batch in batches)  # 2 more calls for each with users handed back
+    assert stats["items"] == 201 and stats["retries"] == double.calls - len(batches) == rounds + double.failed_calls
 
 
-def test_write_batch_gives_up_with_a_clear_error() -> None:
-    client = FlakyClient("t", unprocessed_rounds=10**9, throttle_on_call=None)
-    users = [f"u{i}" for i in range(40) if hash(f"u{i}") % 2][:10]
-    items = [{"user_id": {"S": u}} for u in users]
+def test_write_batch_gives_up_with_a_clear_error(dynamodb_endpoint: str, dynamodb_client: Any, table: str) -> None:
+    double = ThrottlingDynamoDB(dynamodb_endpoint, unprocessed_rounds=10**9)
+    users = [f"u{i}" for i in range(10)]
+    back = [user for user in users if every_other_user(user)]
+    assert 0 < len(back) < len(users)
     delays: list[float] = []
     with pytest.raises(PublicationError) as raised:
-        dynamodb.write_batch(client, "t", items, backoff_base=0.01, backoff_cap=0.03, max_attempts=5, sleep=delays.append)
-    assert "table t: 10 of 10 items" in str(raised.value) and "after 5 attempts" in str(raised.value)
-    assert client.calls == 5 and len(delays) == 4
-    assert all(0 <= d <= cap for d, cap in zip(delays, [0.01, 0.02, 0.03, 0.03]))
+        dynamodb.write_batch(
+            double.client, table, [{"user_id": {"S": u}} for u in users],
+            backoff_base=0.01, backoff_cap=0.03, max_attempts=5, sleep=delays.append,
+        )
+    message = str(raised.value)
+    assert f"table {table}: {len(back)} of 10 items" in message and "after 5 attempts (last: unprocessed items)" in message
+    # Items handed back come with HTTP 200: botocore does not retry them, recsys does.
+    assert double.calls == double.attempts == 5 and len(delays) == 4
+    assert all(0 <= d <= cap for d, cap in zip(delays, [0.01, 0.02, 0.03, 0.03], strict=True))
+    assert set(scan(dynamodb_client, table, with_meta=True)) == set(users) - set(back)
 
 
-def test_publish_fails_when_a_table_never_takes_the_items() -> None:
-    client = FlakyClient("t", unprocessed_rounds=10**9, throttle_on_call=None)
-    with pytest.raises(PublicationError, match=r"DynamoDB table t: \d+ of \d+ items .* after 3 attempts"):
-        publish(client, "t", make_recs(100), "v1", threads=2, backoff_base=1e-4, backoff_cap=1e-3, max_attempts=3)
+def test_publish_fails_when_a_table_never_takes_the_items(dynamodb_endpoint: str, table: str) -> None:
+    double = ThrottlingDynamoDB(dynamodb_endpoint, unprocessed_rounds=10**9)
+    with pytest.raises(PublicationError, match=rf"DynamoDB table {table}: \d+ of \d+ items .* after 3 attempts"):
+        publish(double.client, table, make_recs(100), "v1", threads=2, backoff_base=1e-4, backoff_cap=1e-3, max_attempts=3)
 
 
-def test_write_batch_does_not_retry_other_errors() -> None:
-    class Broken:
-        calls = 0
-
-        def batch_write_item(self, RequestItems: Any) -> Any:
-            self.calls += 1
-            raise ClientError({"Error": {"Code": "ValidationException", "Message": "bad item"}}, "BatchWriteItem")
-
-    client = Broken()
-    with pytest.raises(PublicationError, match="table t failed: ValidationException"):
-        dynamodb.write_batch(client, "t", [{"user_id": {"S": "u"}}], backoff_base=1e-4)
-    assert client.calls == 1
+def test_write_batch_does_not_retry_other_errors(dynamodb_endpoint: str, table: str) -> None:
+    double = ThrottlingDynamoDB(dynamodb_endpoint)
+    with pytest.raises(PublicationError, match=f"table {table} failed: ValidationException"):
+        dynamodb.write_batch(double.client, table, [{"user_id": {"N": "1"}}], backoff_base=1e-4)  # the key is a string
+    assert double.calls == double.attempts == 1
 
 
 # --------------------------------------------------------------------------- verify
@@ -540,15 +474,6 @@ def test_a_process_that_dies_is_reported_with_its_log(dynamodb_endpoint: str, tm
     finally:
         process.kill()
         process.wait()
-
-
-def test_command_line_parser() -> None:
-    parser = argparse.ArgumentParser()
-    dynamodb_local.add_dynamodb_local_parser(parser.add_subparsers(dest="command"))
-    args = parser.parse_args(["dynamodb-local", "status"])
-    assert args.action == "status" and callable(args.func)
-    with pytest.raises(SystemExit):
-        parser.parse_args(["dynamodb-local", "restart"])
 
 
 def test_served_marker_never_moves_backwards_unless_forced(dynamodb_client: Any) -> None:

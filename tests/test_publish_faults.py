@@ -3,7 +3,8 @@ an older or backfill date after a newer publish, and throttling.
 
 The first three run the real publish stages of recsys.pipeline (plan_publish, publish_shard,
 finish_publish, verify: what the DAG's tasks call) against real DynamoDB Local servers; the
-throttling tests use a client double, because DynamoDB Local never throttles.
+throttling tests write to DynamoDB Local too, through tests.support.ThrottlingDynamoDB, which
+throttles underneath botocore's retry layer (DynamoDB Local itself never throttles).
 """
 
 from __future__ import annotations
@@ -18,12 +19,13 @@ import sys
 import threading
 import time
 import uuid
+from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pyarrow as pa
 import pytest
-from botocore.exceptions import ClientError
 
 from recsys.config import Settings
 from recsys.dev import dynamodb_local
@@ -31,7 +33,7 @@ from recsys.io import dynamodb, lake
 from recsys.io.dynamodb import META_KEY, PublicationError
 from recsys.stages.publish import finish_publish, plan_publish, publish_shard
 from recsys.stages.verify import verify
-from tests.test_dynamodb import make_recs, scan
+from tests.support import ThrottlingDynamoDB, every_other_user, make_recs, scan
 
 DAY = dt.date(2026, 6, 2)
 BEFORE = DAY - dt.timedelta(days=1)
@@ -71,7 +73,7 @@ def publish_all(settings: Settings, day: dt.date, **flags: Any) -> dict[str, Any
 
 
 def versions(client: Any, table: str) -> dict[str, str]:
-    return {user: item["model_version"]["S"] for user, item in scan(client, table).items() if user != META_KEY}
+    return {user: item["model_version"]["S"] for user, item in scan(client, table, with_meta=True).items() if user != META_KEY}
 
 
 def served(client: Any, table: str) -> tuple[str, str] | None:
@@ -163,7 +165,7 @@ def test_publisher_killed_mid_publish_then_retried_serves_every_user_the_new_ver
     after = versions(dynamodb_client, table)
     assert set(after) == users and set(after.values()) == {"v2"}
     assert served(dynamodb_client, table) == (DAY.isoformat(), "v2")
-    generated = {item["generated_at"]["S"] for u, item in scan(dynamodb_client, table).items() if u != META_KEY}
+    generated = {item["generated_at"]["S"] for u, item in scan(dynamodb_client, table, with_meta=True).items() if u != META_KEY}
     assert len(generated) == 1, "a retried shard must write the plan's timestamps, not new ones"
 
 
@@ -256,74 +258,78 @@ def test_backfill_or_older_date_after_a_newer_publish_leaves_the_table_unchanged
 ) -> None:
     # The DAG-level run of an older date is in test_pipeline_e2e; a backfill run is checked here.
     table = f"faults_{uuid.uuid4().hex[:8]}"
-    settings = lake_with_lists(tmp_path / "home", dynamodb_endpoint, table)
+    # No process is killed here, so a few hundred users (three shards) show it as well as USERS would.
+    settings = lake_with_lists(tmp_path / "home", dynamodb_endpoint, table, users=300)
     publish_all(settings, DAY)
-    before = scan(dynamodb_client, table)
+    before = scan(dynamodb_client, table, with_meta=True)
     assert plan_publish(settings, BEFORE, is_backfill=True) == []
     assert plan_publish(settings, BEFORE) == []
     assert plan_publish(settings, BEFORE, is_backfill=True, force=True) == []  # a backfill never publishes
-    assert scan(dynamodb_client, table) == before
+    assert scan(dynamodb_client, table, with_meta=True) == before
     assert plan_publish(settings, BEFORE, force=True)  # only force_publish makes the older date go out
 
 
-# --------------------------------------------------------------------------- throttling (a double)
+# --------------------------------------------------------------------------- throttling (underneath botocore's retries)
 
 
-class ThrottlingClient:
-    """batch_write_item that fails with ``code`` on the first ``failures`` calls, then hands back
-    every other item as unprocessed once before storing it."""
+@pytest.fixture
+def table(dynamodb_client: Any) -> str:
+    name = f"throttled_{uuid.uuid4().hex[:8]}"
+    dynamodb.ensure_table(dynamodb_client, name)
+    return name
 
-    def __init__(self, code: str, failures: int = 2) -> None:
-        self.code, self.failures = code, failures
-        self.calls, self.stored, self.sent = 0, {}, {}  # type: ignore[var-annotated]
-        self.lock = threading.Lock()
 
-    def batch_write_item(self, RequestItems: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
-        with self.lock:
-            self.calls += 1
-            if self.calls <= self.failures:
-                raise ClientError({"Error": {"Code": self.code, "Message": "slow down"}}, "BatchWriteItem")
-            back = []
-            for request in RequestItems["t"]:
-                user = request["PutRequest"]["Item"]["user_id"]["S"]
-                self.sent[user] = self.sent.get(user, 0) + 1
-                if self.sent[user] == 1 and len(self.sent) % 2:
-                    back.append(request)
-                else:
-                    self.stored[user] = request["PutRequest"]["Item"]
-            return {"UnprocessedItems": {"t": back} if back else {}}
+def puts(count: int) -> list[dict[str, Any]]:
+    return [{"user_id": {"S": f"u{i}"}, "n": {"N": str(i)}} for i in range(count)]
+
+
+def test_brief_throttling_is_retried_by_botocore_alone(dynamodb_endpoint: str, dynamodb_client: Any, table: str) -> None:
+    double = ThrottlingDynamoDB(dynamodb_endpoint, throttles=3)
+    delays: list[float] = []
+    assert dynamodb.write_batch(double.client, table, puts(25), sleep=delays.append) == 0 and delays == []
+    assert double.calls == 1 and double.attempts == 4 and len(double.botocore_delays) == 3  # make_client: 4 attempts a call
+    assert scan(dynamodb_client, table, with_meta=True) == {item["user_id"]["S"]: item for item in puts(25)}
 
 
 @pytest.mark.parametrize("code", ["ProvisionedThroughputExceededException", "ThrottlingException"])
-def test_write_batch_backs_off_with_jitter_on_throttling_and_unprocessed_items(code: str) -> None:
-    items = [{"user_id": {"S": f"u{i}"}} for i in range(25)]
-    client = ThrottlingClient(code, failures=3)
+def test_write_batch_backs_off_with_jitter_on_throttling_and_unprocessed_items(
+    code: str, dynamodb_endpoint: str, dynamodb_client: Any, table: str
+) -> None:
+    # 12 throttles in a row: botocore's 4 attempts of each of recsys's first 3 calls.
+    double = ThrottlingDynamoDB(dynamodb_endpoint, throttles=12, code=code, unprocessed_rounds=1)
     delays: list[float] = []
-    random.seed(5)
-    retries = dynamodb.write_batch(client, "t", items, backoff_base=0.1, backoff_cap=0.25, sleep=delays.append)
-    assert set(client.stored) == {f"u{i}" for i in range(25)}
-    assert retries == len(delays) == 4 and client.calls == 5  # 3 throttled, 1 with items back, 1 clean
+    retries = dynamodb.write_batch(
+        double.client, table, puts(25), backoff_base=0.1, backoff_cap=0.25, sleep=delays.append
+    )
+    assert scan(dynamodb_client, table, with_meta=True) == {item["user_id"]["S"]: item for item in puts(25)}
+    assert retries == len(delays) == 4 and double.calls == 5  # 3 throttled, 1 with items back, 1 clean
+    assert double.failed_calls == 3 and len(double.botocore_delays) == 9 and double.attempts == 12 + 2
+    assert double.handed_back == Counter({f"u{i}": 1 for i in range(25) if every_other_user(f"u{i}")})
+    assert len(double.written) == 25 and set(double.written.values()) == {1}
     ceilings = [0.1, 0.2, 0.25, 0.25]  # base * 2^(attempt-1), capped
-    assert all(0.0 <= d <= c for d, c in zip(delays, ceilings))
-    assert len(set(delays)) == len(delays), "full jitter: no two waits alike"
+    assert all(0.0 <= d <= c for d, c in zip(delays, ceilings, strict=True))
 
 
-def test_backoff_delay_spreads_over_the_whole_window() -> None:
+def test_backoff_delay_never_exceeds_its_capped_exponential_ceiling() -> None:
     random.seed(11)
-    samples = [dynamodb.backoff_delay(4, 0.05, 5.0) for _ in range(2_000)]  # window [0, 0.4]
-    assert 0.0 <= min(samples) < 0.02 and 0.38 < max(samples) <= 0.4
-    assert 0.18 < sum(samples) / len(samples) < 0.22  # uniform: the mean sits mid-window
-    assert max(dynamodb.backoff_delay(30, 0.05, 5.0) for _ in range(200)) <= 5.0
+    for attempt in range(1, 31):
+        ceiling = min(5.0, 0.05 * 2 ** (attempt - 1))
+        assert all(0.0 <= dynamodb.backoff_delay(attempt, 0.05, 5.0) <= ceiling for _ in range(200)), attempt
 
 
-def test_publish_gives_up_on_endless_throttling_with_the_fix_in_the_message() -> None:
-    client = ThrottlingClient("ProvisionedThroughputExceededException", failures=10**9)
-    recs = make_recs(40, seed=3)
+def test_publish_gives_up_on_endless_throttling_with_the_fix_in_the_message(
+    dynamodb_endpoint: str, dynamodb_client: Any, table: str
+) -> None:
+    double = ThrottlingDynamoDB(dynamodb_endpoint, throttles=10**9, code="ProvisionedThroughputExceededException")
+    recs = make_recs(40, seed=3)  # 41 users: 2 batches
     with pytest.raises(PublicationError) as raised:
         dynamodb.publish_recommendations(
-            client, "t", recs, model_version="v", generated_at=dt.datetime(2026, 6, 1, tzinfo=dt.timezone.utc),
+            double.client, table, recs, model_version="v", generated_at=dt.datetime(2026, 6, 1, tzinfo=dt.UTC),
             expires_at=1, threads=2, backoff_base=1e-4, backoff_cap=1e-3, max_attempts=4,
         )
     message = str(raised.value)
+    assert f"DynamoDB table {table}: " in message
     assert "after 4 attempts (last: ProvisionedThroughputExceededException)" in message
     assert "RECSYS_PUBLISH_THREADS" in message and "Rerun the publish task" in message
+    assert double.calls == 2 * 4 and double.attempts == 2 * 4 * 4  # each of recsys's attempts is 4 of botocore's
+    assert scan(dynamodb_client, table, with_meta=True) == {}
