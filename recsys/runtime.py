@@ -80,7 +80,7 @@ def run_stage(stage: Callable[..., T], *args: Any) -> T:
     name = stage.__name__
     log.info("stage %s for run date %s", name, day)
     wanted = inspect.signature(stage).parameters
-    flags = {
+    flags: dict[str, Callable[[], bool]] = {
         "is_backfill": lambda: is_backfill(context),
         "force": lambda: bool((context.get("params") or {}).get("force_publish")),
     }

@@ -188,7 +188,9 @@ def row_frame(rows: pa.Table, settings: Settings) -> "pd.DataFrame":
     ts = pc.cast(pc.cast(rows["event_ts"], pa.timestamp("us", tz="UTC")), pa.int64())
     seconds = pc.divide(pc.cast(pc.subtract(ts, pc.multiply(day_start, 1_000_000)), pa.float64()), 1e6)
     table = rows.drop_columns(["placed"])
-    frame = table.set_column(table.schema.get_field_index("dt"), "dt", pc.cast(rows["dt"], pa.string())).to_pandas()
+    frame: pd.DataFrame = table.set_column(
+        table.schema.get_field_index("dt"), "dt", pc.cast(rows["dt"], pa.string())
+    ).to_pandas()
     frame["user_id_bytes"] = pc.binary_length(rows["user_id"]).to_numpy(zero_copy_only=False)
     frame["item_id_bytes"] = pc.binary_length(rows["item_id"]).to_numpy(zero_copy_only=False)
     frame["seconds_into_day"] = seconds.to_numpy(zero_copy_only=False)

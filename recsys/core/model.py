@@ -81,7 +81,7 @@ class UserItemMatrix:
 
     @property
     def shape(self) -> tuple[int, int]:
-        return self.matrix.shape  # type: ignore[return-value]
+        return self.matrix.shape
 
 
 def build_user_item_matrix(
@@ -333,7 +333,7 @@ def scale_confidence(matrix: sp.csr_matrix, alpha: float, weighting: str = "log"
     if weighting == "bm25":
         from implicit.nearest_neighbours import bm25_weight
 
-        weighted = bm25_weight(matrix.tocoo(), K1=100, B=0.8).tocsr()
+        weighted: sp.csr_matrix = bm25_weight(matrix.tocoo(), K1=100, B=0.8).tocsr()
         weighted.data = (alpha * np.maximum(weighted.data, BM25_FLOOR)).astype(np.float32)
         return weighted.astype(np.float32)
     raise ValueError(f"unknown weighting {weighting!r}; expected 'log' or 'bm25'")

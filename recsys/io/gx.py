@@ -29,7 +29,8 @@ def gx_context() -> Any:
 
     logging.getLogger("great_expectations").setLevel(logging.WARNING)
     context = gx.get_context(mode="ephemeral")
-    context.variables.progress_bars = {"globally": False, "metric_calculations": False}
+    # Typed as ProgressBarsConfig, read by GX with ``[key]``, which a dict serves as well.
+    context.variables.progress_bars = {"globally": False, "metric_calculations": False}  # type: ignore[assignment]
     for name in list(context.list_data_docs_sites()):
         context.delete_data_docs_site(name)
     return context

@@ -35,7 +35,7 @@ import uuid
 from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, cast
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -147,7 +147,7 @@ def _get_bytes(lake: str | Path, relpath: str) -> bytes | None:
     """The object's bytes, or None when it does not exist."""
     bucket, _ = _split(lake)
     try:
-        return s3_client().get_object(Bucket=bucket, Key=_key(lake, relpath))["Body"].read()  # type: ignore[no-any-return]
+        return cast(bytes, s3_client().get_object(Bucket=bucket, Key=_key(lake, relpath))["Body"].read())
     except Exception as exc:
         if _is_missing(exc):
             return None
@@ -194,7 +194,7 @@ def read_manifest(lake: str | Path, dataset: str, day: dt.date) -> dict[str, Any
     """The partition's manifest in an S3 lake ({"version", "written_at", "files": {name: {"size", "rows"?}}}),
     or None when the partition has never been committed."""
     body = _get_bytes(lake, f"{partition_key(dataset, day)}/{MANIFEST}")
-    return None if body is None else json.loads(body)  # type: ignore[no-any-return]
+    return None if body is None else json.loads(body)
 
 
 # --------------------------------------------------------------------------- partitions
@@ -218,11 +218,11 @@ def partition_rows(lake: str | Path, dataset: str, day: dt.date) -> int:
             raise FileNotFoundError(f"partition {partition_uri(lake, dataset, day)} is missing (no {DATA_FILE})")
         if "rows" in entry:
             return int(entry["rows"])
-        return pq.read_metadata(fetch_partition(lake, dataset, day, [DATA_FILE]) / DATA_FILE).num_rows
+        return cast(int, pq.read_metadata(fetch_partition(lake, dataset, day, [DATA_FILE]) / DATA_FILE).num_rows)
     path = partition_file(lake, dataset, day)
     if not path.exists():
         raise FileNotFoundError(f"partition {partition_dir(lake, dataset, day)} is missing (no {DATA_FILE})")
-    return pq.read_metadata(path).num_rows
+    return cast(int, pq.read_metadata(path).num_rows)
 
 
 def list_days(lake: str | Path, dataset: str) -> list[dt.date]:
@@ -270,7 +270,7 @@ def fetch_partition(lake: str | Path, dataset: str, day: dt.date, names: list[st
 def _download_version(lake: str | Path, dataset: str, day: dt.date, manifest: dict[str, Any], names: list[str]) -> Path:
     bucket, _ = _split(lake)
     base = mirror_root(lake) / partition_key(dataset, day)
-    folder = base / manifest["version"]
+    folder: Path = base / manifest["version"]
     started, fetched, size = time.perf_counter(), 0, 0
     for name in names:
         local = folder / name
