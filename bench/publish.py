@@ -187,9 +187,14 @@ def raw_client(endpoint: str, pool: int) -> Any:
     from botocore.config import Config
 
     return boto3.session.Session().client(
-        "dynamodb", endpoint_url=endpoint, region_name="us-east-1",
-        aws_access_key_id="local", aws_secret_access_key="local",
-        config=Config(parameter_validation=False, max_pool_connections=pool, retries={"mode": "standard", "max_attempts": 3}),
+        "dynamodb",
+        endpoint_url=endpoint,
+        region_name="us-east-1",
+        aws_access_key_id="local",
+        aws_secret_access_key="local",
+        config=Config(
+            parameter_validation=False, max_pool_connections=pool, retries={"mode": "standard", "max_attempts": 3}
+        ),
     )
 
 

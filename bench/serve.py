@@ -342,7 +342,9 @@ def rate_list(text: str) -> list[float | None]:
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--users", type=positive_int, default=10_000, help="user lists in the table (default 10000)")
-    parser.add_argument("--items", type=positive_int, default=2_000, help="similar-item lists in the table (default 2000)")
+    parser.add_argument(
+        "--items", type=positive_int, default=2_000, help="similar-item lists in the table (default 2000)"
+    )
     parser.add_argument("--duration", type=float, default=30.0, help="measured seconds per row (default 30)")
     parser.add_argument("--warmup", type=float, default=3.0, help="unmeasured seconds before each row (default 3)")
     parser.add_argument("--concurrency", type=int_list, default=[50], help="client threads, e.g. 1,10,50 (default 50)")

@@ -304,7 +304,9 @@ def test_a_day_with_5_percent_of_its_volume_fails_in_validate(history: History, 
     out = night({DAY_FILE: events.slice(0, events.num_rows // 20)})
     assert_stopped_cleanly(out, "validate")
     assert out.quarantine() == {}
-    assert f"dt={NEXT} (from {DAY_FILE}): volume anomaly: {events.num_rows // 20:,} rows kept, 0.06x the mean" in out.log
+    assert (
+        f"dt={NEXT} (from {DAY_FILE}): volume anomaly: {events.num_rows // 20:,} rows kept, 0.06x the mean" in out.log
+    )
     assert "expected between 0.1x and 5.0x" in out.log
     assert out.summary()["days"][0]["history_days"] == 14
 
@@ -402,7 +404,9 @@ def test_a_bot_making_95_percent_of_the_day_is_quarantined_and_the_rest_publishe
             "user_id": pa.array(["scraper-1"] * n, pa.string()),
             "item_id": pc.take(events["item_id"], pa.array([i % events.num_rows for i in range(n)])),
             "event_type": pa.array(["View"] * n, pa.string()),
-            "event_ts": pa.array([start + dt.timedelta(seconds=2 * i % 86_400) for i in range(n)], pa.timestamp("us", tz="UTC")),
+            "event_ts": pa.array(
+                [start + dt.timedelta(seconds=2 * i % 86_400) for i in range(n)], pa.timestamp("us", tz="UTC")
+            ),
             "event_id": pa.array([f"bot-{i}" for i in range(n)], pa.string()),
         }
     )

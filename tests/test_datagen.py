@@ -98,7 +98,9 @@ def tables_of(path: Path) -> dict[str, pa.Table]:
 
 def top2_category_share(user: np.ndarray, category: np.ndarray, n_users: int, n_categories: int) -> float:
     """Mean over users with >= 5 events of the share of their events in their two busiest categories."""
-    counts = np.bincount(user * n_categories + category, minlength=n_users * n_categories).reshape(n_users, n_categories)
+    counts = np.bincount(user * n_categories + category, minlength=n_users * n_categories).reshape(
+        n_users, n_categories
+    )
     total = counts.sum(axis=1)
     busy = total >= 5
     top2 = np.sort(counts[busy], axis=1)[:, -2:].sum(axis=1)
@@ -148,7 +150,9 @@ def test_event_ids_are_unique_across_the_store(small: Store) -> None:
     ids = small.events["event_id"]
     assert ids.null_count == 0
     assert pc.count_distinct(ids).as_py() == small.events.num_rows
-    assert pc.all(pc.match_substring_regex(ids, r"^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$")).as_py()
+    assert pc.all(
+        pc.match_substring_regex(ids, r"^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$")
+    ).as_py()
 
 
 def test_catalog_columns_categories_and_inactive_items(small: Store) -> None:

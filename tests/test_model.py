@@ -23,7 +23,9 @@ from tests.support import build_pair_events, recommend_popular
 
 
 def test_build_user_item_matrix_sorts_ids_and_drops_unknown_rows() -> None:
-    table = pa.table({"user_id": ["b", "a", "b", "zz"], "item_id": ["y", "x", "x", "x"], "confidence": [2.0, 1.0, 3.0, 9.0]})
+    table = pa.table(
+        {"user_id": ["b", "a", "b", "zz"], "item_id": ["y", "x", "x", "x"], "confidence": [2.0, 1.0, 3.0, 9.0]}
+    )
     m = build_user_item_matrix(table)
     assert m.user_ids.to_pylist() == ["a", "b", "zz"] and m.item_ids.to_pylist() == ["x", "y"]
     assert m.matrix.toarray().tolist() == [[1.0, 0.0], [3.0, 2.0], [9.0, 0.0]]
@@ -87,13 +89,17 @@ def test_resolve_run_date_in_every_kind_of_run() -> None:
     midnight = dt.datetime(2026, 3, 4, tzinfo=dt.timezone.utc)
     assert resolve_run_date({"data_interval_start": midnight, "logical_date": midnight}) == dt.date(2026, 3, 4)
     manual = _Run("manual", dt.datetime(2026, 3, 9, 15, tzinfo=dt.timezone.utc))
-    assert resolve_run_date({"logical_date": None, "data_interval_start": None, "dag_run": manual}) == dt.date(2026, 3, 8)
+    assert resolve_run_date({"logical_date": None, "data_interval_start": None, "dag_run": manual}) == dt.date(
+        2026, 3, 8
+    )
     assert resolve_run_date({"params": {"run_date": "2026-01-02"}, "logical_date": midnight}) == dt.date(2026, 1, 2)
     # A manual run for 03-04 under the nightly timetable gets the interval [03-03, 03-04): it asked for 03-04.
     day_before = midnight - dt.timedelta(days=1)
     assert resolve_run_date({"data_interval_start": day_before, "logical_date": midnight}) == dt.date(2026, 3, 4)
     # Without a logical date, the interval Airflow inferred: the day before the trigger.
-    assert resolve_run_date({"logical_date": None, "data_interval_start": day_before, "dag_run": manual}) == dt.date(2026, 3, 3)
+    assert resolve_run_date({"logical_date": None, "data_interval_start": day_before, "dag_run": manual}) == dt.date(
+        2026, 3, 3
+    )
     assert is_backfill({"dag_run": _Run("backfill", midnight)})
     assert not is_backfill({"dag_run": manual})
 
@@ -121,7 +127,13 @@ def test_tuning_candidates_are_the_grid_product_over_settings(tmp_path) -> None:
     many = tuning_candidates(Settings.from_env({**env, "RECSYS_TUNING_GRID": grid}))
     als = [(c["event_weights"], c["half_life_days"]) for c in many if c["model"] == "als"]
     uniform = {"view": 1.0, "buy": 1.0}
-    assert als == [(configured, 0.0), (uniform, 0.0), (configured, 14.0), (uniform, 14.0), ({"view": 1.0, "buy": 20.0}, 28.0)]
+    assert als == [
+        (configured, 0.0),
+        (uniform, 0.0),
+        (configured, 14.0),
+        (uniform, 14.0),
+        ({"view": 1.0, "buy": 20.0}, 28.0),
+    ]
     bpr = [c for c in many if c["model"] == "bpr"]
     assert bpr == [{"model": "bpr", "factors": 64, "regularization": 0.01, "iterations": 100, "random_state": 42,
                     "learning_rate": 0.01, "event_weights": {"view": 1.0, "buy": 1.0}, "half_life_days": 0.0}]
@@ -377,12 +389,17 @@ def test_batched_lists_equal_one_batch_on_a_tiny_matrix(tmp_path) -> None:  # ty
     settings = Settings.from_env({"RECSYS_HOME": str(tmp_path), "RECSYS_K": "4", "RECSYS_MAX_PER_CATEGORY": "2"})
     whole_ids, whole_scores = serve_lists(settings, users, items, seen, filters)
     for batch in (1, 2, 3):
-        parts = [serve_lists(settings, users[i : i + batch], items, seen[i : i + batch], filters) for i in range(0, 7, batch)]
+        parts = [
+            serve_lists(settings, users[i : i + batch], items, seen[i : i + batch], filters) for i in range(0, 7, batch)
+        ]
         # BLAS may round a dot product differently with another batch shape: ids must match exactly.
         assert np.concatenate([ids for ids, _ in parts]).tolist() == whole_ids.tolist()
         assert np.allclose(np.concatenate([s for _, s in parts]), whole_scores, rtol=1e-5)
     assert whole_ids[6].tolist() == [-1, -1, -1, -1]
-    assert top_k_items(items, users, seen, 4, None, batch_users=2)[0].tolist() == top_k_items(items, users, seen, 4, None)[0].tolist()
+    assert (
+        top_k_items(items, users, seen, 4, None, batch_users=2)[0].tolist()
+        == top_k_items(items, users, seen, 4, None)[0].tolist()
+    )
 
 
 def test_duckdb_settings_reach_the_connection(tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]

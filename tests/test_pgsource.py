@@ -20,7 +20,13 @@ from tests.fixtures_postgres import postgres_database  # noqa: F401  (a fixture)
 from tests.test_pipeline_e2e import END, recsys_env, run, scan, store  # noqa: F401  (fixtures)
 
 # The store's own names, so RECSYS_SOURCE_COLUMNS is exercised as for files.
-RENAMED = {"user_id": "visitor", "item_id": "sku_code", "event_type": "kind", "event_ts": "occurred_at", "event_id": "event_ref"}
+RENAMED = {
+    "user_id": "visitor",
+    "item_id": "sku_code",
+    "event_type": "kind",
+    "event_ts": "occurred_at",
+    "event_id": "event_ref",
+}
 MAPPING = ",".join(f"{k}={v}" for k, v in RENAMED.items())
 
 
@@ -108,7 +114,9 @@ def test_missing_connection_and_missing_column_name_the_fix(
         pgsource.stage_days(missing, day, [day])
 
     no_table = settings_for(monkeypatch, tmp_path, postgres_database, RECSYS_SOURCE_TABLE="shop.nothing_here")
-    with pytest.raises(SourceError, match=r"cannot read PostgreSQL table shop.nothing_here on connection 'recsys_source'"):
+    with pytest.raises(
+        SourceError, match=r"cannot read PostgreSQL table shop.nothing_here on connection 'recsys_source'"
+    ):
         pgsource.stage_days(no_table, day, [day])
 
 

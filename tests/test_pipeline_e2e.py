@@ -107,7 +107,9 @@ def test_nightly_run_serves_every_user_and_reruns_identically(
     catalog_rows = pq.read_table(Path(settings.catalog or "")).to_pylist()
     categories = {r["category"] for r in catalog_rows}
     category_of = {r["item_id"]: r["category"] for r in catalog_rows}
-    assert {u for u in every_list if u.startswith(POPULAR_USER_ID + "#")} == {f"{POPULAR_USER_ID}#{c}" for c in categories}
+    assert {u for u in every_list if u.startswith(POPULAR_USER_ID + "#")} == {
+        f"{POPULAR_USER_ID}#{c}" for c in categories
+    }
     for category in categories:
         assert {category_of[i] for i in every_list[f"{POPULAR_USER_ID}#{category}"]} == {category}
     similar = {u[len("item#"):]: items for u, items in every_list.items() if u.startswith("item#")}
@@ -248,8 +250,13 @@ def test_command_line_run_and_lookup(store: Path, recsys_env: Settings, airflow_
     assert not errors, errors[:5]
 
     # The day before is older than what is served: built, not published, and the exit says so.
-    older = subprocess.run([recsys, "run", "--date", (END - dt.timedelta(days=1)).isoformat()], env={**env, **ONE_MODEL},
-                           capture_output=True, text=True, timeout=600)
+    older = subprocess.run(
+        [recsys, "run", "--date", (END - dt.timedelta(days=1)).isoformat()],
+        env={**env, **ONE_MODEL},
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert older.returncode == 3 and "NOT published" in older.stderr
 
     known = pq.read_table(store / "interactions" / f"events-{END.isoformat()}.parquet")["user_id"][0].as_py()
@@ -259,7 +266,9 @@ def test_command_line_run_and_lookup(store: Path, recsys_env: Settings, airflow_
     assert result["source"] == "user" and result["user_id"] == known and len(result["items"]) == 20
     assert result["model_version"].startswith(END.isoformat())
 
-    out = subprocess.run([recsys, "lookup", "nobody-at-all", "--json"], env=env, capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [recsys, "lookup", "nobody-at-all", "--json"], env=env, capture_output=True, text=True, check=True
+    )
     cold = json.loads(out.stdout)
     assert cold["source"] == "popular" and len(cold["items"]) == 20
     assert cold["items"] != result["items"]

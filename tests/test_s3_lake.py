@@ -90,11 +90,15 @@ def test_write_read_exists_and_json_side_files(s3_lake: str) -> None:
     with pytest.raises(FileNotFoundError, match=f"{s3_lake}/confidence/dt=2026-03-01 is missing"):
         lake.read_partition(s3_lake, "confidence", DAY)
 
-    where = lake.write_partition(s3_lake, "confidence", DAY, table(5), extra_files={"_meta.json": {"model_version": "v1"}})
+    where = lake.write_partition(
+        s3_lake, "confidence", DAY, table(5), extra_files={"_meta.json": {"model_version": "v1"}}
+    )
     assert where == f"{s3_lake}/confidence/dt=2026-03-01"
     assert lake.partition_exists(s3_lake, "confidence", DAY)
     assert lake.read_partition(s3_lake, "confidence", DAY).equals(table(5))
-    assert lake.read_partition(s3_lake, "confidence", DAY, columns=["n"], filters=pc.field("n") >= 3)["n"].to_pylist() == [3, 4]
+    assert lake.read_partition(s3_lake, "confidence", DAY, columns=["n"], filters=pc.field("n") >= 3)[
+        "n"
+    ].to_pylist() == [3, 4]
     assert lake.read_partition_json(s3_lake, "confidence", DAY, "_meta.json") == {"model_version": "v1"}
     assert lake.partition_rows(s3_lake, "confidence", DAY) == 5
 
@@ -231,7 +235,9 @@ def test_whole_dag_on_an_s3_lake(
                     "reports"):
         assert f"{dataset}/{day}/_manifest.json" in stored, f"{dataset} partition not committed to S3"
     models = lake.read_manifest(s3_lake, "models", END)
-    assert models and {"model.npz", "metrics.json", "params.json", "users.parquet", "items.parquet"} <= set(models["files"])
+    assert models and {"model.npz", "metrics.json", "params.json", "users.parquet", "items.parquet"} <= set(
+        models["files"]
+    )
     assert "index.html" in (lake.read_manifest(s3_lake, "validation", END) or {})["files"]
     assert any(k.startswith(f"tuning/{day}/candidate-") for k in stored)
     assert not any(k.endswith(".parquet") and "/v=" not in k for k in stored), "a data file outside a version"

@@ -153,7 +153,12 @@ def test_event_type_spellings_map_to_the_configured_names(tmp_path: Path) -> Non
     assert [r["event_type"] for r in canonical_rows(tmp_path)][:3] == ["view", "addtocart", "transaction"]
     from recsys.io.sources.files import event_type_spellings
 
-    assert event_type_spellings(["cart", "AddToCart"]) == {"cart": "cart", "addtocart": "AddToCart", "addtobasket": "AddToCart", "basketadd": "AddToCart"}
+    assert event_type_spellings(["cart", "AddToCart"]) == {
+        "cart": "cart",
+        "addtocart": "AddToCart",
+        "addtobasket": "AddToCart",
+        "basketadd": "AddToCart",
+    }
 
 
 @pytest.mark.parametrize(

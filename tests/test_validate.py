@@ -42,7 +42,9 @@ def events(d: dt.date, n: int, prefix: str = "u", with_ids: bool = True) -> pa.T
         "user_id": pa.array([f"{prefix}{i}" for i in range(n)], pa.string()),
         "item_id": pa.array([f"i{i % 7}" for i in range(n)], pa.string()),
         "event_type": pa.array(["View"] * n, pa.string()),
-        "event_ts": pa.array([start + dt.timedelta(seconds=60 * i % 86_400) for i in range(n)], pa.timestamp("us", tz="UTC")),
+        "event_ts": pa.array(
+            [start + dt.timedelta(seconds=60 * i % 86_400) for i in range(n)], pa.timestamp("us", tz="UTC")
+        ),
     }
     if with_ids:
         columns["event_id"] = pa.array([f"{d.isoformat()}-{prefix}-{i}" for i in range(n)], pa.string())
@@ -52,7 +54,9 @@ def events(d: dt.date, n: int, prefix: str = "u", with_ids: bool = True) -> pa.T
 def csv_bytes(table: pa.Table, sep: str = ",") -> bytes:
     lines = [sep.join(table.column_names)]
     for row in table.to_pylist():
-        lines.append(sep.join(v.strftime("%Y-%m-%dT%H:%M:%SZ") if isinstance(v, dt.datetime) else str(v) for v in row.values()))
+        lines.append(
+            sep.join(v.strftime("%Y-%m-%dT%H:%M:%SZ") if isinstance(v, dt.datetime) else str(v) for v in row.values())
+        )
     return ("\n".join(lines) + "\n").encode("utf-8")
 
 
@@ -192,9 +196,12 @@ def test_every_row_reason_on_one_dirty_day(tmp_path: Path) -> None:
     docs = lake.partition_dir(s.lake, "validation", d)
     assert (docs / "index.html").exists() and any((docs / "validations").rglob("*.html"))
     day_summary = json.loads((docs / "summary.json").read_text())["days"][-1]
-    assert (day_summary["dt"], day_summary["rows_read"], day_summary["rows_kept"], day_summary["duplicates_dropped"]) == (
-        d.isoformat(), 202, 194, 1
-    )
+    assert (
+        day_summary["dt"],
+        day_summary["rows_read"],
+        day_summary["rows_kept"],
+        day_summary["duplicates_dropped"],
+    ) == (d.isoformat(), 202, 194, 1)
     assert day_summary["quarantined"]["unknown_event_type"] == 1
 
 
@@ -241,7 +248,9 @@ def test_a_bot_is_quarantined_without_counting_as_bad_rows(tmp_path: Path) -> No
     bot = events(d, 300, prefix="x").to_pylist()
     for row in bot:
         row["user_id"] = "bot"
-    pq.write_table(pa.concat_tables([events(d, 100), pa.Table.from_pylist(bot)]), Path(s.source) / f"events-{d}.parquet")
+    pq.write_table(
+        pa.concat_tables([events(d, 100), pa.Table.from_pylist(bot)]), Path(s.source) / f"events-{d}.parquet"
+    )
     run(s, d)
     assert reasons(s, d) == {"bot_user": 300} and lake.read_partition(s.lake, "interactions", d).num_rows == 100
 
@@ -254,7 +263,9 @@ def test_an_event_id_is_unique_within_its_day_not_across_the_window(tmp_path: Pa
             rows.append({**rows[10], "event_ts": None})
         if n in (4, 9):  # one id on two days that extract reads in different scans (a week each)
             rows[20]["event_id"] = "same-id-two-days"
-        pq.write_table(pa.Table.from_pylist(rows, schema=events(day(n), 1).schema), Path(s.source) / f"events-{day(n)}.parquet")
+        pq.write_table(
+            pa.Table.from_pylist(rows, schema=events(day(n), 1).schema), Path(s.source) / f"events-{day(n)}.parquet"
+        )
     run(s, day(10))
     assert reasons(s, day(3)) == {"duplicate_event_id": 1, "missing_event_ts,duplicate_event_id": 1}
     for d in (day(4), day(9)):
@@ -275,7 +286,9 @@ def test_first_run_judges_each_days_volume_against_the_days_before_it(tmp_path: 
     s2 = settings_for(tmp_path / "again")
     for n in range(1, 11):
         pq.write_table(events(day(n), 3 if n == 7 else 100), Path(s2.source) / f"events-{day(n)}.parquet")
-    with pytest.raises(ValidationError, match=rf"dt={day(7)} .*volume anomaly: 3 rows kept, 0.03x the mean of the previous 6 day"):
+    with pytest.raises(
+        ValidationError, match=rf"dt={day(7)} .*volume anomaly: 3 rows kept, 0.03x the mean of the previous 6 day"
+    ):
         run(s2, day(10))
     assert not any(lake.partition_exists(s2.lake, "interactions", day(n)) for n in range(1, 11))
 
@@ -298,7 +311,9 @@ def test_unknown_items_fail_only_above_their_share_and_only_with_a_catalog(tmp_p
     for row in table[:6]:
         row["item_id"] = "brand-new"
     pq.write_table(pa.Table.from_pylist(table), Path(s.source) / f"events-{d}.parquet")
-    with pytest.raises(ValidationError, match=r"column 'item_id': 6 of 100 kept rows \(6.00%\) name an item the catalog"):
+    with pytest.raises(
+        ValidationError, match=r"column 'item_id': 6 of 100 kept rows \(6.00%\) name an item the catalog"
+    ):
         run(s, d)
     run(settings_for(tmp_path), d)  # no catalog: nothing to compare with
     assert lake.read_partition(s.lake, "interactions", d).num_rows == 100
@@ -373,7 +388,9 @@ def test_small_chunks_give_the_same_results_as_one_chunk(tmp_path: Path, caplog:
     assert len(list((docs[1] / "validations" / "interactions_rows").rglob("*.html"))) == 7
 
 
-def test_a_failure_in_a_later_chunk_writes_no_day_and_says_the_same(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+def test_a_failure_in_a_later_chunk_writes_no_day_and_says_the_same(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     caplog.set_level(logging.INFO, logger="recsys.validate")
     whole = settings_for(tmp_path, RECSYS_HOME=str(tmp_path / "whole"))
     chunked = settings_for(tmp_path, RECSYS_HOME=str(tmp_path / "chunked"), RECSYS_VALIDATE_CHUNK_ROWS="250")
@@ -453,7 +470,11 @@ def test_header_only_and_zero_byte_files_are_skipped_but_all_empty_is_an_error(t
     (Path(s.source) / "quiet-hour.csv").write_text("user_id,item_id,event_type,event_ts\n")
     (Path(s.source) / "zero.jsonl").write_bytes(b"")
     pq.write_table(events(d, 0), Path(s.source) / "no-rows.parquet")
-    assert sorted(Path(p).name for p in extract(s, d)["empty_files"]) == ["no-rows.parquet", "quiet-hour.csv", "zero.jsonl"]
+    assert sorted(Path(p).name for p in extract(s, d)["empty_files"]) == [
+        "no-rows.parquet",
+        "quiet-hour.csv",
+        "zero.jsonl",
+    ]
 
     only_empty = settings_for(tmp_path / "empty")
     (Path(only_empty.source) / "a.csv").write_bytes(b"")
@@ -475,7 +496,10 @@ def test_a_file_without_one_usable_timestamp_is_fatal_with_examples(tmp_path: Pa
     d = day(10)
     pq.write_table(events(d, 100), Path(s.source) / f"events-{d}.parquet")
     (Path(s.source) / "eu.csv").write_text("user_id,item_id,event_type,event_ts\nu1,i1,View,31/03/2026 10:00\n")
-    with pytest.raises(SourceError, match=r"eu.csv: none of its 1 rows has a usable event_ts \(column 'event_ts', e.g. \['31/03/2026 10:00'\]\)"):
+    with pytest.raises(
+        SourceError,
+        match=r"eu.csv: none of its 1 rows has a usable event_ts \(column 'event_ts', e.g. \['31/03/2026 10:00'\]\)",
+    ):
         extract(s, d)
 
 

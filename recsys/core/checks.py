@@ -99,9 +99,13 @@ def reasons_catalog(settings: Settings) -> dict[str, Reason]:
         "wrong_field_count": Reason("(whole line)", "as many fields as the header"),
         "unreadable_line": Reason("(whole line)", "one JSON object / row with the canonical fields"),
         "missing_event_type": Reason("event_type", "a value"),
-        "unknown_event_type": Reason("event_type", f"one of the configured event weights {sorted(settings.event_weights)}"),
+        "unknown_event_type": Reason(
+            "event_type", f"one of the configured event weights {sorted(settings.event_weights)}"
+        ),
         "missing_event_ts": Reason("event_ts", "a timestamp, ISO-8601 text or epoch seconds / milliseconds"),
-        "event_ts_outside_day": Reason("event_ts", "a time inside the partition's day (UTC); the row came in a file of that day"),
+        "event_ts_outside_day": Reason(
+            "event_ts", "a time inside the partition's day (UTC); the row came in a file of that day"
+        ),
         "event_ts_in_future": Reason("event_ts", "a time no later than the run"),
         "duplicate_event_id": Reason("event_id", "unique values"),
         BOT: Reason(
@@ -113,7 +117,9 @@ def reasons_catalog(settings: Settings) -> dict[str, Reason]:
     for column in ("user_id", "item_id"):
         reasons[f"missing_{column}"] = Reason(column, "a value")
         reasons[f"empty_{column}"] = Reason(column, "a non-blank id")
-        reasons[f"{column}_too_long"] = Reason(column, f"at most {MAX_ID_BYTES:,} bytes of UTF-8 (DynamoDB's key limit)")
+        reasons[f"{column}_too_long"] = Reason(
+            column, f"at most {MAX_ID_BYTES:,} bytes of UTF-8 (DynamoDB's key limit)"
+        )
         reasons[f"invalid_utf8_{column}"] = Reason(column, "valid UTF-8")
     return reasons
 
@@ -136,7 +142,9 @@ def build_row_suite(settings: Settings) -> Any:
             gxe.ExpectColumnValuesToBeBetween(column=f"{column}_bytes", min_value=1, max_value=MAX_ID_BYTES)
         )
         suite.add_expectation(gxe.ExpectColumnValuesToNotMatchRegex(column=column, regex=INVALID_UTF8_MARK))
-    suite.add_expectation(gxe.ExpectColumnValuesToBeInSet(column="event_type", value_set=sorted(settings.event_weights)))
+    suite.add_expectation(
+        gxe.ExpectColumnValuesToBeInSet(column="event_type", value_set=sorted(settings.event_weights))
+    )
     # Each row must lie inside its own partition's day: 0 <= seconds since its midnight < 86400.
     suite.add_expectation(
         gxe.ExpectColumnValuesToBeBetween(column="seconds_into_day", min_value=0, max_value=86400, strict_max=True)
@@ -146,7 +154,9 @@ def build_row_suite(settings: Settings) -> Any:
         gxe.ExpectCompoundColumnsToBeUnique(column_list=["dt", "event_id"], ignore_row_if="any_value_is_missing")
     )
     suite.add_expectation(
-        gxe.ExpectColumnValuesToBeBetween(column="user_share_of_day", min_value=0, max_value=settings.bot_max_user_share)
+        gxe.ExpectColumnValuesToBeBetween(
+            column="user_share_of_day", min_value=0, max_value=settings.bot_max_user_share
+        )
     )
     return suite
 
@@ -157,14 +167,18 @@ def build_day_suite(settings: Settings) -> Any:
     import great_expectations.expectations as gxe
 
     suite = gx.ExpectationSuite(name="interactions_days")
-    suite.add_expectation(gxe.ExpectColumnValuesToBeBetween(column="bad_share", min_value=0, max_value=settings.max_bad_share))
+    suite.add_expectation(
+        gxe.ExpectColumnValuesToBeBetween(column="bad_share", min_value=0, max_value=settings.max_bad_share)
+    )
     suite.add_expectation(
         gxe.ExpectColumnValuesToBeBetween(
             column="volume_ratio", min_value=settings.volume_min_ratio, max_value=settings.volume_max_ratio
         )
     )
     suite.add_expectation(
-        gxe.ExpectColumnValuesToBeBetween(column="unknown_item_share", min_value=0, max_value=settings.max_unknown_item_share)
+        gxe.ExpectColumnValuesToBeBetween(
+            column="unknown_item_share", min_value=0, max_value=settings.max_unknown_item_share
+        )
     )
     return suite
 
@@ -341,7 +355,9 @@ class DayStats:
         }
 
 
-def trailing_mean(counts: dict[dt.date, int], day: dt.date, history_days: int, lookback: int) -> tuple[int, float | None]:
+def trailing_mean(
+    counts: dict[dt.date, int], day: dt.date, history_days: int, lookback: int
+) -> tuple[int, float | None]:
     """(days used, mean rows) over up to ``history_days`` days before ``day`` that have rows,
     looking back at most ``lookback`` calendar days; the mean is None when too few days
     (VOLUME_MIN_HISTORY_DAYS) or rows (VOLUME_MIN_MEAN_ROWS) to judge by."""
@@ -427,7 +443,9 @@ def day_stats(
         mine = in_day & placed
         kept = mine & ~quarantined
         counts[day] = int(kept.sum())
-        used, mean = trailing_mean(counts, day, settings.volume_history_days, max(settings.window_days, 4 * settings.volume_history_days))
+        used, mean = trailing_mean(
+            counts, day, settings.volume_history_days, max(settings.window_days, 4 * settings.volume_history_days)
+        )
         by_reason: Counter[str] = Counter()
         for i in np.flatnonzero(in_day & quarantined):
             by_reason.update(reasons[i])
@@ -458,7 +476,12 @@ def unplaced_rows(rows: pa.Table, bad: np.ndarray, placed: np.ndarray) -> Counte
 def unplaced_files(unplaced: Mapping[str, int], file_rows: dict[str, int]) -> list[dict[str, Any]]:
     """Source files with rows that could not be placed on a day: rows, unplaced rows, share."""
     return [
-        {"source_file": f, "rows": int(file_rows.get(f, n)), "unplaced": n, "unplaced_share": n / max(int(file_rows.get(f, n)), 1)}
+        {
+            "source_file": f,
+            "rows": int(file_rows.get(f, n)),
+            "unplaced": n,
+            "unplaced_share": n / max(int(file_rows.get(f, n)), 1),
+        }
         for f, n in sorted(unplaced.items())
     ]
 

@@ -40,7 +40,9 @@ class ItemFilters:
         categories = np.full(len(item_ids), -1, dtype=np.int32)
         with_category = pc.and_(known, pc.is_valid(catalog["category"]))
         codes = pc.filter(catalog["category"], with_category).dictionary_encode().combine_chunks().indices
-        categories[pc.filter(index, with_category).to_numpy(zero_copy_only=False)] = codes.to_numpy(zero_copy_only=False)
+        categories[pc.filter(index, with_category).to_numpy(zero_copy_only=False)] = codes.to_numpy(
+            zero_copy_only=False
+        )
         return cls(exclude=np.unique(exclude), categories=categories)
 
 

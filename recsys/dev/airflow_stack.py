@@ -218,7 +218,9 @@ def up(config: StackConfig, timeout: float = 180.0) -> dict[str, Any]:
     log.info("metadata database %s %s and migrated in %.1f s", config.db_url.rsplit("/", 1)[-1],
              "created" if created else "found", time.perf_counter() - started)
     # The publish shards run in an Airflow pool; a scheduler never starts tasks of a missing pool.
-    done = subprocess.run([sys.executable, "-m", "recsys.dev.cli", "pool"], env=env, capture_output=True, text=True, check=False)
+    done = subprocess.run(
+        [sys.executable, "-m", "recsys.dev.cli", "pool"], env=env, capture_output=True, text=True, check=False
+    )
     if done.returncode != 0:
         raise StackError(f"creating the publish pool failed ({done.returncode}):\n{done.stderr[-3000:]}")
     log.info("%s", done.stdout.strip())
@@ -358,7 +360,9 @@ def cmd_airflow(args: argparse.Namespace) -> int:
 
 
 def add_airflow_parser(sub: Any) -> None:
-    parser = sub.add_parser("airflow", help="a real Airflow 3 (PostgreSQL metadata) in the background: up, down, status")
+    parser = sub.add_parser(
+        "airflow", help="a real Airflow 3 (PostgreSQL metadata) in the background: up, down, status"
+    )
     parser.add_argument("action", choices=("up", "down", "status"))
     parser.add_argument("--timeout", type=float, default=180.0, help="seconds to wait for the api-server")
     parser.set_defaults(func=cmd_airflow)

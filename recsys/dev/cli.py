@@ -171,8 +171,11 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="start DynamoDB Local, make demo data, run the DAG, show lookups")
     demo.add_argument("--regenerate", action="store_true", help="rebuild the demo store even if present")
     demo.add_argument("--limit", type=int, default=5, help="items to show per lookup")
-    demo.add_argument("--on-disk", action="store_true",
-                      help="start DynamoDB Local with its data under RECSYS_HOME (survives a restart; publish ~2x slower)")
+    demo.add_argument(
+        "--on-disk",
+        action="store_true",
+        help="start DynamoDB Local with its data under RECSYS_HOME (survives a restart; publish ~2x slower)",
+    )
     demo.set_defaults(func=cmd_demo)
     return parser
 

@@ -76,7 +76,9 @@ def save_holdout(folder: Path, holdout: Holdout) -> None:
 
 def load_holdout(settings: Settings, day: dt.date) -> Holdout:
     """The training events and hold-out truth written by index_events for ``day``."""
-    folder = lake.fetch_partition(settings.lake, datasets.PAIR_EVENTS, day, [*pair_event_files("train_"), "holdout.npz"])
+    folder = lake.fetch_partition(
+        settings.lake, datasets.PAIR_EVENTS, day, [*pair_event_files("train_"), "holdout.npz"]
+    )
     events = load_pair_events(folder, "train_")
     with np.load(folder / "holdout.npz", allow_pickle=False) as arrays:
         return Holdout(

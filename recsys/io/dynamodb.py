@@ -564,7 +564,12 @@ def verify_publication(
         "verify: %d users read back from %s (incl. %s) match model %s, %.2f s",
         len(expected), table, POPULAR_USER_ID, model_version, seconds,
     )
-    return {"checked": len(expected), "sample": len(expected) - 1, "popular_checked": True, "seconds": round(seconds, 3)}
+    return {
+        "checked": len(expected),
+        "sample": len(expected) - 1,
+        "popular_checked": True,
+        "seconds": round(seconds, 3),
+    }
 
 
 # --------------------------------------------------------------------------- what is served

@@ -46,7 +46,9 @@ def run_suite(context: Any, name: str, suite: Any, frame: "pd.DataFrame") -> Any
         .add_dataframe_asset(name)
         .add_batch_definition_whole_dataframe(name)
     )
-    definition = context.validation_definitions.add(gx.ValidationDefinition(name=name, data=batch_definition, suite=suite))
+    definition = context.validation_definitions.add(
+        gx.ValidationDefinition(name=name, data=batch_definition, suite=suite)
+    )
     result = definition.run(batch_parameters={"dataframe": frame}, result_format={"result_format": "COMPLETE"})
     # The data source's execution engine caches the batch: without this, every chunk's frame
     # would stay in memory until the run ends. Data Docs need only the stored result.

@@ -262,9 +262,14 @@ def fetch_partition(lake: str | Path, dataset: str, day: dt.date, names: list[st
             return _download_version(lake, dataset, day, manifest, wanted)
         except FileNotFoundError:
             # The version was replaced (and its files deleted) while we downloaded it.
-            log.info("partition %s changed while it was downloaded; reading its new manifest", partition_uri(lake, dataset, day))
+            log.info(
+                "partition %s changed while it was downloaded; reading its new manifest",
+                partition_uri(lake, dataset, day),
+            )
             time.sleep(0.2 * (attempt + 1))
-    raise LakeError(f"partition {partition_uri(lake, dataset, day)} kept changing while it was downloaded: is it being rewritten?")
+    raise LakeError(
+        f"partition {partition_uri(lake, dataset, day)} kept changing while it was downloaded: is it being rewritten?"
+    )
 
 
 def _download_version(lake: str | Path, dataset: str, day: dt.date, manifest: dict[str, Any], names: list[str]) -> Path:

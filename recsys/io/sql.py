@@ -77,7 +77,9 @@ def run_sql(con: "duckdb.DuckDBPyConnection", name: str, params: Mapping[str, An
     return result
 
 
-def copy_to_parquet(con: "duckdb.DuckDBPyConnection", name: str, path: Path, params: Mapping[str, Any] | None = None) -> int:
+def copy_to_parquet(
+    con: "duckdb.DuckDBPyConnection", name: str, path: Path, params: Mapping[str, Any] | None = None
+) -> int:
     """Run ``sql/<name>.sql`` (parameters bound as in :func:`run_sql`) straight into the
     Parquet file ``path`` (zstd), written by DuckDB's own threads without a trip through
     Python; returns the rows written."""

@@ -15,7 +15,9 @@ from recsys.io import dynamodb, lake
 log = logging.getLogger(__name__)
 
 
-def plan_publish(settings: Settings, day: dt.date, is_backfill: bool = False, force: bool = False) -> list[dict[str, Any]]:
+def plan_publish(
+    settings: Settings, day: dt.date, is_backfill: bool = False, force: bool = False
+) -> list[dict[str, Any]]:
     """Decide whether this run publishes, and split its lists into shards.
 
     Backfill runs never publish. A run whose date is older than the date the table serves
@@ -85,7 +87,8 @@ def publish_shard(settings: Settings, day: dt.date, shard: dict[str, Any]) -> di
     if stats["items"] != shard["users"]:
         raise dynamodb.PublicationError(
             f"{label}: wrote {stats['items']} users but the plan counted {shard['users']} in "
-            f"[{shard['first']!r}, {shard['end']!r}) of partition {lake.partition_uri(settings.lake, datasets.RECOMMENDATIONS, day)}; "
+            f"[{shard['first']!r}, {shard['end']!r}) of partition "
+            f"{lake.partition_uri(settings.lake, datasets.RECOMMENDATIONS, day)}; "
             f"the partition changed after plan_publish: rerun the run from recommend"
         )
     keep = ("shard", "shards", "first", "end")

@@ -288,7 +288,10 @@ def _id_expr(column: str | None, duck_type: str) -> str:
         return "CAST(NULL AS VARCHAR)"
     col = _quote(column)
     if duck_type.upper() == "BLOB":
-        return f"CASE WHEN {col} IS NULL THEN NULL ELSE coalesce(try(decode({col})), chr({ord(INVALID_UTF8_MARK)}) || hex({col})) END"
+        return (
+            f"CASE WHEN {col} IS NULL THEN NULL "
+            f"ELSE coalesce(try(decode({col})), chr({ord(INVALID_UTF8_MARK)}) || hex({col})) END"
+        )
     return f"CAST({col} AS VARCHAR)"
 
 
@@ -337,7 +340,9 @@ def _csv_dialect(path: Path) -> tuple[str, bool] | None:
     return (delimiter if counts[delimiter] else ","), len(lines) > 1
 
 
-def inspect_file(con: "duckdb.DuckDBPyConnection", path: Path, fmt: str, mapping: Mapping[str, str]) -> SourceFile | None:
+def inspect_file(
+    con: "duckdb.DuckDBPyConnection", path: Path, fmt: str, mapping: Mapping[str, str]
+) -> SourceFile | None:
     """Columns and canonical mapping of one event file; None when it holds no rows.
 
     Raises SourceError naming the file when it cannot be read (truncated, not the format its
@@ -366,7 +371,8 @@ def inspect_file(con: "duckdb.DuckDBPyConnection", path: Path, fmt: str, mapping
     except duckdb.Error as exc:
         hint = {
             "parquet": "Is it truncated, still being written, or not Parquet?",
-            "csv": f"Read with delimiter {delimiter!r} and quote '\"': a quote that opens and never closes is the usual cause.",
+            "csv": f"Read with delimiter {delimiter!r} and quote '\"': "
+            "a quote that opens and never closes is the usual cause.",
             "json": "Expected one JSON object per line.",
         }[fmt]
         raise SourceError(f"cannot read {path} as {fmt.upper()}: {_first_line(exc)}. {hint}") from exc
@@ -439,7 +445,10 @@ def register_source(
     groups: dict[tuple[object, ...], list[SourceFile]] = {}
     for f in registered.files:
         groups.setdefault(f.group_key(), []).append(f)
-    con.execute("CREATE OR REPLACE VIEW source_events AS " + " UNION ALL ".join(_select(g, event_types) for g in groups.values()))
+    con.execute(
+        "CREATE OR REPLACE VIEW source_events AS "
+        + " UNION ALL ".join(_select(g, event_types) for g in groups.values())
+    )
     log.info(
         "event source %s: %s in %d scan group(s)",
         source, ", ".join(f"{len(p)} {fmt} file(s)" for fmt, p in registered.by_format.items()), len(groups),
@@ -559,7 +568,9 @@ def raw_values(con: "duckdb.DuckDBPyConnection", source_file: SourceFile, canoni
     if column is None:
         return []
     used = tuple(c for _, c in source_file.mapping if c is not None)
-    read = _read_expr(source_file.fmt, [source_file.path], source_file.delimiter, used if source_file.fmt == "json" else ())
+    read = _read_expr(
+        source_file.fmt, [source_file.path], source_file.delimiter, used if source_file.fmt == "json" else ()
+    )
     try:
         rows = con.sql(
             f"SELECT DISTINCT CAST({_quote(column)} AS VARCHAR) FROM {read} WHERE {_quote(column)} IS NOT NULL "

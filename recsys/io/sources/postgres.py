@@ -58,7 +58,11 @@ def connection_uri(conn_id: str) -> str:
     if conn.password:
         auth += ":" + quote(conn.password, safe="")
     netloc = f"{auth + '@' if auth else ''}{conn.host or 'localhost'}:{conn.port or 5432}"
-    options = {k: v for k, v in (conn.extra_dejson or {}).items() if k in ("sslmode", "sslrootcert", "connect_timeout", "application_name")}
+    options = {
+        k: v
+        for k, v in (conn.extra_dejson or {}).items()
+        if k in ("sslmode", "sslrootcert", "connect_timeout", "application_name")
+    }
     query = "&".join(f"{k}={quote(str(v), safe='')}" for k, v in options.items())
     return f"postgresql://{netloc}/{quote(conn.schema or 'postgres', safe='')}" + (f"?{query}" if query else "")
 
