@@ -40,9 +40,10 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 from _common import (
@@ -86,7 +87,7 @@ def fill_table(client: Any, users: int, items: int) -> None:
     """Users, ``__popular__``, ``item#`` lists and ``__meta__``, through the project's own writer."""
     ensure_table(client, TABLE)
     keys = user_ids(users) + [POPULAR_USER_ID] + [f"item#{i}" for i in item_ids(items)]
-    now = dt.datetime.now(dt.timezone.utc).replace(microsecond=0)
+    now = dt.datetime.now(dt.UTC).replace(microsecond=0)
     result = publish_recommendations(
         client, TABLE, make_lists(keys, seed=7), model_version="bench-serve", generated_at=now,
         expires_at=int(now.timestamp()) + 14 * 86_400,

@@ -42,7 +42,7 @@ DEFAULT_ARGS = {
     # Nightly at 00:00 UTC, for the day that just ended: the data interval [D, D+1) makes the
     # logical date D (a plain cron string would give a zero-length interval at D+1 00:00).
     schedule=CronDataIntervalTimetable("0 0 * * *", timezone="UTC"),
-    start_date=dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc),
+    start_date=dt.datetime(2026, 1, 1, tzinfo=dt.UTC),
     catchup=False,
     max_active_runs=1,
     default_args=DEFAULT_ARGS,

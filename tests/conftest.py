@@ -6,8 +6,9 @@ fix in its message, so a green run always means the real server was exercised.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 
@@ -16,6 +17,9 @@ from recsys.dev import dynamodb_local
 
 # Must come before anything imports airflow: Airflow reads its configuration once, at import.
 from tests.fixtures_airflow import airflow_env  # noqa: F401  (re-exported as a fixture)
+
+# Fixture modules of their own (store, recsys_env; postgres_database), for every test module.
+pytest_plugins = ["tests.fixtures_store", "tests.fixtures_postgres"]
 
 
 @pytest.fixture(scope="session")

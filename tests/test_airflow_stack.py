@@ -13,8 +13,9 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 
@@ -31,8 +32,9 @@ from recsys.dev.airflow_stack import (
 from recsys.dev.dynamodb_local import free_port
 from recsys.io import lake
 from tests.fixtures_postgres import create_database, drop_database
+from tests.fixtures_store import END
 from tests.services import redis_url
-from tests.test_pipeline_e2e import END, ONE_MODEL, recsys_env, scan, store  # noqa: F401  (fixtures)
+from tests.test_pipeline_e2e import ONE_MODEL, scan
 
 pytestmark = pytest.mark.slow
 DAG_ID = "recsys_nightly"

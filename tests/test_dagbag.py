@@ -74,7 +74,7 @@ def test_parsing_imports_nothing_heavy() -> None:
     """Parsing the DAG file must not import the heavy libraries (they load inside tasks)."""
     code = (
         "import sys, runpy, time; t = time.perf_counter(); runpy.run_path(sys.argv[1]); "
-        "print(time.perf_counter() - t); print(','.join(m for m in %r if m in sys.modules))" % (HEAVY,)
+        f"print(time.perf_counter() - t); print(','.join(m for m in {HEAVY!r} if m in sys.modules))"
     )
     started = time.perf_counter()
     out = subprocess.run(

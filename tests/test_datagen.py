@@ -139,8 +139,8 @@ def test_every_event_lies_in_its_files_utc_day_sorted(small: Store) -> None:
         assert table.num_rows > 0, f.name
         assert table.schema.field("event_ts").type.tz == "UTC"
         ts = table["event_ts"].combine_chunks().cast(pa.int64()).to_numpy()
-        day = dt.datetime.combine(dt.date.fromisoformat(f.name[7:17]), dt.time(), tzinfo=dt.timezone.utc)
-        start = int((day - dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)).total_seconds()) * 1_000_000
+        day = dt.datetime.combine(dt.date.fromisoformat(f.name[7:17]), dt.time(), tzinfo=dt.UTC)
+        start = int((day - dt.datetime(1970, 1, 1, tzinfo=dt.UTC)).total_seconds()) * 1_000_000
         assert ts.min() >= start and ts.max() < start + US_PER_DAY, f.name
         assert np.all(np.diff(ts) >= 0), f"{f.name} is not sorted by event_ts"
     assert (small.day.min(), small.day.max()) == (0, 29)

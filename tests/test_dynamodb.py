@@ -22,7 +22,7 @@ from recsys.io import dynamodb
 from recsys.io.dynamodb import PublicationError, TableSchemaError
 from recsys.serving.reader import get_recommendations
 
-GENERATED_AT = dt.datetime(2026, 6, 1, 3, 0, tzinfo=dt.timezone.utc)
+GENERATED_AT = dt.datetime(2026, 6, 1, 3, 0, tzinfo=dt.UTC)
 # In the future: DynamoDB Local's TTL really deletes expired items.
 EXPIRES_AT = int(time.time()) + 30 * 86400
 

@@ -58,7 +58,7 @@ def test_als_learns_two_blocks() -> None:
     model = train_model(matrix, ModelParams(factors=2, regularization=0.1, alpha=5.0, iterations=20))
     ids, _ = recommend_factors(model.user_factors, model.item_factors, matrix, 2, None)
     for u in range(40):
-        block = range(0, 5) if u < 20 else range(5, 10)
+        block = range(5) if u < 20 else range(5, 10)
         assert set(ids[u].tolist()) <= set(block), (u, ids[u])
         assert not set(ids[u].tolist()) & set(np.flatnonzero(dense[u]).tolist())
 
@@ -86,9 +86,9 @@ class _Run:
 
 
 def test_resolve_run_date_in_every_kind_of_run() -> None:
-    midnight = dt.datetime(2026, 3, 4, tzinfo=dt.timezone.utc)
+    midnight = dt.datetime(2026, 3, 4, tzinfo=dt.UTC)
     assert resolve_run_date({"data_interval_start": midnight, "logical_date": midnight}) == dt.date(2026, 3, 4)
-    manual = _Run("manual", dt.datetime(2026, 3, 9, 15, tzinfo=dt.timezone.utc))
+    manual = _Run("manual", dt.datetime(2026, 3, 9, 15, tzinfo=dt.UTC))
     assert resolve_run_date({"logical_date": None, "data_interval_start": None, "dag_run": manual}) == dt.date(
         2026, 3, 8
     )
@@ -150,7 +150,7 @@ def test_tuning_candidates_are_the_grid_product_over_settings(tmp_path) -> None:
         Settings.from_env({"RECSYS_TUNING_GRID": "weights=heavy"})
 
 
-END = dt.datetime(2026, 1, 15, tzinfo=dt.timezone.utc)
+END = dt.datetime(2026, 1, 15, tzinfo=dt.UTC)
 
 
 def _weighted_events() -> pa.Table:
@@ -272,7 +272,7 @@ def test_bpr_through_the_wrapper_learns_two_blocks_and_saves() -> None:
     assert model.model == "bpr" and model.item_factors.shape == (10, 5)  # + the item bias column
     assert model.item_embeddings.shape == (10, 4) and np.all(model.user_factors[:, -1] == 1.0)
     ids, _ = recommend_factors(model.user_factors, model.item_factors, matrix, 2, None)
-    blocks = [set(range(0, 5) if u < 30 else range(5, 10)) for u in range(60)]
+    blocks = [set(range(5) if u < 30 else range(5, 10)) for u in range(60)]
     assert all(ids[u, 0] in blocks[u] for u in range(60))  # every user's best item is of their block
     assert sum(set(ids[u].tolist()) <= blocks[u] for u in range(60)) >= 40  # by chance: ~3 of 60
     assert not any(set(ids[u].tolist()) & set(np.flatnonzero(dense[u]).tolist()) for u in range(60))

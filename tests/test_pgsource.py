@@ -16,8 +16,8 @@ from recsys.io import lake
 from recsys.io.source import newest_complete_day
 from recsys.io.sources import postgres as pgsource
 from recsys.io.sources.files import SourceError
-from tests.fixtures_postgres import postgres_database  # noqa: F401  (a fixture)
-from tests.test_pipeline_e2e import END, recsys_env, run, scan, store  # noqa: F401  (fixtures)
+from tests.fixtures_store import END
+from tests.test_pipeline_e2e import run, scan
 
 # The store's own names, so RECSYS_SOURCE_COLUMNS is exercised as for files.
 RENAMED = {
@@ -49,10 +49,10 @@ def settings_for(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, uri: str, **en
 
 
 def test_days_stream_into_parquet_in_batches_with_epoch_milliseconds(
-    postgres_database: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch  # noqa: F811
+    postgres_database: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     day = dt.date(2026, 5, 2)
-    base = int(dt.datetime(2026, 5, 1, tzinfo=dt.timezone.utc).timestamp() * 1000)
+    base = int(dt.datetime(2026, 5, 1, tzinfo=dt.UTC).timestamp() * 1000)
     n = 30_000  # 10,000 a day over three days
     rows = pa.table({
         "u": pa.array([i % 97 for i in range(n)], pa.int64()),  # numbers: staged as text
@@ -77,12 +77,12 @@ def test_days_stream_into_parquet_in_batches_with_epoch_milliseconds(
 
 
 def test_latest_skips_a_cut_off_last_day_as_for_files(
-    postgres_database: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch  # noqa: F811
+    postgres_database: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     import psycopg
 
     def at(day: int, hour: int, minute: int = 0) -> dt.datetime:
-        return dt.datetime(2026, 5, day, hour, minute, tzinfo=dt.timezone.utc)
+        return dt.datetime(2026, 5, day, hour, minute, tzinfo=dt.UTC)
 
     load_table(postgres_database, pa.table({
         "visitor": ["u1", "u2", "u3"], "sku_code": ["i1", "i2", "i3"], "kind": ["View"] * 3,
@@ -99,11 +99,11 @@ def test_latest_skips_a_cut_off_last_day_as_for_files(
 
 
 def test_missing_connection_and_missing_column_name_the_fix(
-    postgres_database: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch  # noqa: F811
+    postgres_database: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     day = dt.date(2026, 5, 2)
     load_table(postgres_database, pa.table({"visitor": ["u1"], "sku_code": ["i1"], "occurred_at": [
-        dt.datetime(2026, 5, 2, 10, tzinfo=dt.timezone.utc)]}), "events")
+        dt.datetime(2026, 5, 2, 10, tzinfo=dt.UTC)]}), "events")
     settings = settings_for(monkeypatch, tmp_path, postgres_database, RECSYS_SOURCE_COLUMNS=MAPPING)
     with pytest.raises(SourceError, match=r"required column 'event_type' is missing \(mapped from 'kind'.*"
                        r"columns found: \['visitor', 'sku_code', 'occurred_at'\]"):
@@ -121,7 +121,7 @@ def test_missing_connection_and_missing_column_name_the_fix(
 
 
 def test_the_dag_runs_from_postgres_and_publishes(
-    store: Path, recsys_env: Settings, postgres_database: str, dynamodb_client: Any,  # noqa: F811
+    store: Path, recsys_env: Settings, postgres_database: str, dynamodb_client: Any,
     airflow_env: Path, monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     events = pq.read_table(store / "interactions").rename_columns([RENAMED[c] for c in pq.read_schema(

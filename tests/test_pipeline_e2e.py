@@ -7,7 +7,6 @@ import json
 import os
 import subprocess
 import sys
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -17,36 +16,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from recsys.config import POPULAR_USER_ID, Settings
-from recsys.dev.datagen import generate_store
 from recsys.io import lake
-
-END = dt.date(2026, 5, 31)
-SMALL = dict(users=3_000, items=300, events=60_000, days=35, seed=11, end_date=END, categories=10)
-
-
-@pytest.fixture(scope="module")
-def store(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("store") / "demo"
-    generate_store(out, **SMALL)  # type: ignore[arg-type]
-    return out
-
-
-@pytest.fixture
-def recsys_env(store: Path, dynamodb_endpoint: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Settings:
-    values = {
-        "RECSYS_HOME": str(tmp_path / "home"),
-        "RECSYS_SOURCE": str(store / "interactions"),
-        "RECSYS_CATALOG": str(store / "catalog.parquet"),
-        "RECSYS_WINDOW_DAYS": "28",
-        "RECSYS_DYNAMODB_ENDPOINT": dynamodb_endpoint,
-        "RECSYS_TABLE": f"recs_{uuid.uuid4().hex[:8]}",
-        "RECSYS_VERIFY_SAMPLE": "300",
-        "RECSYS_RECOMMEND_BATCH_USERS": "700",  # several batches of lists, each written as it is made
-    }
-    for key, value in values.items():
-        monkeypatch.setenv(key, value)
-    return Settings.from_env()
-
+from tests.fixtures_store import END
 
 # One model per run, a good one for this store, and no lift required of it: for the tests of
 # what is served when, where the tuning is not under test (12 candidates cost ~10 s a run).
@@ -140,7 +111,7 @@ def test_nightly_run_serves_every_user_and_reruns_identically(
     assert champion["model_version"] == metrics["model_version"] and champion["run_date"] == END.isoformat()
     version = lake.read_json(lake.partition_dir(settings.lake, "recommendations", END) / "_meta.json")["model_version"]
     assert {item["model_version"]["S"] for item in served.values()} == {version}
-    assert all(int(item["expires_at"]["N"]) > dt.datetime.now(dt.timezone.utc).timestamp() for item in served.values())
+    assert all(int(item["expires_at"]["N"]) > dt.datetime.now(dt.UTC).timestamp() for item in served.values())
     meta = scan(dynamodb_client, settings.table, with_meta=True)["__meta__"]
     assert (meta["run_date"]["S"], meta["model_version"]["S"]) == (END.isoformat(), version)
 

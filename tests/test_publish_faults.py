@@ -18,8 +18,9 @@ import sys
 import threading
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pyarrow as pa
 import pytest
@@ -220,7 +221,7 @@ def test_dynamodb_stopped_mid_publish_fails_naming_the_endpoint_and_a_retry_comp
     def run() -> None:
         try:
             publish_shard(settings, DAY, shards[0])
-        except BaseException as exc:  # noqa: BLE001 (the test inspects it)
+        except BaseException as exc:  # any, even SystemExit: the test inspects it
             failure.append(exc)
 
     worker = threading.Thread(target=run)
@@ -321,7 +322,7 @@ def test_publish_gives_up_on_endless_throttling_with_the_fix_in_the_message() ->
     recs = make_recs(40, seed=3)
     with pytest.raises(PublicationError) as raised:
         dynamodb.publish_recommendations(
-            client, "t", recs, model_version="v", generated_at=dt.datetime(2026, 6, 1, tzinfo=dt.timezone.utc),
+            client, "t", recs, model_version="v", generated_at=dt.datetime(2026, 6, 1, tzinfo=dt.UTC),
             expires_at=1, threads=2, backoff_base=1e-4, backoff_cap=1e-3, max_attempts=4,
         )
     message = str(raised.value)

@@ -13,8 +13,9 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -24,7 +25,8 @@ from recsys import datasets
 from recsys.config import Settings
 from recsys.dev import dynamodb_local
 from recsys.io import lake
-from tests.test_pipeline_e2e import END, recsys_env, scan, store  # noqa: F401  (fixtures)
+from tests.fixtures_store import END
+from tests.test_pipeline_e2e import scan
 
 DAY = dt.date(2026, 3, 1)
 CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
@@ -216,7 +218,7 @@ def test_s3_errors_name_the_fix(s3_lake: str) -> None:
 
 
 def test_whole_dag_on_an_s3_lake(
-    recsys_env: Settings, s3_lake: str, dynamodb_client: Any, airflow_env: Path, monkeypatch: pytest.MonkeyPatch  # noqa: F811
+    recsys_env: Settings, s3_lake: str, dynamodb_client: Any, airflow_env: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from recsys.dev.dagrun import run_dag
 
@@ -254,4 +256,4 @@ def test_whole_dag_on_an_s3_lake(
     meta = scan(dynamodb_client, settings.table, with_meta=True)["__meta__"]
     assert meta["model_version"]["S"] == metrics["model_version"]
     assert not (Path(settings.home) / "lake").exists(), "nothing was written to a local lake"
-    print(json.dumps({"objects": len(stored)}))
+    print(json.dumps({"objects": len(stored)}))  # noqa: T201  (shown with -s)

@@ -14,7 +14,7 @@ from recsys.config import ConfigError, Settings, parse_mapping
 from recsys.io.sources.files import SourceError, register_catalog, register_source
 from recsys.io.sql import connect
 
-UTC = dt.timezone.utc
+UTC = dt.UTC
 
 
 def canonical_rows(source: Path, mapping: dict[str, str] | None = None) -> list[dict]:

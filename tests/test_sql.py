@@ -9,7 +9,7 @@ import pytest
 
 from recsys.io.sql import connect, run_sql
 
-UTC = dt.timezone.utc
+UTC = dt.UTC
 
 
 def ts(day: int, hour: int = 12) -> dt.datetime:

@@ -27,7 +27,7 @@ from recsys.io.sources.files import SourceError
 from recsys.stages.extract import EmptyDayError, extract, file_homes
 from recsys.stages.validate import validate
 
-UTC = dt.timezone.utc
+UTC = dt.UTC
 D1 = dt.date(2026, 3, 1)
 
 

@@ -42,8 +42,9 @@ import datetime as dt
 import logging
 import os
 from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
@@ -195,7 +196,7 @@ def build_file_suite(settings: Settings) -> Any:
     return suite
 
 
-def row_frame(rows: pa.Table, settings: Settings) -> "pd.DataFrame":
+def row_frame(rows: pa.Table, settings: Settings) -> pd.DataFrame:
     """The staged rows (with ``dt``, a date32 column) as pandas, plus the derived columns the
     row suite checks: ``<id>_bytes``, ``seconds_into_day`` and ``user_share_of_day``."""
     day_start = pc.cast(pc.cast(rows["dt"], pa.timestamp("s")), pa.int64())
@@ -232,7 +233,7 @@ def user_share_of_day(rows: pa.Table, min_day_rows: int) -> np.ndarray:
     return share
 
 
-def row_reasons(frame: "pd.DataFrame", results: Sequence[Any], now: dt.datetime) -> list[list[str]]:
+def row_reasons(frame: pd.DataFrame, results: Sequence[Any], now: dt.datetime) -> list[list[str]]:
     """The quarantine reasons of every row (an empty list: the row passed), from the row suite's
     COMPLETE results. A line that could not be read gets only that reason."""
     reasons: list[list[str]] = [[] for _ in range(len(frame))]
@@ -273,7 +274,7 @@ def failed_positions(item: Any) -> set[int]:
 
 
 def _reason_namer(
-    kind: str, column: str, frame: "pd.DataFrame", now: dt.datetime
+    kind: str, column: str, frame: pd.DataFrame, now: dt.datetime
 ) -> Callable[[np.ndarray], list[str]] | None:
     """A function from failing row positions to reason codes, for one failed expectation."""
 

@@ -31,7 +31,7 @@ class ItemFilters:
     categories: np.ndarray  # category code per column (-1: unknown)
 
     @classmethod
-    def from_catalog(cls, catalog: pa.Table, item_ids: pa.Array) -> "ItemFilters":
+    def from_catalog(cls, catalog: pa.Table, item_ids: pa.Array) -> ItemFilters:
         """The filters of the columns ``item_ids`` from the catalog's rows (item_id, active, category)."""
         index = pc.index_in(catalog["item_id"], value_set=item_ids)
         known = pc.is_valid(index)

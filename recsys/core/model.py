@@ -141,7 +141,7 @@ class PairEvents:
         return {"event_types": np.array(self.event_types, dtype=str), **{k: getattr(self, k) for k in self.ARRAYS}}
 
     @classmethod
-    def from_arrays(cls, arrays: Any, user_ids: pa.Array, item_ids: pa.Array) -> "PairEvents":
+    def from_arrays(cls, arrays: Any, user_ids: pa.Array, item_ids: pa.Array) -> PairEvents:
         return cls(user_ids=user_ids, item_ids=item_ids, event_types=[str(t) for t in arrays["event_types"]],
                    offsets=np.concatenate([[0], np.cumsum(arrays["counts"], dtype=np.int64)]),
                    **{k: arrays[k] for k in cls.ARRAYS})
@@ -161,7 +161,7 @@ class SortedEvents:
     seconds: np.ndarray  # the epoch second of each event, newest first within a key
 
     @classmethod
-    def of(cls, events: pa.Table) -> "SortedEvents":
+    def of(cls, events: pa.Table) -> SortedEvents:
         """One hash pass per id column, one sort."""
         users, user = _sorted_codes(events["user_id"])
         items, item = _sorted_codes(events["item_id"])

@@ -28,9 +28,10 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from recsys.config import DEFAULT_AIRFLOW_BROKER, DEFAULT_AIRFLOW_DB, Settings
@@ -61,7 +62,7 @@ class StackConfig:
     extra_env: dict[str, str] = field(default_factory=dict)
 
     @classmethod
-    def of(cls, settings: Settings) -> "StackConfig":
+    def of(cls, settings: Settings) -> StackConfig:
         """The stack the settings describe (``RECSYS_AIRFLOW_*``, checked by Settings)."""
         return cls(
             home=settings.airflow_home,
@@ -283,7 +284,7 @@ def down(config: StackConfig, timeout: float = 30.0) -> list[str]:
     Returns the names stopped. Only processes whose pid files this stack wrote are touched.
     """
     alive = running(config)
-    for name, pid in alive.items():
+    for _name, pid in alive.items():
         try:
             os.killpg(pid, signal.SIGTERM)  # each component leads its own session (start_new_session)
         except ProcessLookupError:

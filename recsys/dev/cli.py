@@ -17,7 +17,8 @@ import json
 import logging
 import sys
 import time
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from recsys.config import ConfigError, Settings
 from recsys.dev import dynamodb_local
@@ -93,8 +94,8 @@ def cmd_lookup(args: argparse.Namespace) -> int:
 
 def _format_lookup(result: dict[str, Any]) -> str:
     source = "their own list" if result["source"] == "user" else "the popular list (unknown user)"
-    lines = [f"user {result['user_id']}: {len(result['items'])} items from {source}, "
-             f"model {result['model_version']}, generated {result['generated_at']}"]
+    lines = [(f"user {result['user_id']}: {len(result['items'])} items from {source}, "
+              f"model {result['model_version']}, generated {result['generated_at']}")]
     lines += [f"  {i:>2}. {item['item_id']}  {item['score']:.4f}" for i, item in enumerate(result["items"], 1)]
     return "\n".join(lines)
 

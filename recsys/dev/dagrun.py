@@ -107,7 +107,7 @@ def run_dag(settings: Settings, day: dt.date, conf: dict[str, Any] | None = None
     migrate_airflow_db(settings)
     ensure_publish_pool(settings)
     dag = load_dag()
-    logical = dt.datetime.combine(day, dt.time(), tzinfo=dt.timezone.utc)
+    logical = dt.datetime.combine(day, dt.time(), tzinfo=dt.UTC)
     log.info("running %s for %s (lake %s, table %s)", DAG_ID, day, settings.lake, settings.table)
     return dag.test(logical_date=logical, run_conf=conf or {})
 

@@ -36,7 +36,7 @@ def gx_context() -> Any:
     return context
 
 
-def run_suite(context: Any, name: str, suite: Any, frame: "pd.DataFrame") -> Any:
+def run_suite(context: Any, name: str, suite: Any, frame: pd.DataFrame) -> Any:
     """Validate ``frame`` against ``suite`` (added to ``context`` once) as the stored validation
     definition ``name``; returns the result. GX keeps the result, not the frame."""
     import great_expectations as gx
@@ -56,7 +56,7 @@ def run_suite(context: Any, name: str, suite: Any, frame: "pd.DataFrame") -> Any
     return result
 
 
-def records_frame(records: list[dict[str, Any]]) -> "pd.DataFrame":
+def records_frame(records: list[dict[str, Any]]) -> pd.DataFrame:
     import pandas as pd
 
     frame = pd.DataFrame.from_records(records)

@@ -32,10 +32,11 @@ import os
 import shutil
 import time
 import uuid
+from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Iterator, cast
+from typing import Any, cast
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -337,7 +338,7 @@ def _upload_version(lake: str | Path, dataset: str, day: dt.date, folder: Path) 
     """Upload ``folder`` as a new version of the partition, then commit it; returns the version."""
     bucket, _ = _split(lake)
     started = time.perf_counter()
-    version = f"{dt.datetime.now(dt.timezone.utc):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:8]}"
+    version = f"{dt.datetime.now(dt.UTC):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:8]}"
     files: dict[str, dict[str, int]] = {}
     for path in sorted(p for p in folder.rglob("*") if p.is_file()):
         name = path.relative_to(folder).as_posix()
@@ -351,7 +352,7 @@ def _upload_version(lake: str | Path, dataset: str, day: dt.date, folder: Path) 
             raise _s3_error(exc, "PUT", lake, relpath) from exc
         files[name] = entry
     previous = read_manifest(lake, dataset, day)
-    manifest = {"version": version, "written_at": dt.datetime.now(dt.timezone.utc).isoformat(), "files": files}
+    manifest = {"version": version, "written_at": dt.datetime.now(dt.UTC).isoformat(), "files": files}
     _put_bytes(lake, f"{partition_key(dataset, day)}/{MANIFEST}", _json_bytes(manifest))
     if previous:
         _delete(lake, [f"{partition_key(dataset, day)}/v={previous['version']}/{n}" for n in previous["files"]])

@@ -24,8 +24,9 @@ import datetime as dt
 import logging
 import time
 from collections import Counter
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any, Iterator, Sequence
+from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -96,7 +97,7 @@ def extract(settings: Settings, day: dt.date) -> dict[str, Any]:
         source = open_source(settings).stage(day, todo)  # PostgreSQL: the needed days as Parquet
         started = time.perf_counter()
         registered = register_source(con, source, settings.source_columns, list(settings.event_weights))
-        future = dt.datetime.now(dt.timezone.utc) + FUTURE_TOLERANCE
+        future = dt.datetime.now(dt.UTC) + FUTURE_TOLERANCE
         with _named_read_errors(con, registered):
             per_file = run_sql(con, "source_file_days")
             rejects = rejected_lines(con, registered)
@@ -161,7 +162,7 @@ def extract(settings: Settings, day: dt.date) -> dict[str, Any]:
 
 
 def _midnight(day: dt.date) -> dt.datetime:
-    return dt.datetime.combine(day, dt.time(), tzinfo=dt.timezone.utc)
+    return dt.datetime.combine(day, dt.time(), tzinfo=dt.UTC)
 
 
 def _chunks(days: list[dt.date], max_days: int) -> list[list[dt.date]]:
@@ -176,7 +177,7 @@ def _chunks(days: list[dt.date], max_days: int) -> list[list[dt.date]]:
 
 
 @contextmanager
-def _named_read_errors(con: "duckdb.DuckDBPyConnection", registered: "RegisteredSource") -> Iterator[None]:
+def _named_read_errors(con: duckdb.DuckDBPyConnection, registered: RegisteredSource) -> Iterator[None]:
     """Turn a DuckDB error while scanning the source into a SourceError naming the broken file."""
     import duckdb
 
@@ -230,7 +231,7 @@ def file_homes(
 
 
 def _check_files(
-    con: "duckdb.DuckDBPyConnection", registered: "RegisteredSource", per_file: pa.Table, rejects: pa.Table
+    con: duckdb.DuckDBPyConnection, registered: RegisteredSource, per_file: pa.Table, rejects: pa.Table
 ) -> None:
     """Fail on files that cannot be used at all: a CSV quote that never closes, no line that
     parses, or no row with a usable event_ts. Raises SourceError naming the file."""
@@ -268,7 +269,7 @@ def _check_files(
 
 
 def _stray_rows(
-    con: "duckdb.DuckDBPyConnection",
+    con: duckdb.DuckDBPyConnection,
     settings: Settings,
     window: Window,
     days: list[dt.date],
@@ -379,7 +380,7 @@ def _reject_rows(rejects: pa.Table, homes: dict[str, dt.date | None], run_date: 
     )
 
 
-def _empty_day_message(settings: Settings, registered: "RegisteredSource", day: dt.date, strays: pa.Table) -> str:
+def _empty_day_message(settings: Settings, registered: RegisteredSource, day: dt.date, strays: pa.Table) -> str:
     notes = []
     if registered.empty_files:
         notes.append(

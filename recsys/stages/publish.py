@@ -44,7 +44,7 @@ def plan_publish(
         return []
     version = lake.read_partition_json(settings.lake, datasets.RECOMMENDATIONS, day, "_meta.json")["model_version"]
     users = lake.read_partition(settings.lake, datasets.RECOMMENDATIONS, day, columns=["user_id"])["user_id"]
-    generated_at = dt.datetime.now(dt.timezone.utc).replace(microsecond=0)
+    generated_at = dt.datetime.now(dt.UTC).replace(microsecond=0)
     expires_at = int((generated_at + dt.timedelta(days=settings.ttl_days)).timestamp())
     common = {
         "run_date": day.isoformat(),

@@ -15,7 +15,8 @@ import json
 import logging
 import os
 import time
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -81,7 +82,7 @@ def validate_partitions(settings: Settings, days: Sequence[dt.date], run_date: d
 
     run_date = run_date or max(days)
     started = time.perf_counter()
-    now = dt.datetime.now(dt.timezone.utc)
+    now = dt.datetime.now(dt.UTC)
     ordered = sorted(days)
     chunks = plan_chunks(
         {day: lake.partition_rows(settings.lake, datasets.STAGING, day) for day in ordered},

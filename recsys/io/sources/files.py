@@ -25,9 +25,10 @@ from __future__ import annotations
 import datetime as dt
 import gzip
 import logging
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Mapping, NamedTuple, Sequence
+from typing import TYPE_CHECKING, NamedTuple
 
 from recsys.config import CANONICAL_COLUMNS, OPTIONAL_COLUMNS
 
@@ -122,7 +123,7 @@ class SourceError(ValueError):
 
 def as_utc(ts: dt.datetime) -> dt.datetime:
     """``ts`` in UTC; a naive one is taken as UTC, as the sources take timestamps without a zone."""
-    return ts.replace(tzinfo=dt.timezone.utc) if ts.tzinfo is None else ts.astimezone(dt.timezone.utc)
+    return ts.replace(tzinfo=dt.UTC) if ts.tzinfo is None else ts.astimezone(dt.UTC)
 
 
 class NewestEvent(NamedTuple):
@@ -341,7 +342,7 @@ def _csv_dialect(path: Path) -> tuple[str, bool] | None:
 
 
 def inspect_file(
-    con: "duckdb.DuckDBPyConnection", path: Path, fmt: str, mapping: Mapping[str, str]
+    con: duckdb.DuckDBPyConnection, path: Path, fmt: str, mapping: Mapping[str, str]
 ) -> SourceFile | None:
     """Columns and canonical mapping of one event file; None when it holds no rows.
 
@@ -410,7 +411,7 @@ def _select(files: list[SourceFile], event_types: Sequence[str] = ()) -> str:
 
 
 def register_source(
-    con: "duckdb.DuckDBPyConnection",
+    con: duckdb.DuckDBPyConnection,
     source: str | Path,
     mapping: Mapping[str, str],
     event_types: Sequence[str] = (),
@@ -456,7 +457,7 @@ def register_source(
     return registered
 
 
-def rejected_lines(con: "duckdb.DuckDBPyConnection", registered: RegisteredSource) -> "pa.Table":
+def rejected_lines(con: duckdb.DuckDBPyConnection, registered: RegisteredSource) -> pa.Table:
     """CSV lines DuckDB could not parse in the scans so far: source_file, line, error_types, raw_line.
 
     One row per file and line (a line rejected by several scans, or for several reasons, once).
@@ -474,7 +475,7 @@ def rejected_lines(con: "duckdb.DuckDBPyConnection", registered: RegisteredSourc
     return run_sql(con, "rejected_lines")
 
 
-def newest_event(con: "duckdb.DuckDBPyConnection", source: str | Path) -> NewestEvent:
+def newest_event(con: duckdb.DuckDBPyConnection, source: str | Path) -> NewestEvent:
     """The newest event of the registered ``source_events`` view and whether the day before has events.
 
     Raises SourceError naming ``source`` when no event has a readable event_ts.
@@ -486,7 +487,7 @@ def newest_event(con: "duckdb.DuckDBPyConnection", source: str | Path) -> Newest
     return NewestEvent(as_utc(row["newest_ts"]), bool(row["day_before_has_events"]))
 
 
-def find_unreadable_file(con: "duckdb.DuckDBPyConnection", registered: RegisteredSource) -> SourceError | None:
+def find_unreadable_file(con: duckdb.DuckDBPyConnection, registered: RegisteredSource) -> SourceError | None:
     """Scan each file on its own; a SourceError naming the first that fails (None if none does).
 
     DuckDB's errors from a scan over many files do not always say which file broke.
@@ -504,7 +505,7 @@ def find_unreadable_file(con: "duckdb.DuckDBPyConnection", registered: Registere
     return None
 
 
-def register_catalog(con: "duckdb.DuckDBPyConnection", catalog: str | Path | None) -> int:
+def register_catalog(con: duckdb.DuckDBPyConnection, catalog: str | Path | None) -> int:
     """Create the view ``catalog(item_id, name, category, active)``; returns its row count.
 
     With no catalog the view is empty (every item counts as active, no categories).
@@ -551,7 +552,7 @@ def register_catalog(con: "duckdb.DuckDBPyConnection", catalog: str | Path | Non
     return int(count[0]) if count else 0
 
 
-def read_catalog(catalog: str | Path | None) -> "pa.Table":
+def read_catalog(catalog: str | Path | None) -> pa.Table:
     """The catalog's rows (item_id, name, category, active) as read by :func:`register_catalog`,
     through a connection of its own; no rows when no catalog is configured."""
 
@@ -560,7 +561,7 @@ def read_catalog(catalog: str | Path | None) -> "pa.Table":
         return con.sql("SELECT item_id, name, category, active FROM catalog").to_arrow_table()
 
 
-def raw_values(con: "duckdb.DuckDBPyConnection", source_file: SourceFile, canonical: str, limit: int = 3) -> list[str]:
+def raw_values(con: duckdb.DuckDBPyConnection, source_file: SourceFile, canonical: str, limit: int = 3) -> list[str]:
     """Up to ``limit`` distinct raw values of a canonical column in one file, for error messages."""
     import duckdb
 
