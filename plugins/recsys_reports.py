@@ -15,21 +15,21 @@ from airflow.plugins_manager import AirflowPlugin
 from fastapi import FastAPI, HTTPException
 from fastapi.responses import FileResponse, HTMLResponse
 
+from recsys import datasets
+from recsys.config import Settings
+from recsys.io import lake
+
 app = FastAPI(title="recsys reports", description="Nightly model reports of the recsys_nightly DAG")
 
 
 def _lake() -> str:
-    from recsys.config import Settings
-
     return Settings.from_env().lake
 
 
 @app.get("/reports/", response_class=HTMLResponse)
 def list_reports() -> str:
     """An index of every night's report, newest first."""
-    from recsys.io import lake
-
-    days = [d.isoformat() for d in reversed(lake.list_days(_lake(), "reports"))]
+    days = [d.isoformat() for d in reversed(lake.list_days(_lake(), datasets.REPORTS))]
     items = "".join(f'<li><a href="{html.escape(d)}">{html.escape(d)}</a></li>' for d in days)
     return (
         "<!doctype html><html><head><meta charset='utf-8'><title>recsys reports</title></head>"
@@ -45,11 +45,8 @@ def get_report(day: str) -> FileResponse:
         parsed = dt.date.fromisoformat(day)
     except ValueError:
         raise HTTPException(status_code=400, detail=f"expected a date YYYY-MM-DD, got {day!r}") from None
-    from recsys.io import lake
-    from recsys.io.report import REPORT_FILE
-
     try:  # an S3 lake: the report is downloaded to this machine's working copy first
-        path = lake.fetch_partition(_lake(), "reports", parsed, [REPORT_FILE]) / REPORT_FILE
+        path = lake.fetch_partition(_lake(), datasets.REPORTS, parsed, [datasets.REPORT_FILE]) / datasets.REPORT_FILE
     except FileNotFoundError:
         path = None
     if path is None or not path.exists():

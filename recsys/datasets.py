@@ -15,9 +15,10 @@ PAIR_EVENTS = "pair_events"  # index_events: the window's events indexed by pair
 TUNING = "tuning"  # tune: one JSON per candidate
 MODELS = "models"  # train: the model, its ids, parameters, metrics and the report
 RECOMMENDATIONS = "recommendations"  # recommend: every list the storefront reads
+REPORTS = "reports"  # train: the nightly report of each run date
 
 DATA_FILE = "part-0.parquet"  # the data file of a partition that has one
 MANIFEST = "_manifest.json"  # an S3 partition's commit record
 EXTRACT_META = "_extract.json"  # what extract read for a staged day
 CHAMPION = "models/champion.json"  # under the lake root: the model being served (set by verify)
-REPORT_FILE = "report.html"  # the nightly report, in the models partition
+REPORT_FILE = "report.html"  # the nightly report, in the reports partition

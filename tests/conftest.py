@@ -6,6 +6,12 @@ fix in its message, so a green run always means the real server was exercised.
 
 from __future__ import annotations
 
+# isort: off
+# Must come before anything imports airflow: Airflow reads its configuration once, at import.
+from tests.fixtures_airflow import airflow_env  # noqa: F401  (re-exported as a fixture)
+# isort: on
+
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -14,12 +20,8 @@ import pytest
 
 from recsys.config import Settings
 from recsys.dev import dynamodb_local
-
-# Must come before anything imports airflow: Airflow reads its configuration once, at import.
-from tests.fixtures_airflow import airflow_env  # noqa: F401  (re-exported as a fixture)
-
-# Fixture modules of their own (store, recsys_env; postgres_database), for every test module.
-pytest_plugins = ["tests.fixtures_store", "tests.fixtures_postgres"]
+from recsys.dev.datagen import generate_store
+from tests.support import ONE_MODEL, SMALL
 
 
 @pytest.fixture(scope="session")
@@ -70,3 +72,37 @@ def dynamodb_client(dynamodb_endpoint: str) -> Any:
         aws_access_key_id="local",
         aws_secret_access_key="local",
     )
+
+
+# --------------------------------------------------------------------------- the small store of the whole-DAG tests
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("store") / "demo"
+    generate_store(out, **SMALL)  # type: ignore[arg-type]
+    return out
+
+
+@pytest.fixture
+def recsys_env(store: Path, dynamodb_endpoint: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Settings:
+    values = {
+        "RECSYS_HOME": str(tmp_path / "home"),
+        "RECSYS_SOURCE": str(store / "interactions"),
+        "RECSYS_CATALOG": str(store / "catalog.parquet"),
+        "RECSYS_WINDOW_DAYS": "28",
+        "RECSYS_DYNAMODB_ENDPOINT": dynamodb_endpoint,
+        "RECSYS_TABLE": f"recs_{uuid.uuid4().hex[:8]}",
+        "RECSYS_VERIFY_SAMPLE": "300",
+        "RECSYS_RECOMMEND_BATCH_USERS": "700",  # several batches of lists, each written as it is made
+    }
+    for key, value in values.items():
+        monkeypatch.setenv(key, value)
+    return Settings.from_env()
+
+
+@pytest.fixture
+def one_model_env(recsys_env: Settings, monkeypatch: pytest.MonkeyPatch) -> Settings:
+    for key, value in ONE_MODEL.items():
+        monkeypatch.setenv(key, value)
+    return Settings.from_env()

@@ -32,9 +32,9 @@ from recsys.dev.airflow_stack import (
 from recsys.dev.dynamodb_local import free_port
 from recsys.io import lake
 from tests.fixtures_postgres import create_database, drop_database
-from tests.fixtures_store import END
 from tests.services import redis_url
-from tests.test_pipeline_e2e import ONE_MODEL, scan
+from tests.support import ONE_MODEL, scan
+from tests.support import STORE_END as END
 
 pytestmark = pytest.mark.slow
 DAG_ID = "recsys_nightly"
@@ -42,9 +42,7 @@ TERMINAL = {"success", "failed"}
 
 
 @contextlib.contextmanager
-def airflow_stack(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, **extra: Any
-) -> Iterator[tuple[StackConfig, ApiClient]]:
+def airflow_stack(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, **extra: Any) -> Iterator[tuple[StackConfig, ApiClient]]:
     """Start the stack (private database, free port), yield it with a logged-in API client, stop it."""
     db = create_database("recsys_airflow_test")
     config = StackConfig(
@@ -120,14 +118,10 @@ def test_backfill_through_the_rest_api_rebuilds_the_lake_and_leaves_the_served_t
         for run_id, states in _task_states(api, runs).items():
             assert states["plan_publish"] == "success", (run_id, states)
             assert {states[t] for t in ("publish_shard", "finish_publish", "verify")} == {"skipped"}, (run_id, states)
-            xcom = api.get(
-                f"/api/v2/dags/{DAG_ID}/dagRuns/{run_id}/taskInstances/plan_publish/xcomEntries/return_value"
-            )
+            xcom = api.get(f"/api/v2/dags/{DAG_ID}/dagRuns/{run_id}/taskInstances/plan_publish/xcomEntries/return_value")
             assert xcom["value"] in ([], "[]"), xcom
-            logs = "".join(
-                p.read_text(errors="replace")
-                for p in (config.home / "logs").glob(f"dag_id={DAG_ID}/run_id={run_id}/task_id=plan_publish/**/*.log")
-            )
+            logs = "".join(p.read_text(errors="replace") for p in
+                           (config.home / "logs").glob(f"dag_id={DAG_ID}/run_id={run_id}/task_id=plan_publish/**/*.log"))
             assert "is a backfill run; lake partitions rebuilt, nothing published" in logs
         assert scan(dynamodb_client, settings.table, with_meta=True) == served  # nothing served changed
         wait_for("the backfill to complete", lambda: api.get(f"/api/v2/backfills/{backfill['id']}")["completed_at"], 60)
@@ -154,9 +148,7 @@ def _failures(config: StackConfig, api: ApiClient, runs: list[dict[str, Any]]) -
         for task_id, state in states.items():
             if state not in ("success", "skipped"):
                 lines.append(f"{run_id} {task_id}: {state}")
-                for log_file in sorted(
-                    (config.home / "logs").glob(f"dag_id={DAG_ID}/run_id={run_id}/task_id={task_id}/**/*.log")
-                ):
+                for log_file in sorted((config.home / "logs").glob(f"dag_id={DAG_ID}/run_id={run_id}/task_id={task_id}/**/*.log")):
                     lines.append(log_file.read_text(errors="replace")[-1500:])
     return "\n".join(lines)
 
@@ -204,15 +196,8 @@ def test_tasks_run_on_two_celery_workers_over_redis(tmp_path: Path, monkeypatch:
         "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "False",
         "AIRFLOW__OPERATORS__DEFAULT_QUEUE": queue,
     }
-    with airflow_stack(
-        tmp_path,
-        monkeypatch,
-        executor="CeleryExecutor",
-        broker_url=redis_url(),
-        workers=2,
-        worker_concurrency=2,
-        extra_env=extra_env,
-    ) as (config, api):
+    with airflow_stack(tmp_path, monkeypatch, executor="CeleryExecutor", broker_url=redis_url(), workers=2, worker_concurrency=2,
+                       extra_env=extra_env) as (config, api):
         assert {"celery-worker-1", "celery-worker-2"} <= set(running(config))
         wait_for("the probe DAG", lambda: _get_or_none(api, "/api/v2/dags/recsys_celery_probe"), 180)
         run = api.post("/api/v2/dags/recsys_celery_probe/dagRuns", {"logical_date": None})

@@ -17,36 +17,10 @@ import pytest
 
 from recsys.config import POPULAR_USER_ID, Settings
 from recsys.io import lake
-from tests.fixtures_store import END
+from tests.support import ONE_MODEL, lists_of, scan
+from tests.support import STORE_END as END
 
-# One model per run, a good one for this store, and no lift required of it: for the tests of
-# what is served when, where the tuning is not under test (12 candidates cost ~10 s a run).
-ONE_MODEL = {"RECSYS_TUNING_GRID": "", "RECSYS_FACTORS": "16", "RECSYS_ALPHA": "10", "RECSYS_GATE_MIN_LIFT": "0"}
-
-
-@pytest.fixture
-def one_model_env(recsys_env: Settings, monkeypatch: pytest.MonkeyPatch) -> Settings:
-    for key, value in ONE_MODEL.items():
-        monkeypatch.setenv(key, value)
-    return Settings.from_env()
-
-
-def scan(client: Any, table: str, with_meta: bool = False) -> dict[str, dict]:
-    """Every item of the table by user_id (the __meta__ record only when asked)."""
-    items: dict[str, dict] = {}
-    kwargs: dict[str, Any] = {"TableName": table}
-    while True:
-        page = client.scan(**kwargs)
-        for item in page["Items"]:
-            if with_meta or item["user_id"]["S"] != "__meta__":
-                items[item["user_id"]["S"]] = item
-        if "LastEvaluatedKey" not in page:
-            return items
-        kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
-
-
-def lists_of(items: dict[str, dict]) -> dict[str, list[str]]:
-    return {user: [x["M"]["item_id"]["S"] for x in item["items"]["L"]] for user, item in items.items()}
+pytestmark = pytest.mark.slow  # whole-DAG runs: make test, not make test-fast
 
 
 def run(settings: Settings, day: dt.date) -> Any:
@@ -78,9 +52,7 @@ def test_nightly_run_serves_every_user_and_reruns_identically(
     catalog_rows = pq.read_table(Path(settings.catalog or "")).to_pylist()
     categories = {r["category"] for r in catalog_rows}
     category_of = {r["item_id"]: r["category"] for r in catalog_rows}
-    assert {u for u in every_list if u.startswith(POPULAR_USER_ID + "#")} == {
-        f"{POPULAR_USER_ID}#{c}" for c in categories
-    }
+    assert {u for u in every_list if u.startswith(POPULAR_USER_ID + "#")} == {f"{POPULAR_USER_ID}#{c}" for c in categories}
     for category in categories:
         assert {category_of[i] for i in every_list[f"{POPULAR_USER_ID}#{category}"]} == {category}
     similar = {u[len("item#"):]: items for u, items in every_list.items() if u.startswith("item#")}
@@ -221,13 +193,8 @@ def test_command_line_run_and_lookup(store: Path, recsys_env: Settings, airflow_
     assert not errors, errors[:5]
 
     # The day before is older than what is served: built, not published, and the exit says so.
-    older = subprocess.run(
-        [recsys, "run", "--date", (END - dt.timedelta(days=1)).isoformat()],
-        env={**env, **ONE_MODEL},
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    older = subprocess.run([recsys, "run", "--date", (END - dt.timedelta(days=1)).isoformat()], env={**env, **ONE_MODEL},
+                           capture_output=True, text=True, timeout=600)
     assert older.returncode == 3 and "NOT published" in older.stderr
 
     known = pq.read_table(store / "interactions" / f"events-{END.isoformat()}.parquet")["user_id"][0].as_py()
@@ -237,9 +204,7 @@ def test_command_line_run_and_lookup(store: Path, recsys_env: Settings, airflow_
     assert result["source"] == "user" and result["user_id"] == known and len(result["items"]) == 20
     assert result["model_version"].startswith(END.isoformat())
 
-    out = subprocess.run(
-        [recsys, "lookup", "nobody-at-all", "--json"], env=env, capture_output=True, text=True, check=True
-    )
+    out = subprocess.run([recsys, "lookup", "nobody-at-all", "--json"], env=env, capture_output=True, text=True, check=True)
     cold = json.loads(out.stdout)
     assert cold["source"] == "popular" and len(cold["items"]) == 20
     assert cold["items"] != result["items"]

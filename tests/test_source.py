@@ -10,7 +10,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from recsys.config import ConfigError, Settings, parse_mapping
+from recsys.config import Settings, parse_mapping
 from recsys.io.sources.files import SourceError, register_catalog, register_source
 from recsys.io.sql import connect
 
@@ -95,43 +95,6 @@ def test_catalog_active_defaults_true_and_columns_are_case_insensitive(tmp_path:
     assert register_catalog(con, tmp_path / "items.csv") == 2
     rows = con.sql("select * from catalog order by item_id").fetchall()
     assert rows == [("i1", None, "shoes", False), ("i2", None, "hats", True)]
-
-
-def test_settings_from_env_defaults_and_errors(tmp_path: Path) -> None:
-    s = Settings.from_env({"RECSYS_HOME": str(tmp_path)})
-    assert s.lake == str(tmp_path / "lake")
-    assert s.catalog == str(tmp_path / "demo" / "catalog.parquet")
-    assert s.dynamodb_endpoint == "http://127.0.0.1:8000"
-    own = Settings.from_env({"RECSYS_HOME": str(tmp_path), "RECSYS_SOURCE": "/data", "RECSYS_DYNAMODB_ENDPOINT": ""})
-    assert own.catalog is None and own.dynamodb_endpoint is None
-    assert Settings.from_env({"RECSYS_WINDOW_DAYS": "30"}).window_days == 30
-    with pytest.raises(ConfigError, match="window_days"):
-        Settings.from_env({"RECSYS_WINDOW_DAYS": "many"})
-    with pytest.raises(ConfigError, match="holdout_days"):
-        Settings.from_env({"RECSYS_WINDOW_DAYS": "5", "RECSYS_HOLDOUT_DAYS": "5"})
-    with pytest.raises(ConfigError, match="RECSYS_EVENT_WEIGHTS"):
-        Settings.from_env({"RECSYS_EVENT_WEIGHTS": "View=1,Buy"})
-
-
-@pytest.mark.parametrize(
-    ("env", "pool", "region"),
-    [
-        ({}, "recsys_dynamodb", "us-east-1"),  # every default
-        ({"RECSYS_HOME": "~/recsys-home", "RECSYS_PUBLISH_POOL": " shop_dynamodb ", "RECSYS_AWS_REGION": " eu-west-1 ",
-          "AWS_DEFAULT_REGION": "us-west-2"}, "shop_dynamodb", "eu-west-1"),
-        ({"RECSYS_PUBLISH_POOL": " ", "RECSYS_AWS_REGION": "", "AWS_DEFAULT_REGION": "ap-south-1"},
-         "recsys_dynamodb", "ap-south-1"),
-    ],
-)
-def test_settings_and_the_one_value_helpers_agree(env: dict[str, str], pool: str, region: str) -> None:
-    # The DAG file (pool) and the S3 lake (home, region) read one value without building Settings;
-    # Settings.from_env parses those variables with the same helpers, so both paths agree.
-    from recsys.config import aws_region_from_env, home_from_env, publish_pool_from_env
-
-    settings = Settings.from_env(env)
-    assert settings.home == home_from_env(env) and settings.home.is_absolute()
-    assert settings.publish_pool == publish_pool_from_env(env) == pool
-    assert settings.aws_region == aws_region_from_env(env) == region
 
 
 def test_event_type_spellings_map_to_the_configured_names(tmp_path: Path) -> None:

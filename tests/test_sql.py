@@ -8,6 +8,7 @@ import pyarrow as pa
 import pytest
 
 from recsys.io.sql import connect, run_sql
+from tests.support import END
 
 UTC = dt.UTC
 
@@ -198,3 +199,38 @@ def test_copy_to_parquet_writes_the_query_to_a_file_named_with_a_quote(con, tmp_
     written = pq.read_table(path).sort_by([("user_id", "ascending"), ("item_id", "ascending")])
     assert written.to_pylist() == run_sql(con, "confidence", PARAMS).sort_by(
         [("user_id", "ascending"), ("item_id", "ascending")]).to_pylist()
+
+
+def test_weighted_events_sql_keeps_configured_types_in_the_window_with_their_time() -> None:
+    """sql/weighted_events.sql on hand-made events: one row per weighted event of [$start, $end)."""
+    from recsys.io.sql import connect, run_sql
+
+    con = connect()
+    stamps = [END - dt.timedelta(days=d) for d in (7, 14, 0.5, 3.25, 1, 40)]
+    con.register("interaction_files", pa.table({
+        "user_id": ["u1", "u1", "u1", "u2", "u2", "u2"],
+        "item_id": ["a", "a", "a", "b", "b", "b"],
+        "event_type": ["view", "view", "buy", "buy", "Teleport", "view"],
+        "event_ts": pa.array(stamps, pa.timestamp("us", tz="UTC")),
+    }))
+    con.register("event_weights", pa.table({"event_type": ["view", "buy"], "weight": [1.0, 10.0]}))
+    out = run_sql(con, "weighted_events", {"start": END - dt.timedelta(days=30), "end": END})
+    got = sorted((r["user_id"], r["item_id"], r["event_type"], r["event_us"]) for r in out.to_pylist())
+    expected = [("u1", "a", "buy", stamps[2]), ("u1", "a", "view", stamps[0]), ("u1", "a", "view", stamps[1]),
+                ("u2", "b", "buy", stamps[3])]
+    assert got == sorted((u, i, t, int(s.timestamp() * 1_000_000)) for u, i, t, s in expected)
+
+
+def test_duckdb_settings_reach_the_connection(tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    from recsys.config import ConfigError, Settings
+    from recsys.io.sql import connect
+
+    monkeypatch.setenv("RECSYS_DUCKDB_MEMORY_LIMIT", "512MiB")
+    monkeypatch.setenv("RECSYS_DUCKDB_THREADS", "1")
+    con = connect(temp_dir=tmp_path / "spill")
+    [(limit, threads, temp)] = con.sql(
+        "SELECT current_setting('memory_limit'), current_setting('threads'), current_setting('temp_directory')"
+    ).fetchall()
+    assert (limit, threads, temp) == ("512.0 MiB", 1, str(tmp_path / "spill"))
+    with pytest.raises(ConfigError, match="RECSYS_DUCKDB_MEMORY_LIMIT"):
+        Settings.from_env({"RECSYS_DUCKDB_MEMORY_LIMIT": "lots"})

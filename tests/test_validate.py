@@ -10,7 +10,6 @@ import logging
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -18,126 +17,21 @@ import pytest
 from recsys.config import ConfigError, Settings
 from recsys.core.checks import (
     ValidationError,
-    plan_chunks,
-    trailing_mean,
-    user_share_of_day,
 )
 from recsys.io import lake
-from recsys.io.sources.files import SourceError
-from recsys.stages.extract import EmptyDayError, extract, file_homes
-from recsys.stages.validate import validate
-
-UTC = dt.UTC
-D1 = dt.date(2026, 3, 1)
-
-
-def day(n: int) -> dt.date:
-    return D1 + dt.timedelta(days=n - 1)
-
-
-def events(d: dt.date, n: int, prefix: str = "u", with_ids: bool = True) -> pa.Table:
-    """``n`` valid events on day ``d``: distinct users, a few items, spread over the day."""
-    start = dt.datetime.combine(d, dt.time(), tzinfo=UTC)
-    columns: dict[str, Any] = {
-        "user_id": pa.array([f"{prefix}{i}" for i in range(n)], pa.string()),
-        "item_id": pa.array([f"i{i % 7}" for i in range(n)], pa.string()),
-        "event_type": pa.array(["View"] * n, pa.string()),
-        "event_ts": pa.array(
-            [start + dt.timedelta(seconds=60 * i % 86_400) for i in range(n)], pa.timestamp("us", tz="UTC")
-        ),
-    }
-    if with_ids:
-        columns["event_id"] = pa.array([f"{d.isoformat()}-{prefix}-{i}" for i in range(n)], pa.string())
-    return pa.table(columns)
-
-
-def csv_bytes(table: pa.Table, sep: str = ",") -> bytes:
-    lines = [sep.join(table.column_names)]
-    for row in table.to_pylist():
-        lines.append(
-            sep.join(v.strftime("%Y-%m-%dT%H:%M:%SZ") if isinstance(v, dt.datetime) else str(v) for v in row.values())
-        )
-    return ("\n".join(lines) + "\n").encode("utf-8")
-
-
-def settings_for(tmp_path: Path, **env: str) -> Settings:
-    source = tmp_path / "source"
-    source.mkdir(parents=True, exist_ok=True)
-    values = {
-        "RECSYS_HOME": str(tmp_path / "home"),
-        "RECSYS_SOURCE": str(source),
-        "RECSYS_WINDOW_DAYS": "10",
-        "RECSYS_HOLDOUT_DAYS": "2",
-        **env,
-    }
-    return Settings.from_env(values)
-
-
-def history(settings: Settings, days: int = 9, rows: int = 100) -> None:
-    """One Parquet file of ``rows`` events for each of the days 1..days."""
-    for n in range(1, days + 1):
-        pq.write_table(events(day(n), rows), Path(settings.source) / f"events-{day(n)}.parquet")
-
-
-def run(settings: Settings, d: dt.date) -> dict[str, Any]:
-    extracted = extract(settings, d)
-    return validate(settings, d, extracted["days"])
-
-
-def quarantine(settings: Settings, d: dt.date) -> list[dict[str, Any]]:
-    path = lake.partition_file(settings.lake, "quarantine/interactions", d)
-    return pq.read_table(path).to_pylist() if path.exists() else []
-
-
-def reasons(settings: Settings, d: dt.date) -> dict[str, int]:
-    counts: dict[str, int] = {}
-    for row in quarantine(settings, d):
-        counts[row["reason"]] = counts.get(row["reason"], 0) + 1
-    return counts
-
+from tests.support import (
+    UTC,
+    csv_bytes,
+    day,
+    events,
+    history,
+    quarantine,
+    reasons,
+    run,
+    settings_for,
+)
 
 # --------------------------------------------------------------------------- pure parts
-
-
-def test_file_homes_give_a_daily_file_its_day_and_a_history_file_none() -> None:
-    per_file = pa.table(
-        {
-            "source_file": ["daily", "daily", "daily", "history", "history", "history", "other"],
-            "event_date": [day(2), day(1), None, day(1), day(2), day(3), day(5)],
-            "events": [90, 5, 5, 40, 30, 30, 10],
-        }
-    )
-    assert file_homes(per_file, [day(1), day(2)]) == {"daily": day(2), "history": None}
-    assert file_homes(per_file, [day(1)]) == {"daily": None, "history": None}  # 5 of 100 is no home
-
-
-def test_trailing_mean_uses_days_with_rows_and_needs_enough_of_them() -> None:
-    counts = {day(1): 100, day(2): 0, day(3): 200, day(4): 300, day(6): 50}
-    assert trailing_mean(counts, day(7), history_days=14, lookback=28) == (4, 162.5)
-    assert trailing_mean(counts, day(7), history_days=2, lookback=28) == (2, None)  # fewer than 3 days: no judgement
-    assert trailing_mean(counts, day(7), history_days=14, lookback=2) == (1, None)
-    assert trailing_mean({day(1): 5, day(2): 5, day(3): 5}, day(4), 14, 28) == (3, None)  # 5 rows/day: too few to judge
-
-
-def test_user_share_of_day_counts_placed_rows_on_big_days_only() -> None:
-    rows = pa.table(
-        {
-            "user_id": ["a", "a", "a", "b", "a", "c", None],
-            "dt": pa.array([day(1)] * 4 + [day(2)] * 3, pa.date32()),
-            "placed": [True, True, True, True, True, True, False],
-        }
-    )
-    assert user_share_of_day(rows, min_day_rows=2).tolist() == [0.75, 0.75, 0.75, 0.25, 0.5, 0.5, 0.0]
-    assert user_share_of_day(rows, min_day_rows=3).tolist() == [0.75, 0.75, 0.75, 0.25, 0.0, 0.0, 0.0]
-
-
-def test_plan_chunks_groups_consecutive_days_up_to_the_budget() -> None:
-    rows = {day(3): 40, day(1): 30, day(2): 50, day(4): 250, day(5): 0, day(6): 60, day(8): 100}
-    # 30+50 fit; 40 would make 120; 250 alone is above the budget; an empty day joins the next.
-    assert plan_chunks(rows, 100) == [[day(1), day(2)], [day(3)], [day(4)], [day(5), day(6)], [day(8)]]
-    assert plan_chunks(rows, 10_000) == [sorted(rows)]
-    assert plan_chunks(rows, 1) == [[d] for d in sorted(rows)]  # every day above the budget: one each
-    assert plan_chunks({}, 100) == []
 
 
 def test_settings_for_bad_input_have_defaults_variables_and_checks() -> None:
@@ -196,12 +90,9 @@ def test_every_row_reason_on_one_dirty_day(tmp_path: Path) -> None:
     docs = lake.partition_dir(s.lake, "validation", d)
     assert (docs / "index.html").exists() and any((docs / "validations").rglob("*.html"))
     day_summary = json.loads((docs / "summary.json").read_text())["days"][-1]
-    assert (
-        day_summary["dt"],
-        day_summary["rows_read"],
-        day_summary["rows_kept"],
-        day_summary["duplicates_dropped"],
-    ) == (d.isoformat(), 202, 194, 1)
+    assert (day_summary["dt"], day_summary["rows_read"], day_summary["rows_kept"], day_summary["duplicates_dropped"]) == (
+        d.isoformat(), 202, 194, 1
+    )
     assert day_summary["quarantined"]["unknown_event_type"] == 1
 
 
@@ -248,9 +139,7 @@ def test_a_bot_is_quarantined_without_counting_as_bad_rows(tmp_path: Path) -> No
     bot = events(d, 300, prefix="x").to_pylist()
     for row in bot:
         row["user_id"] = "bot"
-    pq.write_table(
-        pa.concat_tables([events(d, 100), pa.Table.from_pylist(bot)]), Path(s.source) / f"events-{d}.parquet"
-    )
+    pq.write_table(pa.concat_tables([events(d, 100), pa.Table.from_pylist(bot)]), Path(s.source) / f"events-{d}.parquet")
     run(s, d)
     assert reasons(s, d) == {"bot_user": 300} and lake.read_partition(s.lake, "interactions", d).num_rows == 100
 
@@ -263,9 +152,7 @@ def test_an_event_id_is_unique_within_its_day_not_across_the_window(tmp_path: Pa
             rows.append({**rows[10], "event_ts": None})
         if n in (4, 9):  # one id on two days that extract reads in different scans (a week each)
             rows[20]["event_id"] = "same-id-two-days"
-        pq.write_table(
-            pa.Table.from_pylist(rows, schema=events(day(n), 1).schema), Path(s.source) / f"events-{day(n)}.parquet"
-        )
+        pq.write_table(pa.Table.from_pylist(rows, schema=events(day(n), 1).schema), Path(s.source) / f"events-{day(n)}.parquet")
     run(s, day(10))
     assert reasons(s, day(3)) == {"duplicate_event_id": 1, "missing_event_ts,duplicate_event_id": 1}
     for d in (day(4), day(9)):
@@ -286,9 +173,7 @@ def test_first_run_judges_each_days_volume_against_the_days_before_it(tmp_path: 
     s2 = settings_for(tmp_path / "again")
     for n in range(1, 11):
         pq.write_table(events(day(n), 3 if n == 7 else 100), Path(s2.source) / f"events-{day(n)}.parquet")
-    with pytest.raises(
-        ValidationError, match=rf"dt={day(7)} .*volume anomaly: 3 rows kept, 0.03x the mean of the previous 6 day"
-    ):
+    with pytest.raises(ValidationError, match=rf"dt={day(7)} .*volume anomaly: 3 rows kept, 0.03x the mean of the previous 6 day"):
         run(s2, day(10))
     assert not any(lake.partition_exists(s2.lake, "interactions", day(n)) for n in range(1, 11))
 
@@ -311,9 +196,7 @@ def test_unknown_items_fail_only_above_their_share_and_only_with_a_catalog(tmp_p
     for row in table[:6]:
         row["item_id"] = "brand-new"
     pq.write_table(pa.Table.from_pylist(table), Path(s.source) / f"events-{d}.parquet")
-    with pytest.raises(
-        ValidationError, match=r"column 'item_id': 6 of 100 kept rows \(6.00%\) name an item the catalog"
-    ):
+    with pytest.raises(ValidationError, match=r"column 'item_id': 6 of 100 kept rows \(6.00%\) name an item the catalog"):
         run(s, d)
     run(settings_for(tmp_path), d)  # no catalog: nothing to compare with
     assert lake.read_partition(s.lake, "interactions", d).num_rows == 100
@@ -388,9 +271,7 @@ def test_small_chunks_give_the_same_results_as_one_chunk(tmp_path: Path, caplog:
     assert len(list((docs[1] / "validations" / "interactions_rows").rglob("*.html"))) == 7
 
 
-def test_a_failure_in_a_later_chunk_writes_no_day_and_says_the_same(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
-) -> None:
+def test_a_failure_in_a_later_chunk_writes_no_day_and_says_the_same(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO, logger="recsys.validate")
     whole = settings_for(tmp_path, RECSYS_HOME=str(tmp_path / "whole"))
     chunked = settings_for(tmp_path, RECSYS_HOME=str(tmp_path / "chunked"), RECSYS_VALIDATE_CHUNK_ROWS="250")
@@ -462,70 +343,6 @@ def test_a_malformed_json_line_and_non_utf8_bytes_in_parquet_ids_are_quarantined
     assert {r["user_id"] for r in quarantine(s, d)} == {None, "\ufffd75FFFE"}
 
 
-def test_header_only_and_zero_byte_files_are_skipped_but_all_empty_is_an_error(tmp_path: Path) -> None:
-    s = settings_for(tmp_path)
-    history(s)
-    d = day(10)
-    pq.write_table(events(d, 100), Path(s.source) / f"events-{d}.parquet")
-    (Path(s.source) / "quiet-hour.csv").write_text("user_id,item_id,event_type,event_ts\n")
-    (Path(s.source) / "zero.jsonl").write_bytes(b"")
-    pq.write_table(events(d, 0), Path(s.source) / "no-rows.parquet")
-    assert sorted(Path(p).name for p in extract(s, d)["empty_files"]) == [
-        "no-rows.parquet",
-        "quiet-hour.csv",
-        "zero.jsonl",
-    ]
-
-    only_empty = settings_for(tmp_path / "empty")
-    (Path(only_empty.source) / "a.csv").write_bytes(b"")
-    with pytest.raises(SourceError, match=r"every file is empty \(1 file\(s\), e.g. .*a.csv\)"):
-        extract(only_empty, d)
-
-
-def test_an_empty_run_date_is_fatal_and_names_skipped_files(tmp_path: Path) -> None:
-    s = settings_for(tmp_path)
-    history(s)
-    (Path(s.source) / f"events-{day(10)}.parquet").write_bytes(b"")
-    with pytest.raises(EmptyDayError, match=rf"run date {day(10)} has no events .*1 empty file\(s\) were skipped"):
-        extract(s, day(10))
-
-
-def test_a_file_without_one_usable_timestamp_is_fatal_with_examples(tmp_path: Path) -> None:
-    s = settings_for(tmp_path)
-    history(s)
-    d = day(10)
-    pq.write_table(events(d, 100), Path(s.source) / f"events-{d}.parquet")
-    (Path(s.source) / "eu.csv").write_text("user_id,item_id,event_type,event_ts\nu1,i1,View,31/03/2026 10:00\n")
-    with pytest.raises(
-        SourceError,
-        match=r"eu.csv: none of its 1 rows has a usable event_ts \(column 'event_ts', e.g. \['31/03/2026 10:00'\]\)",
-    ):
-        extract(s, d)
-
-
-def test_a_quote_that_never_closes_deep_in_a_csv_is_fatal_naming_the_line(tmp_path: Path) -> None:
-    s = settings_for(tmp_path)
-    history(s)
-    d = day(10)
-    table = events(d, 30_000)
-    lines = csv_bytes(table).split(b"\n")
-    lines[25_000] = b'"' + lines[25_000]  # beyond what DuckDB's sniffer samples
-    (Path(s.source) / f"events-{d}.csv").write_bytes(b"\n".join(lines))
-    with pytest.raises(SourceError, match=rf"events-{d}.csv as CSV: line 25001 opens a quote that is never closed"):
-        extract(s, d)
-
-
-def test_a_truncated_gzip_csv_is_fatal_naming_the_file(tmp_path: Path) -> None:
-    s = settings_for(tmp_path)
-    history(s)
-    d = day(10)
-    pq.write_table(events(d, 100), Path(s.source) / f"events-{d}.parquet")
-    data = gzip.compress(csv_bytes(events(d, 20_000, prefix="z")))
-    (Path(s.source) / "late.csv.gz").write_bytes(data[: len(data) // 2])
-    with pytest.raises(SourceError, match=r"late.csv.gz"):
-        extract(s, d)
-
-
 def test_strays_of_a_file_without_a_home_day_are_judged_against_their_file(tmp_path: Path) -> None:
     s = settings_for(tmp_path)
     d = day(10)
@@ -555,13 +372,3 @@ def test_late_rows_for_an_extracted_day_are_quarantined_but_replays_are_not(tmp_
     run(s, d)
     assert reasons(s, d) == {"event_ts_outside_day": 2}
     assert lake.read_partition(s.lake, "interactions", day(5)).num_rows == 100
-
-
-def test_validate_timing_scales_with_rows_not_partitions(tmp_path: Path) -> None:
-    # Not a benchmark: a guard that 10 partitions of 100 rows do not each pay GX's fixed cost.
-    s = settings_for(tmp_path)
-    history(s)
-    pq.write_table(events(day(10), 100), Path(s.source) / f"events-{day(10)}.parquet")
-    extracted = extract(s, day(10))
-    summary = validate(s, day(10), extracted["days"])
-    assert summary["partitions"] == 10 and np.isfinite(summary["seconds"])

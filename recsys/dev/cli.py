@@ -20,6 +20,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+from recsys import datasets
 from recsys.config import ConfigError, Settings
 from recsys.dev import dynamodb_local
 from recsys.dev.airflow_stack import add_airflow_parser
@@ -65,7 +66,7 @@ def cmd_run(args: argparse.Namespace) -> int:
               f"See the task errors above.", file=sys.stderr)
         return 1
     served = served_now(settings)
-    built = lake.read_partition_json(settings.lake, "recommendations", day, "_meta.json")["model_version"]
+    built = lake.read_partition_json(settings.lake, datasets.RECOMMENDATIONS, day, "_meta.json")["model_version"]
     if not served or served["model_version"] != built:
         print(f"recsys run {day}: lists built (model {built}) but NOT published: the table {settings.table} serves "
               f"{served}. Publishing an older date needs --conf '{{\"force_publish\": true}}'.", file=sys.stderr)
@@ -125,13 +126,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
         print(f"DAG run FAILED after {seconds:.0f} s; tasks not done: {failed_tasks(dag_run)}", file=sys.stderr)
         return 1
     print(f"    DAG run succeeded in {seconds:.0f} s")
-    recs = lake.read_partition(settings.lake, "recommendations", day)
+    recs = lake.read_partition(settings.lake, datasets.RECOMMENDATIONS, day)
     known = next(u for u in recs["user_id"].to_pylist() if not u.startswith("__"))
     print("==> [4/4] what the storefront gets")
     client = dynamodb.make_client(settings)
     for user in (known, "someone-new-" + day.isoformat()):
         print(_format_lookup(get_recommendations(client, settings.table, user, limit=args.limit)))
-    metrics = lake.read_partition_json(settings.lake, "models", day, "metrics.json")
+    metrics = lake.read_partition_json(settings.lake, datasets.MODELS, day, "metrics.json")
     k = metrics["k"]
     print(f"hold-out NDCG@{k}: model {metrics['model']['ndcg_at_k']:.4f} vs popularity "
           f"{metrics['popularity']['ndcg_at_k']:.4f}; MAP@{k}: {metrics['model']['map_at_k']:.4f} vs "

@@ -14,26 +14,26 @@ import logging
 from collections.abc import Sequence
 from typing import Any
 
+from recsys import datasets
 from recsys.config import Settings
 from recsys.io import lake
 
 log = logging.getLogger(__name__)
 
-REPORT_FILE = "report.html"
 METRICS = ("ndcg_at_k", "map_at_k", "precision_at_k", "recall_at_k", "catalog_coverage")
 
 
 def report_uri(settings: Settings, day: dt.date) -> str:
     """``lake/reports/dt=D/report.html`` (a local path or an ``s3://`` URI)."""
-    return f"{lake.partition_uri(settings.lake, 'reports', day)}/{REPORT_FILE}"
+    return f"{lake.partition_uri(settings.lake, datasets.REPORTS, day)}/{datasets.REPORT_FILE}"
 
 
 def past_metrics(settings: Settings, until: dt.date, nights: int = 60) -> list[dict[str, Any]]:
     """metrics.json of the models of up to ``nights`` run dates before ``until``, oldest first."""
     found = []
-    for day in [d for d in lake.list_days(settings.lake, "models") if d < until][-nights:]:
+    for day in [d for d in lake.list_days(settings.lake, datasets.MODELS) if d < until][-nights:]:
         try:
-            found.append(lake.read_partition_json(settings.lake, "models", day, "metrics.json"))
+            found.append(lake.read_partition_json(settings.lake, datasets.MODELS, day, "metrics.json"))
         except FileNotFoundError:
             continue  # a model partition without metrics (not written by train)
     return found
@@ -92,8 +92,8 @@ Candidates were fit on the training part: {metrics.get('train_users', 0):,} user
 {_line_chart(history, k)}
 </body></html>
 """
-    with lake.replace_partition(settings.lake, "reports", day) as tmp:
-        lake.write_text(tmp / REPORT_FILE, page)
+    with lake.replace_partition(settings.lake, datasets.REPORTS, day) as tmp:
+        lake.write_text(tmp / datasets.REPORT_FILE, page)
     where = report_uri(settings, day)
     log.info("report: %s", where)
     return where

@@ -16,17 +16,12 @@ from recsys.io import lake
 from recsys.io.source import newest_complete_day
 from recsys.io.sources import postgres as pgsource
 from recsys.io.sources.files import SourceError
-from tests.fixtures_store import END
-from tests.test_pipeline_e2e import run, scan
+from tests.fixtures_postgres import postgres_database  # noqa: F401  (a fixture)
+from tests.support import STORE_END as END
+from tests.support import run, scan
 
 # The store's own names, so RECSYS_SOURCE_COLUMNS is exercised as for files.
-RENAMED = {
-    "user_id": "visitor",
-    "item_id": "sku_code",
-    "event_type": "kind",
-    "event_ts": "occurred_at",
-    "event_id": "event_ref",
-}
+RENAMED = {"user_id": "visitor", "item_id": "sku_code", "event_type": "kind", "event_ts": "occurred_at", "event_id": "event_ref"}
 MAPPING = ",".join(f"{k}={v}" for k, v in RENAMED.items())
 
 
@@ -49,7 +44,7 @@ def settings_for(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, uri: str, **en
 
 
 def test_days_stream_into_parquet_in_batches_with_epoch_milliseconds(
-    postgres_database: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    postgres_database: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch  # noqa: F811
 ) -> None:
     day = dt.date(2026, 5, 2)
     base = int(dt.datetime(2026, 5, 1, tzinfo=dt.UTC).timestamp() * 1000)
@@ -77,7 +72,7 @@ def test_days_stream_into_parquet_in_batches_with_epoch_milliseconds(
 
 
 def test_latest_skips_a_cut_off_last_day_as_for_files(
-    postgres_database: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    postgres_database: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch  # noqa: F811
 ) -> None:
     import psycopg
 
@@ -99,7 +94,7 @@ def test_latest_skips_a_cut_off_last_day_as_for_files(
 
 
 def test_missing_connection_and_missing_column_name_the_fix(
-    postgres_database: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    postgres_database: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch  # noqa: F811
 ) -> None:
     day = dt.date(2026, 5, 2)
     load_table(postgres_database, pa.table({"visitor": ["u1"], "sku_code": ["i1"], "occurred_at": [
@@ -114,14 +109,13 @@ def test_missing_connection_and_missing_column_name_the_fix(
         pgsource.stage_days(missing, day, [day])
 
     no_table = settings_for(monkeypatch, tmp_path, postgres_database, RECSYS_SOURCE_TABLE="shop.nothing_here")
-    with pytest.raises(
-        SourceError, match=r"cannot read PostgreSQL table shop.nothing_here on connection 'recsys_source'"
-    ):
+    with pytest.raises(SourceError, match=r"cannot read PostgreSQL table shop.nothing_here on connection 'recsys_source'"):
         pgsource.stage_days(no_table, day, [day])
 
 
+@pytest.mark.slow  # a whole-DAG run
 def test_the_dag_runs_from_postgres_and_publishes(
-    store: Path, recsys_env: Settings, postgres_database: str, dynamodb_client: Any,
+    store: Path, recsys_env: Settings, postgres_database: str, dynamodb_client: Any,  # noqa: F811
     airflow_env: Path, monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     events = pq.read_table(store / "interactions").rename_columns([RENAMED[c] for c in pq.read_schema(

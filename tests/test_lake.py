@@ -7,7 +7,6 @@ real HTTP protocol of S3, so boto3 talks to it exactly as it would to AWS or Min
 from __future__ import annotations
 
 import datetime as dt
-import json
 import logging
 import subprocess
 import sys
@@ -25,8 +24,8 @@ from recsys import datasets
 from recsys.config import Settings
 from recsys.dev import dynamodb_local
 from recsys.io import lake
-from tests.fixtures_store import END
-from tests.test_pipeline_e2e import scan
+from tests.support import STORE_END as END
+from tests.support import scan
 
 DAY = dt.date(2026, 3, 1)
 CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
@@ -92,15 +91,11 @@ def test_write_read_exists_and_json_side_files(s3_lake: str) -> None:
     with pytest.raises(FileNotFoundError, match=f"{s3_lake}/confidence/dt=2026-03-01 is missing"):
         lake.read_partition(s3_lake, "confidence", DAY)
 
-    where = lake.write_partition(
-        s3_lake, "confidence", DAY, table(5), extra_files={"_meta.json": {"model_version": "v1"}}
-    )
+    where = lake.write_partition(s3_lake, "confidence", DAY, table(5), extra_files={"_meta.json": {"model_version": "v1"}})
     assert where == f"{s3_lake}/confidence/dt=2026-03-01"
     assert lake.partition_exists(s3_lake, "confidence", DAY)
     assert lake.read_partition(s3_lake, "confidence", DAY).equals(table(5))
-    assert lake.read_partition(s3_lake, "confidence", DAY, columns=["n"], filters=pc.field("n") >= 3)[
-        "n"
-    ].to_pylist() == [3, 4]
+    assert lake.read_partition(s3_lake, "confidence", DAY, columns=["n"], filters=pc.field("n") >= 3)["n"].to_pylist() == [3, 4]
     assert lake.read_partition_json(s3_lake, "confidence", DAY, "_meta.json") == {"model_version": "v1"}
     assert lake.partition_rows(s3_lake, "confidence", DAY) == 5
 
@@ -217,12 +212,13 @@ def test_s3_errors_name_the_fix(s3_lake: str) -> None:
         lake.partition_exists("s3:///lake", "interactions", DAY)
 
 
+@pytest.mark.slow  # a whole-DAG run
 def test_whole_dag_on_an_s3_lake(
     recsys_env: Settings, s3_lake: str, dynamodb_client: Any, airflow_env: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from recsys.dev.dagrun import run_dag
 
-    # One untuned model, as in test_pgsource: quick, and it need only beat popularity here.
+    # One untuned model, as in test_postgres_source: quick, and it need only beat popularity here.
     for key, value in {"RECSYS_LAKE": s3_lake, "RECSYS_TUNING_GRID": "", "RECSYS_FACTORS": "16", "RECSYS_ALPHA": "10",
                        "RECSYS_GATE_MIN_LIFT": "0"}.items():
         monkeypatch.setenv(key, value)
@@ -237,9 +233,7 @@ def test_whole_dag_on_an_s3_lake(
                     "reports"):
         assert f"{dataset}/{day}/_manifest.json" in stored, f"{dataset} partition not committed to S3"
     models = lake.read_manifest(s3_lake, "models", END)
-    assert models and {"model.npz", "metrics.json", "params.json", "users.parquet", "items.parquet"} <= set(
-        models["files"]
-    )
+    assert models and {"model.npz", "metrics.json", "params.json", "users.parquet", "items.parquet"} <= set(models["files"])
     assert "index.html" in (lake.read_manifest(s3_lake, "validation", END) or {})["files"]
     assert any(k.startswith(f"tuning/{day}/candidate-") for k in stored)
     assert not any(k.endswith(".parquet") and "/v=" not in k for k in stored), "a data file outside a version"
@@ -256,4 +250,3 @@ def test_whole_dag_on_an_s3_lake(
     meta = scan(dynamodb_client, settings.table, with_meta=True)["__meta__"]
     assert meta["model_version"]["S"] == metrics["model_version"]
     assert not (Path(settings.home) / "lake").exists(), "nothing was written to a local lake"
-    print(json.dumps({"objects": len(stored)}))  # noqa: T201  (shown with -s)

@@ -1,0 +1,43 @@
+"""recsys.core.grid: the candidates of a tuning grid."""
+
+from __future__ import annotations
+
+
+def test_tuning_candidates_are_the_grid_product_over_settings(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import pytest
+
+    from recsys.config import ConfigError, Settings
+    from recsys.core.grid import tuning_candidates
+
+    env = {"RECSYS_HOME": str(tmp_path), "RECSYS_EVENT_WEIGHTS": "view=1,buy=5"}
+    s = Settings.from_env({**env, "RECSYS_TUNING_GRID": "factors=8,16;alpha=1.5", "RECSYS_ITERATIONS": "3"})
+    configured = {"view": 1.0, "buy": 5.0}
+    assert tuning_candidates(s) == [
+        {"model": "als", "factors": 8, "regularization": 0.05, "alpha": 1.5, "iterations": 3, "random_state": 42,
+         "weighting": "log", "event_weights": configured, "half_life_days": 0.0},
+        {"model": "als", "factors": 16, "regularization": 0.05, "alpha": 1.5, "iterations": 3, "random_state": 42,
+         "weighting": "log", "event_weights": configured, "half_life_days": 0.0},
+    ]
+    none = Settings.from_env({**env, "RECSYS_TUNING_GRID": "", "RECSYS_FACTORS": "12"})
+    assert [c["factors"] for c in tuning_candidates(none)] == [12]
+
+    # Weights, half-lives and families; BPR ignores confidence values, so its variants collapse.
+    grid = "model=als,bpr;weights=configured,uniform;half_life=0,14 | weight.buy=20;half_life=28"
+    many = tuning_candidates(Settings.from_env({**env, "RECSYS_TUNING_GRID": grid}))
+    als = [(c["event_weights"], c["half_life_days"]) for c in many if c["model"] == "als"]
+    uniform = {"view": 1.0, "buy": 1.0}
+    assert als == [(configured, 0.0), (uniform, 0.0), (configured, 14.0), (uniform, 14.0), ({"view": 1.0, "buy": 20.0}, 28.0)]
+    bpr = [c for c in many if c["model"] == "bpr"]
+    assert bpr == [{"model": "bpr", "factors": 64, "regularization": 0.01, "iterations": 100, "random_state": 42,
+                    "learning_rate": 0.01, "event_weights": {"view": 1.0, "buy": 1.0}, "half_life_days": 0.0}]
+
+    with pytest.raises(ConfigError, match="names among"):
+        Settings.from_env({"RECSYS_TUNING_GRID": "depth=3"})
+    with pytest.raises(ConfigError, match="must be numbers"):
+        Settings.from_env({"RECSYS_TUNING_GRID": "factors=lots"})
+    with pytest.raises(ConfigError, match="'Teleport' is not a configured event type"):
+        Settings.from_env({"RECSYS_TUNING_GRID": "weight.Teleport=3"})
+    with pytest.raises(ConfigError, match="model must be one of"):
+        Settings.from_env({"RECSYS_TUNING_GRID": "model=svd"})
+    with pytest.raises(ConfigError, match="weights must be one of"):
+        Settings.from_env({"RECSYS_TUNING_GRID": "weights=heavy"})
