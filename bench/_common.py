@@ -13,9 +13,10 @@ import signal
 import subprocess
 import sys
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     import numpy as np
@@ -130,7 +131,7 @@ def start_dynamodb_local(db_path: Path | None = None) -> DynamoDBLocal:
 # --------------------------------------------------------------------------- data
 
 
-def make_lists(keys: "Sequence[str] | np.ndarray", seed: int, k: int = K) -> "pa.Table":
+def make_lists(keys: Sequence[str] | np.ndarray, seed: int, k: int = K) -> pa.Table:
     """``k`` distinct items with descending scores for each key, in the order of ``keys``.
 
     The rows of the publisher's input (RECOMMENDATIONS_SCHEMA: ``user_id`` is the key, rank

@@ -59,8 +59,19 @@ log = logging.getLogger("bench.pipeline")
 BASE = {"users": 100_000, "items": 2_465, "events": 800_000}
 DAYS = 70
 END_DATE = dt.date(2026, 10, 31)
-STAGES = ("extract", "validate", "aggregate", "index_events", "tune", "train", "recommend", "plan_publish", "publish_shard",
-          "finish_publish", "verify")
+STAGES = (
+    "extract",
+    "validate",
+    "aggregate",
+    "index_events",
+    "tune",
+    "train",
+    "recommend",
+    "plan_publish",
+    "publish_shard",
+    "finish_publish",
+    "verify",
+)
 PUBLISH_STAGES = ("plan_publish", "publish_shard", "finish_publish", "verify")
 
 
@@ -82,7 +93,9 @@ def reset_peak() -> None:
         clear.write("5")
 
 
-def run_child(args: list[str], env: dict[str, str] | None = None, log_path: Path | None = None) -> tuple[int, float, int]:
+def run_child(
+    args: list[str], env: dict[str, str] | None = None, log_path: Path | None = None
+) -> tuple[int, float, int]:
     """Run ``python bench/pipeline.py <args>``; returns (exit status, wall seconds, ru_maxrss KiB).
 
     Linux keeps the parent's RSS at fork in a child's ru_maxrss, so children also report
@@ -180,10 +193,20 @@ def child_dag(out: Path, publish: bool) -> int:
         if ti.start_date and ti.end_date:
             tasks.setdefault(ti.task_id, 0.0)
             tasks[ti.task_id] += (ti.end_date - ti.start_date).total_seconds()
-    out.write_text(json.dumps({
-        "state": str(dag_run.state), "seconds": seconds, "stages": records, "inner": inner, "tasks": tasks, "states": states,
-        "peak_kib": max([rss_kib("VmHWM"), *(r["peak_kib"] for r in records)]),
-    }, indent=1))
+    out.write_text(
+        json.dumps(
+            {
+                "state": str(dag_run.state),
+                "seconds": seconds,
+                "stages": records,
+                "inner": inner,
+                "tasks": tasks,
+                "states": states,
+                "peak_kib": max([rss_kib("VmHWM"), *(r["peak_kib"] for r in records)]),
+            },
+            indent=1,
+        )
+    )
     return 0 if str(dag_run.state).endswith("success") else 1
 
 
@@ -410,8 +433,17 @@ def rate(count: float | None, seconds: float) -> str:
 def print_table(dag: dict[str, Any], base: dict[str, Any], scale: float, window_events: int) -> None:
     by_stage: dict[str, dict[str, Any]] = {}
     for record in dag["stages"]:
-        entry = by_stage.setdefault(record["stage"], {"seconds": 0.0, "peak_kib": 0, "rss_start_kib": record["rss_start_kib"],
-                                                      "runs": 0, "result": record["result"], "items": 0})
+        entry = by_stage.setdefault(
+            record["stage"],
+            {
+                "seconds": 0.0,
+                "peak_kib": 0,
+                "rss_start_kib": record["rss_start_kib"],
+                "runs": 0,
+                "result": record["result"],
+                "items": 0,
+            },
+        )
         entry["seconds"] += record["seconds"]
         entry["items"] += (record["result"] or {}).get("items") or 0
         entry["peak_kib"] = max(entry["peak_kib"], record["peak_kib"])
@@ -482,16 +514,22 @@ def print_table(dag: dict[str, Any], base: dict[str, Any], scale: float, window_
                   f"index_events = {both / b['raw']:.2f}x, {both / b['raw_whole']:.2f}x)")
         if implicit.get("best", {}).get("project"):
             b = implicit["best"]
-            print(f"same process, interleaved raw/project/project/raw, best of each: project fit {b['project'][0]:.1f} s + "
-                  f"recommend {b['project'][1]:.1f} s vs raw fit {b['raw'][0]:.1f} s + recommend {b['raw'][1]:.1f} s "
-                  f"= {sum(b['project']) / sum(b['raw']):.2f}x")
+            print(
+                "same process, interleaved raw/project/project/raw, best of each: "
+                f"project fit {b['project'][0]:.1f} s + "
+                f"recommend {b['project'][1]:.1f} s vs raw fit {b['raw'][0]:.1f} s + recommend {b['raw'][1]:.1f} s "
+                f"= {sum(b['project']) / sum(b['raw']):.2f}x"
+            )
     finished = results.get("finish_publish", {})
     if finished.get("published"):
         shard_sum = by_stage.get("publish_shard", {}).get("seconds", 0.0)
         publish_all = sum(by_stage.get(n, {}).get("seconds", 0.0) for n in PUBLISH_STAGES if n != "verify")
-        print(f"publish: {finished['items']:,} items in {by_stage['publish_shard']['runs']} shard(s), shards {shard_sum:.1f} s "
-              f"summed, {finished['seconds']:.1f} s wall first start to last end (finish_publish's figure, "
-              f"{finished['items_per_second']:,.0f} items/s); plan + shards + finish {publish_all:.1f} s")
+        print(
+            f"publish: {finished['items']:,} items in {by_stage['publish_shard']['runs']} shard(s), "
+            f"shards {shard_sum:.1f} s "
+            f"summed, {finished['seconds']:.1f} s wall first start to last end (finish_publish's figure, "
+            f"{finished['items_per_second']:,.0f} items/s); plan + shards + finish {publish_all:.1f} s"
+        )
     total = sum(e["seconds"] for n, e in by_stage.items() if n not in PUBLISH_STAGES)
     tasks = dag["tasks"]
     task_total = sum(s for t, s in tasks.items() if t not in PUBLISH_STAGES)
@@ -552,8 +590,9 @@ def main(argv: list[str] | None = None) -> int:
         if server:
             env["RECSYS_DYNAMODB_ENDPOINT"] = server.endpoint
         log.info("DAG run for %s (log: %s)", END_DATE, run_log)
-        status, wall, peak = run_child(["_child", "dag", str(work / "dag.json"), json.dumps({"publish": server is not None})],
-                                       env, run_log)
+        status, wall, peak = run_child(
+            ["_child", "dag", str(work / "dag.json"), json.dumps({"publish": server is not None})], env, run_log
+        )
         if status != 0 or not (work / "dag.json").exists():
             log.error("the DAG run failed (exit %d); see %s", status, run_log)
             return 1
@@ -579,7 +618,9 @@ def main(argv: list[str] | None = None) -> int:
     print_table(dag, base, args.scale, window_events)
     print(f"store generated in {info.get('generate_seconds', 0):.1f} s (not part of the DAG); "
           f"DAG child process wall {wall:.1f} s; log {run_log}")
-    (work / "summary.json").write_text(json.dumps({"dag": dag, "baselines": base, "window_events": window_events}, indent=1))
+    (work / "summary.json").write_text(
+        json.dumps({"dag": dag, "baselines": base, "window_events": window_events}, indent=1)
+    )
     return 0
 
 

@@ -27,10 +27,11 @@ import sys
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -52,7 +53,7 @@ log = logging.getLogger("bench.publish")
 MODEL_VERSION = "bench-als-64f"
 # expires_at must lie in the future: the tables have TTL on it, and DynamoDB Local's TTL
 # sweeper deletes expired items while the benchmark runs (the count check then fails).
-GENERATED_AT = dt.datetime.now(dt.timezone.utc).replace(microsecond=0)
+GENERATED_AT = dt.datetime.now(dt.UTC).replace(microsecond=0)
 EXPIRES_AT = int(GENERATED_AT.timestamp()) + 14 * 86_400
 BATCH = 25
 LOG_EVERY = 10.0
@@ -187,9 +188,14 @@ def raw_client(endpoint: str, pool: int) -> Any:
     from botocore.config import Config
 
     return boto3.session.Session().client(
-        "dynamodb", endpoint_url=endpoint, region_name="us-east-1",
-        aws_access_key_id="local", aws_secret_access_key="local",
-        config=Config(parameter_validation=False, max_pool_connections=pool, retries={"mode": "standard", "max_attempts": 3}),
+        "dynamodb",
+        endpoint_url=endpoint,
+        region_name="us-east-1",
+        aws_access_key_id="local",
+        aws_secret_access_key="local",
+        config=Config(
+            parameter_validation=False, max_pool_connections=pool, retries={"mode": "standard", "max_attempts": 3}
+        ),
     )
 
 

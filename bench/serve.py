@@ -40,9 +40,10 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 from _common import (
@@ -86,7 +87,7 @@ def fill_table(client: Any, users: int, items: int) -> None:
     """Users, ``__popular__``, ``item#`` lists and ``__meta__``, through the project's own writer."""
     ensure_table(client, TABLE)
     keys = user_ids(users) + [POPULAR_USER_ID] + [f"item#{i}" for i in item_ids(items)]
-    now = dt.datetime.now(dt.timezone.utc).replace(microsecond=0)
+    now = dt.datetime.now(dt.UTC).replace(microsecond=0)
     result = publish_recommendations(
         client, TABLE, make_lists(keys, seed=7), model_version="bench-serve", generated_at=now,
         expires_at=int(now.timestamp()) + 14 * 86_400,
@@ -342,7 +343,9 @@ def rate_list(text: str) -> list[float | None]:
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--users", type=positive_int, default=10_000, help="user lists in the table (default 10000)")
-    parser.add_argument("--items", type=positive_int, default=2_000, help="similar-item lists in the table (default 2000)")
+    parser.add_argument(
+        "--items", type=positive_int, default=2_000, help="similar-item lists in the table (default 2000)"
+    )
     parser.add_argument("--duration", type=float, default=30.0, help="measured seconds per row (default 30)")
     parser.add_argument("--warmup", type=float, default=3.0, help="unmeasured seconds before each row (default 3)")
     parser.add_argument("--concurrency", type=int_list, default=[50], help="client threads, e.g. 1,10,50 (default 50)")

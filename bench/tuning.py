@@ -81,7 +81,10 @@ def main() -> None:
         print(f"{name:<12} {seconds:>8.1f}")
     print(f"\n{'NDCG@' + str(k):>8} {'MAP@' + str(k):>8} {'seconds':>8}  candidate")
     for row in metrics["grid"]:
-        print(f"{row['ndcg_at_k']:>8.4f} {row['map_at_k']:>8.4f} {row.get('seconds', 0):>8.1f}  {params_text(row['params'], settings.event_weights)}")
+        print(
+            f"{row['ndcg_at_k']:>8.4f} {row['map_at_k']:>8.4f} {row.get('seconds', 0):>8.1f}  "
+            f"{params_text(row['params'], settings.event_weights)}"
+        )
     pop = metrics["popularity"]
     print(f"{pop['ndcg_at_k']:>8.4f} {pop['map_at_k']:>8.4f} {'':>8}  popularity")
     print(json.dumps({"winner": metrics["grid"][0]["params"], "warm_users": metrics["model"]["users_evaluated"]}))

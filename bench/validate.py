@@ -70,7 +70,9 @@ def ensure_staged() -> int:
         from recsys.stages.extract import extract
 
         extract(settings, END_DATE)
-    return sum(lake.partition_rows(settings.lake, datasets.STAGING, d) for d in lake.list_days(settings.lake, datasets.STAGING))
+    return sum(
+        lake.partition_rows(settings.lake, datasets.STAGING, d) for d in lake.list_days(settings.lake, datasets.STAGING)
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -89,7 +91,10 @@ def main(argv: list[str] | None = None) -> int:
             results.append({"budget": budget, **json.loads(out.read_text())})
     print(f"{'chunk rows':>12} {'chunks':>6} {'rows':>10} {'wall s':>7} {'RSS at start MiB':>16} {'peak RSS MiB':>12}")
     for r in results:
-        print(f"{r['budget']:>12,} {r['chunks']:>6} {r['rows']:>10,} {r['seconds']:>7.1f} {mib(r['start_kib']):>16} {mib(r['peak_kib']):>12}")
+        print(
+            f"{r['budget']:>12,} {r['chunks']:>6} {r['rows']:>10,} {r['seconds']:>7.1f} "
+            f"{mib(r['start_kib']):>16} {mib(r['peak_kib']):>12}"
+        )
     return 0
 
 

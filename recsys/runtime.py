@@ -6,7 +6,8 @@ from __future__ import annotations
 import datetime as dt
 import inspect
 import logging
-from typing import Any, Callable, Mapping, Sequence, TypeVar
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, TypeVar
 
 from recsys.config import PARAM_FIELDS, Settings
 from recsys.core.gate import QualityGateError
@@ -34,7 +35,7 @@ def resolve_run_date(context: Mapping[str, Any]) -> dt.date:
         if value is not None:
             return dt.date(value.year, value.month, value.day)
     dag_run = context.get("dag_run")
-    run_after = getattr(dag_run, "run_after", None) or dt.datetime.now(dt.timezone.utc)
+    run_after = getattr(dag_run, "run_after", None) or dt.datetime.now(dt.UTC)
     return (run_after - dt.timedelta(days=1)).date()
 
 
@@ -80,7 +81,7 @@ def run_stage(stage: Callable[..., T], *args: Any) -> T:
     name = stage.__name__
     log.info("stage %s for run date %s", name, day)
     wanted = inspect.signature(stage).parameters
-    flags = {
+    flags: dict[str, Callable[[], bool]] = {
         "is_backfill": lambda: is_backfill(context),
         "force": lambda: bool((context.get("params") or {}).get("force_publish")),
     }

@@ -19,7 +19,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # runs from a checkout without installing, like the other scripts
 
-from recsys.config import (
+from recsys.config import (  # noqa: E402  (after the path)
     PARAM_FIELDS,
     Settings,
     dag_params,

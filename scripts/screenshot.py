@@ -123,7 +123,10 @@ class DevTools:
 def log_in(tab: DevTools, user: str, password: str) -> None:
     """Type the login into the form as a user would (real input events), then press Sign in."""
     for selector, text in (("input[type=text], input[name=username]", user), ("input[type=password]", password)):
-        if not tab.evaluate(f"(() => {{ const e = document.querySelector({json.dumps(selector)}); if (!e) return false; e.focus(); return true; }})()"):
+        if not tab.evaluate(
+            f"(() => {{ const e = document.querySelector({json.dumps(selector)}); "
+            "if (!e) return false; e.focus(); return true; })()"
+        ):
             raise RuntimeError(f"the login form has no {selector}")
         tab.call("Input.insertText", text=text)
     tab.evaluate("(document.querySelector('button[type=submit]') || [...document.querySelectorAll('button')]"
@@ -163,12 +166,18 @@ def screenshot(base_url: str, user: str, password: str, out: Path) -> None:
         try:
             tab.wait_for("!document.querySelector('input[type=password]')", 60)
             tab.call("Page.navigate", url=f"{base_url}/dags/{DAG_ID}")
-            tab.wait_for(f"document.body.innerText.includes('{DAG_ID}') && document.body.innerText.includes('extract')", 90)
+            tab.wait_for(
+                f"document.body.innerText.includes('{DAG_ID}') && document.body.innerText.includes('extract')", 90
+            )
         except RuntimeError:
             debug = out.with_suffix(".failed.png")
             debug.write_bytes(base64.b64decode(tab.call("Page.captureScreenshot", format="png")["data"]))
-            log.error("page %s says: %s (screenshot %s)", tab.evaluate("location.href"),
-                      tab.evaluate("document.body.innerText")[:1000], debug)
+            log.error(
+                "page %s says: %s (screenshot %s)",
+                tab.evaluate("location.href"),
+                tab.evaluate("document.body.innerText")[:1000],
+                debug,
+            )
             raise
         time.sleep(5)  # let the grid's queries and fonts settle
         data = tab.call("Page.captureScreenshot", format="png")["data"]

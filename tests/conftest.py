@@ -12,8 +12,9 @@ from tests.fixtures_airflow import airflow_env  # noqa: F401  (re-exported as a 
 # isort: on
 
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 

@@ -19,8 +19,9 @@ import urllib.error
 import urllib.parse
 import urllib.request
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
@@ -316,7 +317,9 @@ def test_recsys_serve_command_answers_over_http(dynamodb_endpoint: str, served_t
                 assert process.poll() is None, f"recsys serve exited {process.returncode}:\n{log_path.read_text()}"
                 assert time.monotonic() < deadline, f"recsys serve did not answer in 60 s:\n{log_path.read_text()}"
                 time.sleep(0.2)
-        with urllib.request.urlopen(f"{base}/users/{quoted(KNOWN_USER)}/recommendations?limit=2", timeout=5) as response:
+        with urllib.request.urlopen(
+            f"{base}/users/{quoted(KNOWN_USER)}/recommendations?limit=2", timeout=5
+        ) as response:
             assert response.status == 200
             body = json.loads(response.read())
         assert body["source"] == "user" and as_pairs(body) == USER_ITEMS[:2]

@@ -34,9 +34,10 @@ import logging
 import os
 import shutil
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -52,7 +53,7 @@ from tests.support import STORE_END as END
 pytestmark = pytest.mark.slow  # whole-DAG runs: make test, not make test-fast
 
 NEXT = END + dt.timedelta(days=1)
-UTC = dt.timezone.utc
+UTC = dt.UTC
 
 
 @dataclass
@@ -280,7 +281,9 @@ def test_null_and_empty_user_ids_are_quarantined_and_the_night_publishes(history
     out = night({DAY_FILE: with_rows(events, changes)})
     assert_published_without(out, {None, "", "   "})
     assert out.quarantine() == {"missing_user_id": 5, "empty_user_id": 6}
-    assert f"{events.num_rows:,} rows read in 1 day(s), {events.num_rows - 11:,} kept, 11 quarantined " \
-        "(empty_user_id: 6, missing_user_id: 5), 0 duplicate(s) dropped" in out.log
+    assert (
+        f"{events.num_rows:,} rows read in 1 day(s), {events.num_rows - 11:,} kept, 11 quarantined "
+        "(empty_user_id: 6, missing_user_id: 5), 0 duplicate(s) dropped"
+    ) in out.log
 
 

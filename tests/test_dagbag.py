@@ -62,7 +62,7 @@ def test_parsing_imports_nothing_heavy() -> None:
     """Parsing the DAG file must not import the heavy libraries (they load inside tasks)."""
     code = (
         "import sys, runpy; runpy.run_path(sys.argv[1]); "
-        "print(','.join(m for m in %r if m in sys.modules))" % (HEAVY,)
+        f"print(','.join(m for m in {HEAVY!r} if m in sys.modules))"
     )
     out = subprocess.run(
         [sys.executable, "-c", code, str(DAGS / "recsys_nightly.py")], capture_output=True, text=True, check=True

@@ -26,7 +26,7 @@ def test_ensure_publish_pool_creates_it_once_and_keeps_an_operators_size(airflow
 
 
 def test_stage_times_sums_mapped_tasks_and_spans_the_publish_tasks() -> None:
-    t0 = dt.datetime(2026, 6, 1, 3, 0, tzinfo=dt.timezone.utc)
+    t0 = dt.datetime(2026, 6, 1, 3, 0, tzinfo=dt.UTC)
 
     def ti(task_id: str, start: float, end: float, map_index: int = -1, state: str = "success") -> SimpleNamespace:
         return SimpleNamespace(task_id=task_id, map_index=map_index, state=state,

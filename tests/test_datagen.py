@@ -97,7 +97,9 @@ def tables_of(path: Path) -> dict[str, pa.Table]:
 
 def top2_category_share(user: np.ndarray, category: np.ndarray, n_users: int, n_categories: int) -> float:
     """Mean over users with >= 5 events of the share of their events in their two busiest categories."""
-    counts = np.bincount(user * n_categories + category, minlength=n_users * n_categories).reshape(n_users, n_categories)
+    counts = np.bincount(user * n_categories + category, minlength=n_users * n_categories).reshape(
+        n_users, n_categories
+    )
     total = counts.sum(axis=1)
     busy = total >= 5
     top2 = np.sort(counts[busy], axis=1)[:, -2:].sum(axis=1)
@@ -136,8 +138,8 @@ def test_every_event_lies_in_its_files_utc_day_sorted(small: Store) -> None:
         assert table.num_rows > 0, f.name
         assert table.schema.field("event_ts").type.tz == "UTC"
         ts = table["event_ts"].combine_chunks().cast(pa.int64()).to_numpy()
-        day = dt.datetime.combine(dt.date.fromisoformat(f.name[7:17]), dt.time(), tzinfo=dt.timezone.utc)
-        start = int((day - dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)).total_seconds()) * 1_000_000
+        day = dt.datetime.combine(dt.date.fromisoformat(f.name[7:17]), dt.time(), tzinfo=dt.UTC)
+        start = int((day - dt.datetime(1970, 1, 1, tzinfo=dt.UTC)).total_seconds()) * 1_000_000
         assert ts.min() >= start and ts.max() < start + US_PER_DAY, f.name
         assert np.all(np.diff(ts) >= 0), f"{f.name} is not sorted by event_ts"
     assert (small.day.min(), small.day.max()) == (0, 29)
@@ -147,7 +149,9 @@ def test_event_ids_are_unique_across_the_store(small: Store) -> None:
     ids = small.events["event_id"]
     assert ids.null_count == 0
     assert pc.count_distinct(ids).as_py() == small.events.num_rows
-    assert pc.all(pc.match_substring_regex(ids, r"^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$")).as_py()
+    assert pc.all(
+        pc.match_substring_regex(ids, r"^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$")
+    ).as_py()
 
 
 def test_catalog_columns_categories_and_inactive_items(small: Store) -> None:

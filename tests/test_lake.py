@@ -7,14 +7,14 @@ real HTTP protocol of S3, so boto3 talks to it exactly as it would to AWS or Min
 from __future__ import annotations
 
 import datetime as dt
-import json
 import logging
 import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -214,7 +214,7 @@ def test_s3_errors_name_the_fix(s3_lake: str) -> None:
 
 @pytest.mark.slow  # a whole-DAG run
 def test_whole_dag_on_an_s3_lake(
-    recsys_env: Settings, s3_lake: str, dynamodb_client: Any, airflow_env: Path, monkeypatch: pytest.MonkeyPatch  # noqa: F811
+    recsys_env: Settings, s3_lake: str, dynamodb_client: Any, airflow_env: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from recsys.dev.dagrun import run_dag
 
@@ -250,4 +250,3 @@ def test_whole_dag_on_an_s3_lake(
     meta = scan(dynamodb_client, settings.table, with_meta=True)["__meta__"]
     assert meta["model_version"]["S"] == metrics["model_version"]
     assert not (Path(settings.home) / "lake").exists(), "nothing was written to a local lake"
-    print(json.dumps({"objects": len(stored)}))

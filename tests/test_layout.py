@@ -12,7 +12,12 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 PACKAGE = REPO / "recsys"
 # Task ids whose module is not named after them: the tasks that share a stage module.
-SHARED_MODULES = {"candidates": "tune", "plan_publish": "publish", "publish_shard": "publish", "finish_publish": "publish"}
+SHARED_MODULES = {
+    "candidates": "tune",
+    "plan_publish": "publish",
+    "publish_shard": "publish",
+    "finish_publish": "publish",
+}
 
 
 def module_name(path: Path) -> str:

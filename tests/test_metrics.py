@@ -268,7 +268,9 @@ class _FixedLists:
     def __init__(self, ids: np.ndarray) -> None:
         self.ids = ids
 
-    def recommend(self, userid: np.ndarray, user_items: sp.csr_matrix, N: int = 10, **_: object) -> tuple[np.ndarray, np.ndarray]:
+    def recommend(
+        self, userid: np.ndarray, user_items: sp.csr_matrix, N: int = 10, **_: object
+    ) -> tuple[np.ndarray, np.ndarray]:
         ids = self.ids[np.asarray(userid), :N]
         return ids, np.where(ids >= 0, 1.0, -np.inf).astype(np.float32)
 

@@ -53,7 +53,7 @@ def test_als_learns_two_blocks() -> None:
     model = train_model(matrix, ModelParams(factors=2, regularization=0.1, alpha=5.0, iterations=20))
     ids, _ = recommend_factors(model.user_factors, model.item_factors, matrix, 2, None)
     for u in range(40):
-        block = range(0, 5) if u < 20 else range(5, 10)
+        block = range(5) if u < 20 else range(5, 10)
         assert set(ids[u].tolist()) <= set(block), (u, ids[u])
         assert not set(ids[u].tolist()) & set(np.flatnonzero(dense[u]).tolist())
 
@@ -144,7 +144,7 @@ def test_bpr_through_the_wrapper_learns_two_blocks_and_saves() -> None:
     assert model.model == "bpr" and model.item_factors.shape == (10, 5)  # + the item bias column
     assert model.item_embeddings.shape == (10, 4) and np.all(model.user_factors[:, -1] == 1.0)
     ids, _ = recommend_factors(model.user_factors, model.item_factors, matrix, 2, None)
-    blocks = [set(range(0, 5) if u < 30 else range(5, 10)) for u in range(60)]
+    blocks = [set(range(5) if u < 30 else range(5, 10)) for u in range(60)]
     assert all(ids[u, 0] in blocks[u] for u in range(60))  # every user's best item is of their block
     assert sum(set(ids[u].tolist()) <= blocks[u] for u in range(60)) >= 40  # by chance: ~3 of 60
     assert not any(set(ids[u].tolist()) & set(np.flatnonzero(dense[u]).tolist()) for u in range(60))

@@ -83,7 +83,7 @@ def test_nightly_run_serves_every_user_and_reruns_identically(
     assert champion["model_version"] == metrics["model_version"] and champion["run_date"] == END.isoformat()
     version = lake.read_json(lake.partition_dir(settings.lake, "recommendations", END) / "_meta.json")["model_version"]
     assert {item["model_version"]["S"] for item in served.values()} == {version}
-    assert all(int(item["expires_at"]["N"]) > dt.datetime.now(dt.timezone.utc).timestamp() for item in served.values())
+    assert all(int(item["expires_at"]["N"]) > dt.datetime.now(dt.UTC).timestamp() for item in served.values())
     meta = scan(dynamodb_client, settings.table, with_meta=True)["__meta__"]
     assert (meta["run_date"]["S"], meta["model_version"]["S"]) == (END.isoformat(), version)
 

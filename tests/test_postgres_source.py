@@ -47,7 +47,7 @@ def test_days_stream_into_parquet_in_batches_with_epoch_milliseconds(
     postgres_database: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch  # noqa: F811
 ) -> None:
     day = dt.date(2026, 5, 2)
-    base = int(dt.datetime(2026, 5, 1, tzinfo=dt.timezone.utc).timestamp() * 1000)
+    base = int(dt.datetime(2026, 5, 1, tzinfo=dt.UTC).timestamp() * 1000)
     n = 30_000  # 10,000 a day over three days
     rows = pa.table({
         "u": pa.array([i % 97 for i in range(n)], pa.int64()),  # numbers: staged as text
@@ -77,7 +77,7 @@ def test_latest_skips_a_cut_off_last_day_as_for_files(
     import psycopg
 
     def at(day: int, hour: int, minute: int = 0) -> dt.datetime:
-        return dt.datetime(2026, 5, day, hour, minute, tzinfo=dt.timezone.utc)
+        return dt.datetime(2026, 5, day, hour, minute, tzinfo=dt.UTC)
 
     load_table(postgres_database, pa.table({
         "visitor": ["u1", "u2", "u3"], "sku_code": ["i1", "i2", "i3"], "kind": ["View"] * 3,
@@ -98,7 +98,7 @@ def test_missing_connection_and_missing_column_name_the_fix(
 ) -> None:
     day = dt.date(2026, 5, 2)
     load_table(postgres_database, pa.table({"visitor": ["u1"], "sku_code": ["i1"], "occurred_at": [
-        dt.datetime(2026, 5, 2, 10, tzinfo=dt.timezone.utc)]}), "events")
+        dt.datetime(2026, 5, 2, 10, tzinfo=dt.UTC)]}), "events")
     settings = settings_for(monkeypatch, tmp_path, postgres_database, RECSYS_SOURCE_COLUMNS=MAPPING)
     with pytest.raises(SourceError, match=r"required column 'event_type' is missing \(mapped from 'kind'.*"
                        r"columns found: \['visitor', 'sku_code', 'occurred_at'\]"):

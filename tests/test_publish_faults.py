@@ -222,7 +222,7 @@ def test_dynamodb_stopped_mid_publish_fails_naming_the_endpoint_and_a_retry_comp
     def run() -> None:
         try:
             publish_shard(settings, DAY, shards[0])
-        except BaseException as exc:  # noqa: BLE001 (the test inspects it)
+        except BaseException as exc:
             failure.append(exc)
 
     worker = threading.Thread(target=run)

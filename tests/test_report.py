@@ -19,12 +19,41 @@ def metrics(ndcg: float, pop: float) -> dict:
     row = {"ndcg_at_k": ndcg, "map_at_k": ndcg / 2, "precision_at_k": 0.05, "recall_at_k": 0.3,
            "catalog_coverage": 0.4, "users_evaluated": 1234}
     base = {**row, "ndcg_at_k": pop, "map_at_k": pop / 2}
-    grid = [{"params": {"model": "als", "factors": 32, "alpha": 2.0, "event_weights": {"View": 1.0, "AddToCart": 4.0,
-             "ViewCart": 2.0, "StartCheckout": 6.0, "Purchase": 10.0}, "half_life_days": 14.0},
-             "ndcg_at_k": ndcg, "map_at_k": ndcg / 2, "precision_at_k": 0.05, "recall_at_k": 0.3,
-             "catalog_coverage": 0.4, "seconds": 3.25},
-            {"params": {"model": "bpr", "factors": 64, "learning_rate": 0.01, "event_weights": {"View": 1.0, "Purchase": 0.0},
-             "half_life_days": 0.0}, "ndcg_at_k": ndcg * 0.8, "map_at_k": ndcg / 3, "recall_at_k": 0.2}]
+    grid = [
+        {
+            "params": {
+                "model": "als",
+                "factors": 32,
+                "alpha": 2.0,
+                "event_weights": {
+                    "View": 1.0,
+                    "AddToCart": 4.0,
+                    "ViewCart": 2.0,
+                    "StartCheckout": 6.0,
+                    "Purchase": 10.0,
+                },
+                "half_life_days": 14.0,
+            },
+            "ndcg_at_k": ndcg,
+            "map_at_k": ndcg / 2,
+            "precision_at_k": 0.05,
+            "recall_at_k": 0.3,
+            "catalog_coverage": 0.4,
+            "seconds": 3.25,
+        },
+        {
+            "params": {
+                "model": "bpr",
+                "factors": 64,
+                "learning_rate": 0.01,
+                "event_weights": {"View": 1.0, "Purchase": 0.0},
+                "half_life_days": 0.0,
+            },
+            "ndcg_at_k": ndcg * 0.8,
+            "map_at_k": ndcg / 3,
+            "recall_at_k": 0.2,
+        },
+    ]
     return {"model": row, "popularity": base, "grid": grid, "holdout_users_cold": 10, "train_users": 5000,
             "train_items": 300, "train_nonzeros": 40000,
             "gate": {"required_over_popularity": pop * 1.05, "champion": None, "popularity_ndcg_at_k": pop}}

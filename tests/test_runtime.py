@@ -15,9 +15,9 @@ class _Run:
 
 
 def test_resolve_run_date_in_every_kind_of_run() -> None:
-    midnight = dt.datetime(2026, 3, 4, tzinfo=dt.timezone.utc)
+    midnight = dt.datetime(2026, 3, 4, tzinfo=dt.UTC)
     assert resolve_run_date({"data_interval_start": midnight, "logical_date": midnight}) == dt.date(2026, 3, 4)
-    manual = _Run("manual", dt.datetime(2026, 3, 9, 15, tzinfo=dt.timezone.utc))
+    manual = _Run("manual", dt.datetime(2026, 3, 9, 15, tzinfo=dt.UTC))
     assert resolve_run_date({"logical_date": None, "data_interval_start": None, "dag_run": manual}) == dt.date(2026, 3, 8)
     assert resolve_run_date({"params": {"run_date": "2026-01-02"}, "logical_date": midnight}) == dt.date(2026, 1, 2)
     # A manual run for 03-04 under the nightly timetable gets the interval [03-03, 03-04): it asked for 03-04.

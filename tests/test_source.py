@@ -14,7 +14,7 @@ from recsys.config import Settings, parse_mapping
 from recsys.io.sources.files import SourceError, register_catalog, register_source
 from recsys.io.sql import connect
 
-UTC = dt.timezone.utc
+UTC = dt.UTC
 
 
 def canonical_rows(source: Path, mapping: dict[str, str] | None = None) -> list[dict]:
@@ -116,7 +116,12 @@ def test_event_type_spellings_map_to_the_configured_names(tmp_path: Path) -> Non
     assert [r["event_type"] for r in canonical_rows(tmp_path)][:3] == ["view", "addtocart", "transaction"]
     from recsys.io.sources.files import event_type_spellings
 
-    assert event_type_spellings(["cart", "AddToCart"]) == {"cart": "cart", "addtocart": "AddToCart", "addtobasket": "AddToCart", "basketadd": "AddToCart"}
+    assert event_type_spellings(["cart", "AddToCart"]) == {
+        "cart": "cart",
+        "addtocart": "AddToCart",
+        "addtobasket": "AddToCart",
+        "basketadd": "AddToCart",
+    }
 
 
 @pytest.mark.parametrize(

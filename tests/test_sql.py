@@ -10,7 +10,7 @@ import pytest
 from recsys.io.sql import connect, run_sql
 from tests.support import END
 
-UTC = dt.timezone.utc
+UTC = dt.UTC
 
 
 def ts(day: int, hour: int = 12) -> dt.datetime:
@@ -43,7 +43,9 @@ def con():  # type: ignore[no-untyped-def]
             }
         ),
     )
-    con.register("event_weights", pa.table({"event_type": ["View", "AddToCart", "Purchase"], "weight": [1.0, 4.0, 10.0]}))
+    con.register(
+        "event_weights", pa.table({"event_type": ["View", "AddToCart", "Purchase"], "weight": [1.0, 4.0, 10.0]})
+    )
     con.register(
         "catalog",
         pa.table({"item_id": ["a", "b", "c", "d"], "name": ["A", "B", "C", "D"], "category": ["x"] * 4,
@@ -58,7 +60,13 @@ PARAMS = {"start": ts(1, 0), "split": ts(4, 0), "end": ts(5, 0), "half_life_days
 
 def test_confidence_counts_the_training_events(con) -> None:  # type: ignore[no-untyped-def]
     out = con.sql("select user_id, item_id, events, training_events from confidence").fetchall()
-    assert sorted(out) == [("u1", "a", 2, 2), ("u1", "b", 1, 1), ("u2", "a", 2, 1), ("u2", "c", 1, 0), ("u3", "c", 1, 0)]
+    assert sorted(out) == [
+        ("u1", "a", 2, 2),
+        ("u1", "b", 1, 1),
+        ("u2", "a", 2, 1),
+        ("u2", "c", 1, 0),
+        ("u3", "c", 1, 0),
+    ]
 
 
 def test_confidence_sums_weights_per_user_item(con) -> None:  # type: ignore[no-untyped-def]

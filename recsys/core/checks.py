@@ -42,8 +42,9 @@ import datetime as dt
 import logging
 import os
 from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
@@ -99,9 +100,13 @@ def reasons_catalog(settings: Settings) -> dict[str, Reason]:
         "wrong_field_count": Reason("(whole line)", "as many fields as the header"),
         "unreadable_line": Reason("(whole line)", "one JSON object / row with the canonical fields"),
         "missing_event_type": Reason("event_type", "a value"),
-        "unknown_event_type": Reason("event_type", f"one of the configured event weights {sorted(settings.event_weights)}"),
+        "unknown_event_type": Reason(
+            "event_type", f"one of the configured event weights {sorted(settings.event_weights)}"
+        ),
         "missing_event_ts": Reason("event_ts", "a timestamp, ISO-8601 text or epoch seconds / milliseconds"),
-        "event_ts_outside_day": Reason("event_ts", "a time inside the partition's day (UTC); the row came in a file of that day"),
+        "event_ts_outside_day": Reason(
+            "event_ts", "a time inside the partition's day (UTC); the row came in a file of that day"
+        ),
         "event_ts_in_future": Reason("event_ts", "a time no later than the run"),
         "duplicate_event_id": Reason("event_id", "unique values"),
         BOT: Reason(
@@ -113,7 +118,9 @@ def reasons_catalog(settings: Settings) -> dict[str, Reason]:
     for column in ("user_id", "item_id"):
         reasons[f"missing_{column}"] = Reason(column, "a value")
         reasons[f"empty_{column}"] = Reason(column, "a non-blank id")
-        reasons[f"{column}_too_long"] = Reason(column, f"at most {MAX_ID_BYTES:,} bytes of UTF-8 (DynamoDB's key limit)")
+        reasons[f"{column}_too_long"] = Reason(
+            column, f"at most {MAX_ID_BYTES:,} bytes of UTF-8 (DynamoDB's key limit)"
+        )
         reasons[f"invalid_utf8_{column}"] = Reason(column, "valid UTF-8")
     return reasons
 
@@ -136,7 +143,9 @@ def build_row_suite(settings: Settings) -> Any:
             gxe.ExpectColumnValuesToBeBetween(column=f"{column}_bytes", min_value=1, max_value=MAX_ID_BYTES)
         )
         suite.add_expectation(gxe.ExpectColumnValuesToNotMatchRegex(column=column, regex=INVALID_UTF8_MARK))
-    suite.add_expectation(gxe.ExpectColumnValuesToBeInSet(column="event_type", value_set=sorted(settings.event_weights)))
+    suite.add_expectation(
+        gxe.ExpectColumnValuesToBeInSet(column="event_type", value_set=sorted(settings.event_weights))
+    )
     # Each row must lie inside its own partition's day: 0 <= seconds since its midnight < 86400.
     suite.add_expectation(
         gxe.ExpectColumnValuesToBeBetween(column="seconds_into_day", min_value=0, max_value=86400, strict_max=True)
@@ -146,7 +155,9 @@ def build_row_suite(settings: Settings) -> Any:
         gxe.ExpectCompoundColumnsToBeUnique(column_list=["dt", "event_id"], ignore_row_if="any_value_is_missing")
     )
     suite.add_expectation(
-        gxe.ExpectColumnValuesToBeBetween(column="user_share_of_day", min_value=0, max_value=settings.bot_max_user_share)
+        gxe.ExpectColumnValuesToBeBetween(
+            column="user_share_of_day", min_value=0, max_value=settings.bot_max_user_share
+        )
     )
     return suite
 
@@ -157,14 +168,18 @@ def build_day_suite(settings: Settings) -> Any:
     import great_expectations.expectations as gxe
 
     suite = gx.ExpectationSuite(name="interactions_days")
-    suite.add_expectation(gxe.ExpectColumnValuesToBeBetween(column="bad_share", min_value=0, max_value=settings.max_bad_share))
+    suite.add_expectation(
+        gxe.ExpectColumnValuesToBeBetween(column="bad_share", min_value=0, max_value=settings.max_bad_share)
+    )
     suite.add_expectation(
         gxe.ExpectColumnValuesToBeBetween(
             column="volume_ratio", min_value=settings.volume_min_ratio, max_value=settings.volume_max_ratio
         )
     )
     suite.add_expectation(
-        gxe.ExpectColumnValuesToBeBetween(column="unknown_item_share", min_value=0, max_value=settings.max_unknown_item_share)
+        gxe.ExpectColumnValuesToBeBetween(
+            column="unknown_item_share", min_value=0, max_value=settings.max_unknown_item_share
+        )
     )
     return suite
 
@@ -181,14 +196,16 @@ def build_file_suite(settings: Settings) -> Any:
     return suite
 
 
-def row_frame(rows: pa.Table, settings: Settings) -> "pd.DataFrame":
+def row_frame(rows: pa.Table, settings: Settings) -> pd.DataFrame:
     """The staged rows (with ``dt``, a date32 column) as pandas, plus the derived columns the
     row suite checks: ``<id>_bytes``, ``seconds_into_day`` and ``user_share_of_day``."""
     day_start = pc.cast(pc.cast(rows["dt"], pa.timestamp("s")), pa.int64())
     ts = pc.cast(pc.cast(rows["event_ts"], pa.timestamp("us", tz="UTC")), pa.int64())
     seconds = pc.divide(pc.cast(pc.subtract(ts, pc.multiply(day_start, 1_000_000)), pa.float64()), 1e6)
     table = rows.drop_columns(["placed"])
-    frame = table.set_column(table.schema.get_field_index("dt"), "dt", pc.cast(rows["dt"], pa.string())).to_pandas()
+    frame: pd.DataFrame = table.set_column(
+        table.schema.get_field_index("dt"), "dt", pc.cast(rows["dt"], pa.string())
+    ).to_pandas()
     frame["user_id_bytes"] = pc.binary_length(rows["user_id"]).to_numpy(zero_copy_only=False)
     frame["item_id_bytes"] = pc.binary_length(rows["item_id"]).to_numpy(zero_copy_only=False)
     frame["seconds_into_day"] = seconds.to_numpy(zero_copy_only=False)
@@ -216,7 +233,7 @@ def user_share_of_day(rows: pa.Table, min_day_rows: int) -> np.ndarray:
     return share
 
 
-def row_reasons(frame: "pd.DataFrame", results: Sequence[Any], now: dt.datetime) -> list[list[str]]:
+def row_reasons(frame: pd.DataFrame, results: Sequence[Any], now: dt.datetime) -> list[list[str]]:
     """The quarantine reasons of every row (an empty list: the row passed), from the row suite's
     COMPLETE results. A line that could not be read gets only that reason."""
     reasons: list[list[str]] = [[] for _ in range(len(frame))]
@@ -257,7 +274,7 @@ def failed_positions(item: Any) -> set[int]:
 
 
 def _reason_namer(
-    kind: str, column: str, frame: "pd.DataFrame", now: dt.datetime
+    kind: str, column: str, frame: pd.DataFrame, now: dt.datetime
 ) -> Callable[[np.ndarray], list[str]] | None:
     """A function from failing row positions to reason codes, for one failed expectation."""
 
@@ -339,7 +356,9 @@ class DayStats:
         }
 
 
-def trailing_mean(counts: dict[dt.date, int], day: dt.date, history_days: int, lookback: int) -> tuple[int, float | None]:
+def trailing_mean(
+    counts: dict[dt.date, int], day: dt.date, history_days: int, lookback: int
+) -> tuple[int, float | None]:
     """(days used, mean rows) over up to ``history_days`` days before ``day`` that have rows,
     looking back at most ``lookback`` calendar days; the mean is None when too few days
     (VOLUME_MIN_HISTORY_DAYS) or rows (VOLUME_MIN_MEAN_ROWS) to judge by."""
@@ -425,7 +444,9 @@ def day_stats(
         mine = in_day & placed
         kept = mine & ~quarantined
         counts[day] = int(kept.sum())
-        used, mean = trailing_mean(counts, day, settings.volume_history_days, max(settings.window_days, 4 * settings.volume_history_days))
+        used, mean = trailing_mean(
+            counts, day, settings.volume_history_days, max(settings.window_days, 4 * settings.volume_history_days)
+        )
         by_reason: Counter[str] = Counter()
         for i in np.flatnonzero(in_day & quarantined):
             by_reason.update(reasons[i])
@@ -456,7 +477,12 @@ def unplaced_rows(rows: pa.Table, bad: np.ndarray, placed: np.ndarray) -> Counte
 def unplaced_files(unplaced: Mapping[str, int], file_rows: dict[str, int]) -> list[dict[str, Any]]:
     """Source files with rows that could not be placed on a day: rows, unplaced rows, share."""
     return [
-        {"source_file": f, "rows": int(file_rows.get(f, n)), "unplaced": n, "unplaced_share": n / max(int(file_rows.get(f, n)), 1)}
+        {
+            "source_file": f,
+            "rows": int(file_rows.get(f, n)),
+            "unplaced": n,
+            "unplaced_share": n / max(int(file_rows.get(f, n)), 1),
+        }
         for f, n in sorted(unplaced.items())
     ]
 

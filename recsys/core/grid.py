@@ -36,7 +36,7 @@ def make_candidate(settings: Settings, choice: dict[str, Any] | None = None) -> 
     values.update({k: v for k, v in choice.items() if k in fields})
     params = ModelParams(**values)
     if choice.get("weights", "configured") == "uniform":
-        weights = {t: 1.0 for t in settings.event_weights}
+        weights = dict.fromkeys(settings.event_weights, 1.0)
     else:
         weights = {t: float(w) for t, w in settings.event_weights.items()}
     weights.update({k[len(WEIGHT_KEY_PREFIX):]: float(v) for k, v in choice.items() if k.startswith(WEIGHT_KEY_PREFIX)})

@@ -31,7 +31,7 @@ class ItemFilters:
     categories: np.ndarray  # category code per column (-1: unknown)
 
     @classmethod
-    def from_catalog(cls, catalog: pa.Table, item_ids: pa.Array) -> "ItemFilters":
+    def from_catalog(cls, catalog: pa.Table, item_ids: pa.Array) -> ItemFilters:
         """The filters of the columns ``item_ids`` from the catalog's rows (item_id, active, category)."""
         index = pc.index_in(catalog["item_id"], value_set=item_ids)
         known = pc.is_valid(index)
@@ -40,7 +40,9 @@ class ItemFilters:
         categories = np.full(len(item_ids), -1, dtype=np.int32)
         with_category = pc.and_(known, pc.is_valid(catalog["category"]))
         codes = pc.filter(catalog["category"], with_category).dictionary_encode().combine_chunks().indices
-        categories[pc.filter(index, with_category).to_numpy(zero_copy_only=False)] = codes.to_numpy(zero_copy_only=False)
+        categories[pc.filter(index, with_category).to_numpy(zero_copy_only=False)] = codes.to_numpy(
+            zero_copy_only=False
+        )
         return cls(exclude=np.unique(exclude), categories=categories)
 
 

@@ -144,24 +144,28 @@ def evaluate_lists(recommended: IntArray, relevant: Relevance, k: int, n_items: 
 
 
 def _precision(hits: BoolArray, n_rel: IntArray) -> FloatArray:
-    return hits.sum(axis=1) / hits.shape[1]
+    per_user: FloatArray = hits.sum(axis=1) / hits.shape[1]
+    return per_user
 
 
 def _recall(hits: BoolArray, n_rel: IntArray) -> FloatArray:
-    return hits.sum(axis=1) / n_rel
+    per_user: FloatArray = hits.sum(axis=1) / n_rel
+    return per_user
 
 
 def _average_precision(hits: BoolArray, n_rel: IntArray) -> FloatArray:
     k = hits.shape[1]
     precision_at_rank = np.cumsum(hits, axis=1) / np.arange(1, k + 1)
-    return np.where(hits, precision_at_rank, 0.0).sum(axis=1) / np.minimum(n_rel, k)
+    per_user: FloatArray = np.where(hits, precision_at_rank, 0.0).sum(axis=1) / np.minimum(n_rel, k)
+    return per_user
 
 
 def _ndcg(hits: BoolArray, n_rel: IntArray) -> FloatArray:
     k = hits.shape[1]
     discount = 1.0 / np.log2(np.arange(2, k + 2))
     ideal = np.cumsum(discount)  # ideal[m - 1] = IDCG with m relevant items
-    return (hits @ discount) / ideal[np.minimum(n_rel, k) - 1]
+    per_user: FloatArray = (hits @ discount) / ideal[np.minimum(n_rel, k) - 1]
+    return per_user
 
 
 def _mean(per_user: FloatArray) -> float:
@@ -183,13 +187,14 @@ def _evaluated_hits(recommended: IntArray, relevant: Relevance, k: int) -> tuple
 def _hits(recommended: IntArray, rel: sp.csr_matrix, k: int) -> BoolArray:
     """Looks up every (user, position) pair on the CSR at once; empty positions are misses."""
     top = recommended[:, :k]
-    filled = top != EMPTY
+    filled: BoolArray = top != EMPTY
     if top.size == 0:  # scipy's lookup of no pairs returns a 1 × 1 matrix, not an empty one
         return filled
     rows = np.broadcast_to(np.arange(top.shape[0])[:, None], top.shape)
     # scipy reads -1 as the last column; the `filled` mask below turns those lookups into misses.
     values = rel[rows.ravel(), top.ravel()]
-    return (np.asarray(values).reshape(top.shape) != 0) & filled
+    hits: BoolArray = (np.asarray(values).reshape(top.shape) != 0) & filled
+    return hits
 
 
 def _n_relevant(rel: sp.csr_matrix) -> IntArray:

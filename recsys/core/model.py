@@ -81,7 +81,7 @@ class UserItemMatrix:
 
     @property
     def shape(self) -> tuple[int, int]:
-        return self.matrix.shape  # type: ignore[return-value]
+        return self.matrix.shape
 
 
 def build_user_item_matrix(
@@ -141,7 +141,7 @@ class PairEvents:
         return {"event_types": np.array(self.event_types, dtype=str), **{k: getattr(self, k) for k in self.ARRAYS}}
 
     @classmethod
-    def from_arrays(cls, arrays: Any, user_ids: pa.Array, item_ids: pa.Array) -> "PairEvents":
+    def from_arrays(cls, arrays: Any, user_ids: pa.Array, item_ids: pa.Array) -> PairEvents:
         return cls(user_ids=user_ids, item_ids=item_ids, event_types=[str(t) for t in arrays["event_types"]],
                    offsets=np.concatenate([[0], np.cumsum(arrays["counts"], dtype=np.int64)]),
                    **{k: arrays[k] for k in cls.ARRAYS})
@@ -161,7 +161,7 @@ class SortedEvents:
     seconds: np.ndarray  # the epoch second of each event, newest first within a key
 
     @classmethod
-    def of(cls, events: pa.Table) -> "SortedEvents":
+    def of(cls, events: pa.Table) -> SortedEvents:
         """One hash pass per id column, one sort."""
         users, user = _sorted_codes(events["user_id"])
         items, item = _sorted_codes(events["item_id"])
@@ -214,7 +214,11 @@ def _pair_events_before(
         user_kept, user = _dense(key // (n_items * n_types), len(users))
         item_kept, item = _dense(key // n_types % n_items, len(items))
         type_kept, kind = _dense(key % n_types, len(types))
-        users, items, types = users.filter(pa.array(user_kept)), items.filter(pa.array(item_kept)), types.filter(pa.array(type_kept))
+        users, items, types = (
+            users.filter(pa.array(user_kept)),
+            items.filter(pa.array(item_kept)),
+            types.filter(pa.array(type_kept)),
+        )
         n_items, n_types = max(len(items), 1), max(len(types), 1)
         key = (user * n_items + item) * n_types + kind  # the same order, renumbered
         del user, item, kind
@@ -230,7 +234,9 @@ def _pair_events_before(
     return PairEvents(
         user_ids=users,
         item_ids=items,
-        indptr=np.concatenate([[0], np.cumsum(np.bincount(pair_starts // n_items, minlength=len(users)))]).astype(np.int64),
+        indptr=np.concatenate([[0], np.cumsum(np.bincount(pair_starts // n_items, minlength=len(users)))]).astype(
+            np.int64
+        ),
         indices=(pair_starts % n_items).astype(np.int32),
         event_types=types.to_pylist(),
         pair=(np.cumsum(new_pair)[entry_starts] - 1).astype(np.int32),
@@ -285,7 +291,9 @@ def pairs_matrix(events: PairEvents, event_types: Any = None) -> sp.csr_matrix:
     only of the pairs with an event of one of those types."""
     shape = events.shape
     if event_types is None:
-        return sp.csr_matrix((np.ones(len(events.indices), dtype=np.float32), events.indices, events.indptr), shape=shape)
+        return sp.csr_matrix(
+            (np.ones(len(events.indices), dtype=np.float32), events.indices, events.indptr), shape=shape
+        )
     wanted = np.isin(np.array(events.event_types, dtype=object), list(event_types))
     pairs = np.unique(events.pair[wanted[events.type_code]])
     rows = np.repeat(np.arange(shape[0]), np.diff(events.indptr))[pairs]
@@ -333,7 +341,7 @@ def scale_confidence(matrix: sp.csr_matrix, alpha: float, weighting: str = "log"
     if weighting == "bm25":
         from implicit.nearest_neighbours import bm25_weight
 
-        weighted = bm25_weight(matrix.tocoo(), K1=100, B=0.8).tocsr()
+        weighted: sp.csr_matrix = bm25_weight(matrix.tocoo(), K1=100, B=0.8).tocsr()
         weighted.data = (alpha * np.maximum(weighted.data, BM25_FLOOR)).astype(np.float32)
         return weighted.astype(np.float32)
     raise ValueError(f"unknown weighting {weighting!r}; expected 'log' or 'bm25'")
@@ -461,7 +469,9 @@ def recommend_factors(
     started = time.perf_counter()
     ids, scores = top_k_items(item_factors, user_factors, seen, k, exclude_items)
     seconds = time.perf_counter() - started
-    log.info("recommended top-%d for %d users in %.1f s (%.0f users/s)", k, len(ids), seconds, len(ids) / max(seconds, 1e-9))
+    log.info(
+        "recommended top-%d for %d users in %.1f s (%.0f users/s)", k, len(ids), seconds, len(ids) / max(seconds, 1e-9)
+    )
     return ids, scores
 
 

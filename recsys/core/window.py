@@ -19,8 +19,8 @@ class Window:
     end: dt.datetime  # first instant after the run date
 
     @classmethod
-    def of(cls, settings: Settings, day: dt.date) -> "Window":
-        end = dt.datetime.combine(day + dt.timedelta(days=1), dt.time(), tzinfo=dt.timezone.utc)
+    def of(cls, settings: Settings, day: dt.date) -> Window:
+        end = dt.datetime.combine(day + dt.timedelta(days=1), dt.time(), tzinfo=dt.UTC)
         return cls(
             day=day,
             start=end - dt.timedelta(days=settings.window_days),

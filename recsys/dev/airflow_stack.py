@@ -28,9 +28,10 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from recsys.config import DEFAULT_AIRFLOW_BROKER, DEFAULT_AIRFLOW_DB, Settings
@@ -61,7 +62,7 @@ class StackConfig:
     extra_env: dict[str, str] = field(default_factory=dict)
 
     @classmethod
-    def of(cls, settings: Settings) -> "StackConfig":
+    def of(cls, settings: Settings) -> StackConfig:
         """The stack the settings describe (``RECSYS_AIRFLOW_*``, checked by Settings)."""
         return cls(
             home=settings.airflow_home,
@@ -218,7 +219,9 @@ def up(config: StackConfig, timeout: float = 180.0) -> dict[str, Any]:
     log.info("metadata database %s %s and migrated in %.1f s", config.db_url.rsplit("/", 1)[-1],
              "created" if created else "found", time.perf_counter() - started)
     # The publish shards run in an Airflow pool; a scheduler never starts tasks of a missing pool.
-    done = subprocess.run([sys.executable, "-m", "recsys.dev.cli", "pool"], env=env, capture_output=True, text=True, check=False)
+    done = subprocess.run(
+        [sys.executable, "-m", "recsys.dev.cli", "pool"], env=env, capture_output=True, text=True, check=False
+    )
     if done.returncode != 0:
         raise StackError(f"creating the publish pool failed ({done.returncode}):\n{done.stderr[-3000:]}")
     log.info("%s", done.stdout.strip())
@@ -281,7 +284,7 @@ def down(config: StackConfig, timeout: float = 30.0) -> list[str]:
     Returns the names stopped. Only processes whose pid files this stack wrote are touched.
     """
     alive = running(config)
-    for name, pid in alive.items():
+    for _name, pid in alive.items():
         try:
             os.killpg(pid, signal.SIGTERM)  # each component leads its own session (start_new_session)
         except ProcessLookupError:
@@ -358,7 +361,9 @@ def cmd_airflow(args: argparse.Namespace) -> int:
 
 
 def add_airflow_parser(sub: Any) -> None:
-    parser = sub.add_parser("airflow", help="a real Airflow 3 (PostgreSQL metadata) in the background: up, down, status")
+    parser = sub.add_parser(
+        "airflow", help="a real Airflow 3 (PostgreSQL metadata) in the background: up, down, status"
+    )
     parser.add_argument("action", choices=("up", "down", "status"))
     parser.add_argument("--timeout", type=float, default=180.0, help="seconds to wait for the api-server")
     parser.set_defaults(func=cmd_airflow)

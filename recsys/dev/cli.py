@@ -17,7 +17,8 @@ import json
 import logging
 import sys
 import time
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from recsys import datasets
 from recsys.config import ConfigError, Settings
@@ -94,8 +95,8 @@ def cmd_lookup(args: argparse.Namespace) -> int:
 
 def _format_lookup(result: dict[str, Any]) -> str:
     source = "their own list" if result["source"] == "user" else "the popular list (unknown user)"
-    lines = [f"user {result['user_id']}: {len(result['items'])} items from {source}, "
-             f"model {result['model_version']}, generated {result['generated_at']}"]
+    lines = [(f"user {result['user_id']}: {len(result['items'])} items from {source}, "
+              f"model {result['model_version']}, generated {result['generated_at']}")]
     lines += [f"  {i:>2}. {item['item_id']}  {item['score']:.4f}" for i, item in enumerate(result["items"], 1)]
     return "\n".join(lines)
 
@@ -172,8 +173,11 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="start DynamoDB Local, make demo data, run the DAG, show lookups")
     demo.add_argument("--regenerate", action="store_true", help="rebuild the demo store even if present")
     demo.add_argument("--limit", type=int, default=5, help="items to show per lookup")
-    demo.add_argument("--on-disk", action="store_true",
-                      help="start DynamoDB Local with its data under RECSYS_HOME (survives a restart; publish ~2x slower)")
+    demo.add_argument(
+        "--on-disk",
+        action="store_true",
+        help="start DynamoDB Local with its data under RECSYS_HOME (survives a restart; publish ~2x slower)",
+    )
     demo.set_defaults(func=cmd_demo)
     return parser
 

@@ -49,7 +49,11 @@ def migrate_airflow_db(settings: Settings) -> None:
     )
     if done.returncode != 0:
         raise RuntimeError(f"'airflow db migrate' failed ({done.returncode}):\n{done.stderr[-2000:]}")
-    log.info("Airflow metadata database ready in %.1f s (AIRFLOW_HOME=%s)", time.perf_counter() - started, env["AIRFLOW_HOME"])
+    log.info(
+        "Airflow metadata database ready in %.1f s (AIRFLOW_HOME=%s)",
+        time.perf_counter() - started,
+        env["AIRFLOW_HOME"],
+    )
 
 
 def ensure_publish_pool(settings: Settings) -> str:
@@ -103,7 +107,7 @@ def run_dag(settings: Settings, day: dt.date, conf: dict[str, Any] | None = None
     migrate_airflow_db(settings)
     ensure_publish_pool(settings)
     dag = load_dag()
-    logical = dt.datetime.combine(day, dt.time(), tzinfo=dt.timezone.utc)
+    logical = dt.datetime.combine(day, dt.time(), tzinfo=dt.UTC)
     log.info("running %s for %s (lake %s, table %s)", DAG_ID, day, settings.lake, settings.table)
     return dag.test(logical_date=logical, run_conf=conf or {})
 
@@ -147,4 +151,8 @@ def stage_times(dag_run: Any) -> str:
 
 def failed_tasks(dag_run: Any) -> list[str]:
     """Task ids of the run that did not succeed (for the exit message)."""
-    return [ti.task_id for ti in dag_run.get_task_instances() if str(ti.state) not in ("success", "TaskInstanceState.SUCCESS")]
+    return [
+        ti.task_id
+        for ti in dag_run.get_task_instances()
+        if str(ti.state) not in ("success", "TaskInstanceState.SUCCESS")
+    ]

@@ -148,8 +148,16 @@ def generate_store(
         "last_date": end_date.isoformat(),
         "seconds": round(seconds, 2),
     }
-    log.info("wrote demo store %s: %d events in %d daily files, %d users, %d items, in %.2f s (%.0f events/s)",
-             out_dir, summary["events"], files, summary["users"], items, seconds, summary["events"] / max(seconds, 1e-9))
+    log.info(
+        "wrote demo store %s: %d events in %d daily files, %d users, %d items, in %.2f s (%.0f events/s)",
+        out_dir,
+        summary["events"],
+        files,
+        summary["users"],
+        items,
+        seconds,
+        summary["events"] / max(seconds, 1e-9),
+    )
     return summary
 
 
@@ -223,7 +231,9 @@ def catalog_table(catalog: Catalog) -> pa.Table:
     names_arr = pa.array(catalog.category_names, pa.string())
     category = names_arr.take(pa.array(catalog.category))
     # "Apparel 0042": readable, unique, and the number ties it back to the item id.
-    title = pa.array([name.title() + " " for name in catalog.category_names], pa.string()).take(pa.array(catalog.category))
+    title = pa.array([name.title() + " " for name in catalog.category_names], pa.string()).take(
+        pa.array(catalog.category)
+    )
     number = _id_strings("", np.arange(n), 4)
     name = pc.binary_join_element_wise(title, number, "")
     return pa.table(
@@ -416,7 +426,9 @@ def _draw_view_items(
     category = prefs[users_c, slot]
     by_category = np.argsort(catalog.category, kind="stable")
     cat_ptr = np.concatenate(([0], np.cumsum(np.bincount(catalog.category, minlength=catalog.category_weight.size))))
-    cat_cum = _segment_cumsum(catalog.within_category[by_category], catalog.category[by_category], catalog.category_weight.size)
+    cat_cum = _segment_cumsum(
+        catalog.within_category[by_category], catalog.category[by_category], catalog.category_weight.size
+    )
     item[from_cat] = by_category[_pick_in_segments(rng, cat_cum, cat_ptr, category)]
 
     # Exploration: mostly what is popular overall, some of it anything at all.

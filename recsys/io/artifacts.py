@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -40,7 +41,8 @@ def pair_event_files(prefix: str) -> list[str]:
 
 def save_pair_events(folder: Path, prefix: str, events: PairEvents) -> None:
     """``<prefix>events.npz`` and the row and column ids (``<prefix>users/items.parquet``)."""
-    np.savez(folder / f"{prefix}events.npz", **events.arrays())
+    # mypy matches a ``**dict`` of arrays against savez's keyword-only ``allow_pickle: bool`` too.
+    np.savez(folder / f"{prefix}events.npz", **events.arrays())  # type: ignore[arg-type]
     pq.write_table(pa.table({"user_id": events.user_ids}), folder / f"{prefix}users.parquet")
     pq.write_table(pa.table({"item_id": events.item_ids}), folder / f"{prefix}items.parquet")
 
@@ -65,9 +67,9 @@ def load_window_events(settings: Settings, day: dt.date) -> PairEvents:
 
 def save_holdout(folder: Path, holdout: Holdout) -> None:
     """``holdout.npz``: rows, truth, seen, filters and popularity (the events are saved apart)."""
-    np.savez(
-        folder / "holdout.npz", rows=holdout.rows, **_csr_arrays("truth", holdout.truth),
-        **_csr_arrays("seen", holdout.seen), exclude=holdout.filters.exclude, categories=holdout.filters.categories,
+    np.savez(  # the **dicts against allow_pickle again (see save_pair_events)
+        folder / "holdout.npz", rows=holdout.rows, **_csr_arrays("truth", holdout.truth),  # type: ignore[arg-type]
+        **_csr_arrays("seen", holdout.seen), exclude=holdout.filters.exclude, categories=holdout.filters.categories,  # type: ignore[arg-type]
         popularity=holdout.popularity, cold_users=np.array(holdout.cold_users),
         warm_users=np.array(holdout.warm_users),
     )
@@ -75,7 +77,9 @@ def save_holdout(folder: Path, holdout: Holdout) -> None:
 
 def load_holdout(settings: Settings, day: dt.date) -> Holdout:
     """The training events and hold-out truth written by index_events for ``day``."""
-    folder = lake.fetch_partition(settings.lake, datasets.PAIR_EVENTS, day, [*pair_event_files("train_"), "holdout.npz"])
+    folder = lake.fetch_partition(
+        settings.lake, datasets.PAIR_EVENTS, day, [*pair_event_files("train_"), "holdout.npz"]
+    )
     events = load_pair_events(folder, "train_")
     with np.load(folder / "holdout.npz", allow_pickle=False) as arrays:
         return Holdout(
@@ -92,7 +96,7 @@ def load_holdout(settings: Settings, day: dt.date) -> Holdout:
 
 def read_champion(settings: Settings) -> dict[str, Any] | None:
     """``lake/models/champion.json``, or None before the first verified publish."""
-    return lake.read_lake_json(settings.lake, datasets.CHAMPION)  # type: ignore[no-any-return]
+    return lake.read_lake_json(settings.lake, datasets.CHAMPION)
 
 
 def save_model(factors: Factors, path: Path) -> None:

@@ -25,8 +25,9 @@ import logging
 import os
 import random
 import time
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
-from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
+from typing import Any
 from urllib.parse import urlsplit
 
 import numpy as np
@@ -326,7 +327,7 @@ def key_range(first: str | None, end: str | None) -> pc.Expression | None:
 def _iso_utc(moment: dt.datetime) -> str:
     if moment.tzinfo is None:
         raise ValueError(f"generated_at must be timezone-aware (UTC), got {moment!r}")
-    return moment.astimezone(dt.timezone.utc).isoformat().replace("+00:00", "Z")
+    return moment.astimezone(dt.UTC).isoformat().replace("+00:00", "Z")
 
 
 def _batches(items: Iterable[Item], size: int) -> Iterator[list[Item]]:
@@ -564,7 +565,12 @@ def verify_publication(
         "verify: %d users read back from %s (incl. %s) match model %s, %.2f s",
         len(expected), table, POPULAR_USER_ID, model_version, seconds,
     )
-    return {"checked": len(expected), "sample": len(expected) - 1, "popular_checked": True, "seconds": round(seconds, 3)}
+    return {
+        "checked": len(expected),
+        "sample": len(expected) - 1,
+        "popular_checked": True,
+        "seconds": round(seconds, 3),
+    }
 
 
 # --------------------------------------------------------------------------- what is served
@@ -589,7 +595,7 @@ def mark_served(client: Any, table: str, *, run_date: dt.date, model_version: st
         KEY: {"S": META_KEY},
         "run_date": {"S": run_date.isoformat()},
         "model_version": {"S": model_version},
-        "published_at": {"S": _iso_utc(dt.datetime.now(dt.timezone.utc))},
+        "published_at": {"S": _iso_utc(dt.datetime.now(dt.UTC))},
     }
     kwargs: dict[str, Any] = {"TableName": table, "Item": item}
     if not force:

@@ -29,13 +29,14 @@ def gx_context() -> Any:
 
     logging.getLogger("great_expectations").setLevel(logging.WARNING)
     context = gx.get_context(mode="ephemeral")
-    context.variables.progress_bars = {"globally": False, "metric_calculations": False}
+    # Typed as ProgressBarsConfig, read by GX with ``[key]``, which a dict serves as well.
+    context.variables.progress_bars = {"globally": False, "metric_calculations": False}  # type: ignore[assignment]
     for name in list(context.list_data_docs_sites()):
         context.delete_data_docs_site(name)
     return context
 
 
-def run_suite(context: Any, name: str, suite: Any, frame: "pd.DataFrame") -> Any:
+def run_suite(context: Any, name: str, suite: Any, frame: pd.DataFrame) -> Any:
     """Validate ``frame`` against ``suite`` (added to ``context`` once) as the stored validation
     definition ``name``; returns the result. GX keeps the result, not the frame."""
     import great_expectations as gx
@@ -45,7 +46,9 @@ def run_suite(context: Any, name: str, suite: Any, frame: "pd.DataFrame") -> Any
         .add_dataframe_asset(name)
         .add_batch_definition_whole_dataframe(name)
     )
-    definition = context.validation_definitions.add(gx.ValidationDefinition(name=name, data=batch_definition, suite=suite))
+    definition = context.validation_definitions.add(
+        gx.ValidationDefinition(name=name, data=batch_definition, suite=suite)
+    )
     result = definition.run(batch_parameters={"dataframe": frame}, result_format={"result_format": "COMPLETE"})
     # The data source's execution engine caches the batch: without this, every chunk's frame
     # would stay in memory until the run ends. Data Docs need only the stored result.
@@ -53,7 +56,7 @@ def run_suite(context: Any, name: str, suite: Any, frame: "pd.DataFrame") -> Any
     return result
 
 
-def records_frame(records: list[dict[str, Any]]) -> "pd.DataFrame":
+def records_frame(records: list[dict[str, Any]]) -> pd.DataFrame:
     import pandas as pd
 
     frame = pd.DataFrame.from_records(records)

@@ -32,10 +32,11 @@ import os
 import shutil
 import time
 import uuid
+from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, cast
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -147,7 +148,7 @@ def _get_bytes(lake: str | Path, relpath: str) -> bytes | None:
     """The object's bytes, or None when it does not exist."""
     bucket, _ = _split(lake)
     try:
-        return s3_client().get_object(Bucket=bucket, Key=_key(lake, relpath))["Body"].read()  # type: ignore[no-any-return]
+        return cast(bytes, s3_client().get_object(Bucket=bucket, Key=_key(lake, relpath))["Body"].read())
     except Exception as exc:
         if _is_missing(exc):
             return None
@@ -194,7 +195,7 @@ def read_manifest(lake: str | Path, dataset: str, day: dt.date) -> dict[str, Any
     """The partition's manifest in an S3 lake ({"version", "written_at", "files": {name: {"size", "rows"?}}}),
     or None when the partition has never been committed."""
     body = _get_bytes(lake, f"{partition_key(dataset, day)}/{MANIFEST}")
-    return None if body is None else json.loads(body)  # type: ignore[no-any-return]
+    return None if body is None else json.loads(body)
 
 
 # --------------------------------------------------------------------------- partitions
@@ -218,11 +219,11 @@ def partition_rows(lake: str | Path, dataset: str, day: dt.date) -> int:
             raise FileNotFoundError(f"partition {partition_uri(lake, dataset, day)} is missing (no {DATA_FILE})")
         if "rows" in entry:
             return int(entry["rows"])
-        return pq.read_metadata(fetch_partition(lake, dataset, day, [DATA_FILE]) / DATA_FILE).num_rows
+        return cast(int, pq.read_metadata(fetch_partition(lake, dataset, day, [DATA_FILE]) / DATA_FILE).num_rows)
     path = partition_file(lake, dataset, day)
     if not path.exists():
         raise FileNotFoundError(f"partition {partition_dir(lake, dataset, day)} is missing (no {DATA_FILE})")
-    return pq.read_metadata(path).num_rows
+    return cast(int, pq.read_metadata(path).num_rows)
 
 
 def list_days(lake: str | Path, dataset: str) -> list[dt.date]:
@@ -262,15 +263,20 @@ def fetch_partition(lake: str | Path, dataset: str, day: dt.date, names: list[st
             return _download_version(lake, dataset, day, manifest, wanted)
         except FileNotFoundError:
             # The version was replaced (and its files deleted) while we downloaded it.
-            log.info("partition %s changed while it was downloaded; reading its new manifest", partition_uri(lake, dataset, day))
+            log.info(
+                "partition %s changed while it was downloaded; reading its new manifest",
+                partition_uri(lake, dataset, day),
+            )
             time.sleep(0.2 * (attempt + 1))
-    raise LakeError(f"partition {partition_uri(lake, dataset, day)} kept changing while it was downloaded: is it being rewritten?")
+    raise LakeError(
+        f"partition {partition_uri(lake, dataset, day)} kept changing while it was downloaded: is it being rewritten?"
+    )
 
 
 def _download_version(lake: str | Path, dataset: str, day: dt.date, manifest: dict[str, Any], names: list[str]) -> Path:
     bucket, _ = _split(lake)
     base = mirror_root(lake) / partition_key(dataset, day)
-    folder = base / manifest["version"]
+    folder: Path = base / manifest["version"]
     started, fetched, size = time.perf_counter(), 0, 0
     for name in names:
         local = folder / name
@@ -332,7 +338,7 @@ def _upload_version(lake: str | Path, dataset: str, day: dt.date, folder: Path) 
     """Upload ``folder`` as a new version of the partition, then commit it; returns the version."""
     bucket, _ = _split(lake)
     started = time.perf_counter()
-    version = f"{dt.datetime.now(dt.timezone.utc):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:8]}"
+    version = f"{dt.datetime.now(dt.UTC):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:8]}"
     files: dict[str, dict[str, int]] = {}
     for path in sorted(p for p in folder.rglob("*") if p.is_file()):
         name = path.relative_to(folder).as_posix()
@@ -346,7 +352,7 @@ def _upload_version(lake: str | Path, dataset: str, day: dt.date, folder: Path) 
             raise _s3_error(exc, "PUT", lake, relpath) from exc
         files[name] = entry
     previous = read_manifest(lake, dataset, day)
-    manifest = {"version": version, "written_at": dt.datetime.now(dt.timezone.utc).isoformat(), "files": files}
+    manifest = {"version": version, "written_at": dt.datetime.now(dt.UTC).isoformat(), "files": files}
     _put_bytes(lake, f"{partition_key(dataset, day)}/{MANIFEST}", _json_bytes(manifest))
     if previous:
         _delete(lake, [f"{partition_key(dataset, day)}/v={previous['version']}/{n}" for n in previous["files"]])

@@ -11,7 +11,8 @@ from __future__ import annotations
 import datetime as dt
 import html
 import logging
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from recsys import datasets
 from recsys.config import Settings

@@ -5,8 +5,9 @@ from __future__ import annotations
 import functools
 import logging
 import re
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 
@@ -26,7 +27,7 @@ SQL_DIR = sql_dir_from_env()
 
 def connect(
     temp_dir: Path | None = None, memory_limit: str | None = None, threads: int | None = None
-) -> "duckdb.DuckDBPyConnection":
+) -> duckdb.DuckDBPyConnection:
     """An in-memory DuckDB connection in UTC, spilling to ``temp_dir`` when memory runs short.
 
     ``memory_limit`` and ``threads`` default to the settings (RECSYS_DUCKDB_MEMORY_LIMIT,
@@ -69,7 +70,7 @@ def used_params(text: str, params: Mapping[str, Any] | None) -> dict[str, Any]:
     return {k: v for k, v in (params or {}).items() if re.search(rf"\${re.escape(k)}\b", code)}
 
 
-def run_sql(con: "duckdb.DuckDBPyConnection", name: str, params: Mapping[str, Any] | None = None) -> "pa.Table":
+def run_sql(con: duckdb.DuckDBPyConnection, name: str, params: Mapping[str, Any] | None = None) -> pa.Table:
     """Run ``sql/<name>.sql`` with named parameters bound (``$name``) and return an Arrow table."""
     text = load_sql(name)
     result = con.sql(text, params=used_params(text, params)).to_arrow_table()
@@ -77,7 +78,9 @@ def run_sql(con: "duckdb.DuckDBPyConnection", name: str, params: Mapping[str, An
     return result
 
 
-def copy_to_parquet(con: "duckdb.DuckDBPyConnection", name: str, path: Path, params: Mapping[str, Any] | None = None) -> int:
+def copy_to_parquet(
+    con: duckdb.DuckDBPyConnection, name: str, path: Path, params: Mapping[str, Any] | None = None
+) -> int:
     """Run ``sql/<name>.sql`` (parameters bound as in :func:`run_sql`) straight into the
     Parquet file ``path`` (zstd), written by DuckDB's own threads without a trip through
     Python; returns the rows written."""
@@ -89,7 +92,7 @@ def copy_to_parquet(con: "duckdb.DuckDBPyConnection", name: str, path: Path, par
     return rows
 
 
-def register_parquet(con: "duckdb.DuckDBPyConnection", view: str, paths: Sequence[Path | str]) -> None:
+def register_parquet(con: duckdb.DuckDBPyConnection, view: str, paths: Sequence[Path | str]) -> None:
     """Register Parquet files as a view named ``view`` (an empty list is an error)."""
     if not paths:
         raise ValueError(f"no Parquet files to register as view {view!r}")

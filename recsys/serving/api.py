@@ -30,10 +30,11 @@ import functools
 import json
 import logging
 import os
+from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, AsyncIterator, Callable, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, Field
 
@@ -388,7 +389,7 @@ def _command(args: argparse.Namespace) -> int:
         path = Path(args.openapi_out)
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(openapi_json(), encoding="utf-8")
-        print(f"OpenAPI document written to {path}")
+        print(f"OpenAPI document written to {path}")  # noqa: T201  (the command's output)
         return 0
     if args.workers < 1:
         raise ValueError(f"--workers must be at least 1, got {args.workers}")

@@ -30,7 +30,8 @@ def _checked_key(kind: str, value: Any, prefix: str = "") -> str:
     if size > MAX_KEY_BYTES:
         within = f"with the {prefix!r} prefix DynamoDB keys allow at most" if prefix else "DynamoDB keys are at most"
         raise ValueError(
-            f"{kind} is {size - len(prefix.encode())} bytes in UTF-8; {within} {MAX_KEY_BYTES - len(prefix.encode())} bytes"
+            f"{kind} is {size - len(prefix.encode())} bytes in UTF-8; "
+            f"{within} {MAX_KEY_BYTES - len(prefix.encode())} bytes"
         )
     return key
 

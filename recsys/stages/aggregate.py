@@ -41,7 +41,9 @@ def aggregate(settings: Settings, day: dt.date) -> dict[str, Any]:
     with connect(temp_dir=settings.duckdb_temp_dir) as con, \
             lake.replace_partition(settings.lake, datasets.CONFIDENCE, day) as tmp:
         partitions = register_window(con, settings, window)
-        counts = {"part-0": copy_to_parquet(con, datasets.CONFIDENCE, tmp / datasets.DATA_FILE, window.sql_params(settings))}
+        counts = {
+            "part-0": copy_to_parquet(con, datasets.CONFIDENCE, tmp / datasets.DATA_FILE, window.sql_params(settings))
+        }
         register_parquet(con, datasets.CONFIDENCE, [tmp / datasets.DATA_FILE])
         register_catalog(con, settings.catalog)
         con.register("item_counts", run_sql(con, "item_counts"))

@@ -24,8 +24,9 @@ import datetime as dt
 import logging
 import time
 from collections import Counter
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any, Iterator, Sequence
+from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -96,7 +97,7 @@ def extract(settings: Settings, day: dt.date) -> dict[str, Any]:
         source = open_source(settings).stage(day, todo)  # PostgreSQL: the needed days as Parquet
         started = time.perf_counter()
         registered = register_source(con, source, settings.source_columns, list(settings.event_weights))
-        future = dt.datetime.now(dt.timezone.utc) + FUTURE_TOLERANCE
+        future = dt.datetime.now(dt.UTC) + FUTURE_TOLERANCE
         with _named_read_errors(con, registered):
             per_file = run_sql(con, "source_file_days")
             rejects = rejected_lines(con, registered)
@@ -131,7 +132,9 @@ def extract(settings: Settings, day: dt.date) -> dict[str, Any]:
                         "file_rows": file_rows if d == day else {},
                         "empty_files": [str(p) for p in registered.empty_files] if d == day else [],
                     }
-                    lake.write_partition(settings.lake, datasets.STAGING, d, staged, extra_files={datasets.EXTRACT_META: meta})
+                    lake.write_partition(
+                        settings.lake, datasets.STAGING, d, staged, extra_files={datasets.EXTRACT_META: meta}
+                    )
                     rows += staged.num_rows
                     duplicates += read - part.num_rows
                     written.append(d.isoformat())
@@ -139,8 +142,13 @@ def extract(settings: Settings, day: dt.date) -> dict[str, Any]:
     log.info(
         "extract: %d day(s), %d rows in %.1f s (%.0f rows/s), %d duplicate(s) dropped, %d stray row(s) and "
         "%d unparseable CSV line(s) staged for quarantine, %d empty file(s) skipped",
-        len(written), rows, seconds, rows / max(seconds, 1e-9), duplicates,
-        int(pc.sum(pc.is_null(strays["read_error"])).as_py() or 0), int(pc.sum(pc.is_valid(strays["read_error"])).as_py() or 0),
+        len(written),
+        rows,
+        seconds,
+        rows / max(seconds, 1e-9),
+        duplicates,
+        int(pc.sum(pc.is_null(strays["read_error"])).as_py() or 0),
+        int(pc.sum(pc.is_valid(strays["read_error"])).as_py() or 0),
         len(registered.empty_files),
     )
     return {
@@ -154,7 +162,7 @@ def extract(settings: Settings, day: dt.date) -> dict[str, Any]:
 
 
 def _midnight(day: dt.date) -> dt.datetime:
-    return dt.datetime.combine(day, dt.time(), tzinfo=dt.timezone.utc)
+    return dt.datetime.combine(day, dt.time(), tzinfo=dt.UTC)
 
 
 def _chunks(days: list[dt.date], max_days: int) -> list[list[dt.date]]:
@@ -169,7 +177,7 @@ def _chunks(days: list[dt.date], max_days: int) -> list[list[dt.date]]:
 
 
 @contextmanager
-def _named_read_errors(con: "duckdb.DuckDBPyConnection", registered: "RegisteredSource") -> Iterator[None]:
+def _named_read_errors(con: duckdb.DuckDBPyConnection, registered: RegisteredSource) -> Iterator[None]:
     """Turn a DuckDB error while scanning the source into a SourceError naming the broken file."""
     import duckdb
 
@@ -200,7 +208,9 @@ def _file_totals(per_file: pa.Table) -> dict[str, int]:
     return dict(totals)
 
 
-def file_homes(per_file: pa.Table, days: Sequence[dt.date], min_share: float = HOME_DAY_MIN_SHARE) -> dict[str, dt.date | None]:
+def file_homes(
+    per_file: pa.Table, days: Sequence[dt.date], min_share: float = HOME_DAY_MIN_SHARE
+) -> dict[str, dt.date | None]:
     """The home day of every file with rows on one of ``days`` (None: no day holds ``min_share``).
 
     ``per_file`` is sql/source_file_days.sql's output (source_file, event_date, events). A
@@ -221,7 +231,7 @@ def file_homes(per_file: pa.Table, days: Sequence[dt.date], min_share: float = H
 
 
 def _check_files(
-    con: "duckdb.DuckDBPyConnection", registered: "RegisteredSource", per_file: pa.Table, rejects: pa.Table
+    con: duckdb.DuckDBPyConnection, registered: RegisteredSource, per_file: pa.Table, rejects: pa.Table
 ) -> None:
     """Fail on files that cannot be used at all: a CSV quote that never closes, no line that
     parses, or no row with a usable event_ts. Raises SourceError naming the file."""
@@ -259,7 +269,7 @@ def _check_files(
 
 
 def _stray_rows(
-    con: "duckdb.DuckDBPyConnection",
+    con: duckdb.DuckDBPyConnection,
     settings: Settings,
     window: Window,
     days: list[dt.date],
@@ -292,7 +302,10 @@ def _stray_rows(
         keep = pc.invert(earlier)
         known = _known_keys(settings, sorted(set(late_days.to_pylist())))
         new_late = pc.invert(pc.is_in(_event_keys(late), value_set=known))
-        log.info("extract: %d row(s) on earlier days were already in the lake (replays)", late.num_rows - int(pc.sum(new_late).as_py() or 0))
+        log.info(
+            "extract: %d row(s) on earlier days were already in the lake (replays)",
+            late.num_rows - int(pc.sum(new_late).as_py() or 0),
+        )
         table = pa.concat_tables([table.filter(keep), late.filter(new_late)])
     home = [homes.get(f) or run_date for f in table["source_file"].to_pylist()]
     placed = [homes.get(f) is not None for f in table["source_file"].to_pylist()]
@@ -341,7 +354,11 @@ def _reject_rows(rejects: pa.Table, homes: dict[str, dt.date | None], run_date: 
     """
     rows = [r for r in rejects.to_pylist() if r["source_file"] in homes]
     reasons = [
-        ",".join(sorted({READ_ERRORS.get(k.strip(), k.strip().lower().replace(" ", "_")) for k in r["error_types"].split(",")}))
+        ",".join(
+            sorted(
+                {READ_ERRORS.get(k.strip(), k.strip().lower().replace(" ", "_")) for k in r["error_types"].split(",")}
+            )
+        )
         for r in rows
     ]
     n = len(rows)
@@ -363,7 +380,7 @@ def _reject_rows(rejects: pa.Table, homes: dict[str, dt.date | None], run_date: 
     )
 
 
-def _empty_day_message(settings: Settings, registered: "RegisteredSource", day: dt.date, strays: pa.Table) -> str:
+def _empty_day_message(settings: Settings, registered: RegisteredSource, day: dt.date, strays: pa.Table) -> str:
     notes = []
     if registered.empty_files:
         notes.append(

@@ -36,7 +36,9 @@ def index_events(settings: Settings, day: dt.date) -> dict[str, Any]:
 
     window = Window.of(settings, day)
     started = time.perf_counter()
-    aggregated = lake.fetch_partition(settings.lake, datasets.CONFIDENCE, day, ["holdout.parquet", "popular_train.parquet"])
+    aggregated = lake.fetch_partition(
+        settings.lake, datasets.CONFIDENCE, day, ["holdout.parquet", "popular_train.parquet"]
+    )
     holdout_truth = pq.read_table(aggregated / "holdout.parquet")
     popular_train = pq.read_table(aggregated / "popular_train.parquet")
     with connect(temp_dir=settings.duckdb_temp_dir) as con:

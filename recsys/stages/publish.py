@@ -15,7 +15,9 @@ from recsys.io import dynamodb, lake
 log = logging.getLogger(__name__)
 
 
-def plan_publish(settings: Settings, day: dt.date, is_backfill: bool = False, force: bool = False) -> list[dict[str, Any]]:
+def plan_publish(
+    settings: Settings, day: dt.date, is_backfill: bool = False, force: bool = False
+) -> list[dict[str, Any]]:
     """Decide whether this run publishes, and split its lists into shards.
 
     Backfill runs never publish. A run whose date is older than the date the table serves
@@ -42,7 +44,7 @@ def plan_publish(settings: Settings, day: dt.date, is_backfill: bool = False, fo
         return []
     version = lake.read_partition_json(settings.lake, datasets.RECOMMENDATIONS, day, "_meta.json")["model_version"]
     users = lake.read_partition(settings.lake, datasets.RECOMMENDATIONS, day, columns=["user_id"])["user_id"]
-    generated_at = dt.datetime.now(dt.timezone.utc).replace(microsecond=0)
+    generated_at = dt.datetime.now(dt.UTC).replace(microsecond=0)
     expires_at = int((generated_at + dt.timedelta(days=settings.ttl_days)).timestamp())
     common = {
         "run_date": day.isoformat(),
@@ -85,7 +87,8 @@ def publish_shard(settings: Settings, day: dt.date, shard: dict[str, Any]) -> di
     if stats["items"] != shard["users"]:
         raise dynamodb.PublicationError(
             f"{label}: wrote {stats['items']} users but the plan counted {shard['users']} in "
-            f"[{shard['first']!r}, {shard['end']!r}) of partition {lake.partition_uri(settings.lake, datasets.RECOMMENDATIONS, day)}; "
+            f"[{shard['first']!r}, {shard['end']!r}) of partition "
+            f"{lake.partition_uri(settings.lake, datasets.RECOMMENDATIONS, day)}; "
             f"the partition changed after plan_publish: rerun the run from recommend"
         )
     keep = ("shard", "shards", "first", "end")

@@ -44,7 +44,9 @@ def recommend(settings: Settings, day: dt.date) -> dict[str, Any]:
 
     started = time.perf_counter()
     models = lake.fetch_partition(settings.lake, datasets.MODELS, day)
-    confidence_dir = lake.fetch_partition(settings.lake, datasets.CONFIDENCE, day, ["popular.parquet", "popular_by_category.parquet"])
+    confidence_dir = lake.fetch_partition(
+        settings.lake, datasets.CONFIDENCE, day, ["popular.parquet", "popular_by_category.parquet"]
+    )
     users = pq.read_table(models / "users.parquet")["user_id"].combine_chunks()
     items = pq.read_table(models / "items.parquet")["item_id"].combine_chunks()
     version = lake.read_json(models / "params.json")["model_version"]
@@ -52,8 +54,10 @@ def recommend(settings: Settings, day: dt.date) -> dict[str, Any]:
     user_factors, item_factors = factors.user_factors, factors.item_factors
     events = load_window_events(settings, day)
     if not (events.user_ids.equals(users) and events.item_ids.equals(items)):
-        raise ValueError(f"the model of {day} ({models}) was not trained on the events of "
-                         f"{lake.partition_uri(settings.lake, datasets.PAIR_EVENTS, day)}: rerun the run from index_events")
+        raise ValueError(
+            f"the model of {day} ({models}) was not trained on the events of "
+            f"{lake.partition_uri(settings.lake, datasets.PAIR_EVENTS, day)}: rerun the run from index_events"
+        )
     seen = seen_matrix(settings, events)
     del events
     filters = ItemFilters.from_catalog(read_catalog(settings.catalog), items)

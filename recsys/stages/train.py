@@ -64,9 +64,21 @@ def train(settings: Settings, day: dt.date, results: list[dict[str, Any]] | None
     k = settings.k
     model_ndcg, pop_ndcg = metrics["model"]["ndcg_at_k"], metrics["popularity"]["ndcg_at_k"]
     log.info(
-        "hold-out (%d of %d warm users evaluated, %d cold): best of %d %s ndcg@%d=%.4f map@%d=%.4f | popularity ndcg@%d=%.4f map@%d=%.4f",
-        len(data.rows), data.warm_users, data.cold_users, len(ranked), best, k, model_ndcg, k, metrics["model"]["map_at_k"],
-        k, pop_ndcg, k, metrics["popularity"]["map_at_k"],
+        "hold-out (%d of %d warm users evaluated, %d cold): best of %d %s ndcg@%d=%.4f map@%d=%.4f "
+        "| popularity ndcg@%d=%.4f map@%d=%.4f",
+        len(data.rows),
+        data.warm_users,
+        data.cold_users,
+        len(ranked),
+        best,
+        k,
+        model_ndcg,
+        k,
+        metrics["model"]["map_at_k"],
+        k,
+        pop_ndcg,
+        k,
+        metrics["popularity"]["map_at_k"],
     )
 
     try:

@@ -34,7 +34,9 @@ def tune(settings: Settings, day: dt.date, candidate: dict[str, Any]) -> dict[st
     loaded = time.perf_counter() - started
     metrics = score_candidate(settings, data, candidate)
     result = {"params": candidate, "metrics": metrics, "seconds": round(time.perf_counter() - started, 2)}
-    lake.write_lake_json(settings.lake, f"{lake.partition_key(datasets.TUNING, day)}/candidate-{fingerprint(candidate)}.json", result)
+    lake.write_lake_json(
+        settings.lake, f"{lake.partition_key(datasets.TUNING, day)}/candidate-{fingerprint(candidate)}.json", result
+    )
     log.info("tune %s: ndcg@%d=%.4f map@%d=%.4f on %d hold-out users in %.1f s (%.1f s loading)", candidate,
              settings.k, metrics["ndcg_at_k"], settings.k, metrics["map_at_k"], metrics["users_evaluated"],
              result["seconds"], loaded)

@@ -15,7 +15,8 @@ import json
 import logging
 import os
 import time
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -81,10 +82,15 @@ def validate_partitions(settings: Settings, days: Sequence[dt.date], run_date: d
 
     run_date = run_date or max(days)
     started = time.perf_counter()
-    now = dt.datetime.now(dt.timezone.utc)
+    now = dt.datetime.now(dt.UTC)
     ordered = sorted(days)
-    chunks = plan_chunks({day: lake.partition_rows(settings.lake, datasets.STAGING, day) for day in ordered}, settings.validate_chunk_rows)
-    metas = {day: lake.read_partition_json(settings.lake, datasets.STAGING, day, datasets.EXTRACT_META) for day in ordered}
+    chunks = plan_chunks(
+        {day: lake.partition_rows(settings.lake, datasets.STAGING, day) for day in ordered},
+        settings.validate_chunk_rows,
+    )
+    metas = {
+        day: lake.read_partition_json(settings.lake, datasets.STAGING, day, datasets.EXTRACT_META) for day in ordered
+    }
     catalog = _catalog_items(settings)
     context = gx.gx_context()
     row_suite = context.suites.add(build_row_suite(settings))
@@ -96,14 +102,24 @@ def validate_partitions(settings: Settings, days: Sequence[dt.date], run_date: d
         chunk_seconds = time.perf_counter() - chunk_started
         log.info(
             "validate: chunk %d/%d (%s): %s rows, %s quarantined, %.1f s (%s rows/s)",
-            number, len(chunks), span(chunk), f"{rows:,}", f"{quarantined:,}", chunk_seconds, f"{rows / max(chunk_seconds, 1e-9):,.0f}",
+            number,
+            len(chunks),
+            span(chunk),
+            f"{rows:,}",
+            f"{quarantined:,}",
+            chunk_seconds,
+            f"{rows / max(chunk_seconds, 1e-9):,.0f}",
         )
 
     stats = findings.stats
     day_frame = gx.records_frame([s.row() for s in stats.values()])
     day_result = gx.run_suite(context, "days", context.suites.add(build_day_suite(settings)), day_frame)
     files = unplaced_files(findings.unplaced, metas[run_date].get("file_rows", {}))
-    file_result = gx.run_suite(context, "files", context.suites.add(build_file_suite(settings)), gx.records_frame(files)) if files else None
+    file_result = (
+        gx.run_suite(context, "files", context.suites.add(build_file_suite(settings)), gx.records_frame(files))
+        if files
+        else None
+    )
 
     summary_rows = [s.row() for s in stats.values()]
     problems = findings.table_problems + _day_problems(settings, stats, day_result, findings)
@@ -121,7 +137,8 @@ def validate_partitions(settings: Settings, days: Sequence[dt.date], run_date: d
         log.error("%s", line)
         raise ValidationError(
             f"validation failed for {len(problems)} check(s) of {sum(s.staged for s in stats.values()):,} staged rows "
-            f"in {len(stats)} partition(s) from {settings.source}; nothing downstream runs and nothing served changes:\n  "
+            f"in {len(stats)} partition(s) from {settings.source}; "
+            "nothing downstream runs and nothing served changes:\n  "
             + "\n  ".join(problems)
             + f"\nQuarantined rows (with a reason column): {_quarantine_dirs(settings, stats)}; Data Docs: {docs}"
         )
@@ -177,7 +194,18 @@ def _validate_chunk(
     only_bot = np.array([r == [BOT] for r in reasons], dtype=bool)
     bad = quarantined & ~only_bot
     placed = rows["placed"].to_numpy(zero_copy_only=False).astype(bool)
-    stats = day_stats(settings, rows, {d: metas[d] for d in days}, reasons, quarantined, bad, only_bot, placed, catalog, findings.counts)
+    stats = day_stats(
+        settings,
+        rows,
+        {d: metas[d] for d in days},
+        reasons,
+        quarantined,
+        bad,
+        only_bot,
+        placed,
+        catalog,
+        findings.counts,
+    )
     keep = placed & ~quarantined
     day_numbers = pc.cast(rows["dt"], pa.int32()).to_numpy(zero_copy_only=False)
     for day in days:
@@ -198,11 +226,15 @@ def _write_kept(settings: Settings, day: dt.date, kept: np.ndarray) -> None:
     staged = lake.read_partition(settings.lake, datasets.STAGING, day)
     if staged.num_rows != len(kept):
         raise lake.LakeError(
-            f"{lake.partition_uri(settings.lake, datasets.STAGING, day)} changed while validate ran ({len(kept):,} rows "
+            f"{lake.partition_uri(settings.lake, datasets.STAGING, day)} changed while validate ran "
+            f"({len(kept):,} rows "
             f"checked, {staged.num_rows:,} now): is another extract running? Run extract and validate again."
         )
     lake.write_partition(
-        settings.lake, datasets.INTERACTIONS, day, staged.filter(pa.array(kept)).select(INTERACTIONS_SCHEMA.names).cast(INTERACTIONS_SCHEMA)
+        settings.lake,
+        datasets.INTERACTIONS,
+        day,
+        staged.filter(pa.array(kept)).select(INTERACTIONS_SCHEMA.names).cast(INTERACTIONS_SCHEMA),
     )
 
 
@@ -248,7 +280,10 @@ def _day_problems(
             if code == BOT:
                 continue
             reason = catalogue.get(code, Reason("?", code))
-            parts.append(f"{code}: {count:,} (column {reason.column!r}, expected {reason.expected}; e.g. {findings.examples.get((s.day, code), '')})")
+            parts.append(
+                f"{code}: {count:,} (column {reason.column!r}, expected {reason.expected}; "
+                f"e.g. {findings.examples.get((s.day, code), '')})"
+            )
         problems.append(
             f"{_where(settings, s)}: {s.bad:,} of {s.placed - s.bot:,} rows ({s.bad_share:.2%}) broke row checks, "
             f"above the allowed {settings.max_bad_share:.2%} (RECSYS_MAX_BAD_SHARE): " + "; ".join(parts)
@@ -266,7 +301,8 @@ def _day_problems(
         problems.append(
             f"{_where(settings, s)}: column 'item_id': {s.unknown_items or 0:,} of {s.kept:,} kept rows "
             f"({s.unknown_item_share or 0:.2%}) name an item the catalog {settings.catalog} does not have "
-            f"(e.g. {', '.join(findings.unknown_examples.get(s.day, []))}); expected at most {settings.max_unknown_item_share:.0%} "
+            f"(e.g. {', '.join(findings.unknown_examples.get(s.day, []))}); "
+            f"expected at most {settings.max_unknown_item_share:.0%} "
             "(RECSYS_MAX_UNKNOWN_ITEM_SHARE). Is the catalog stale, or the item ids of another system?"
         )
     return problems
@@ -299,21 +335,30 @@ def _log_bots(settings: Settings, rows: pa.Table, only_bot: np.ndarray, stats: d
     for row in bots.to_pylist():
         s = stats[row["dt"]]
         log.warning(
-            "validate %s: user %r made %s of the day's %s placed rows (%.0f%%, above RECSYS_BOT_MAX_USER_SHARE=%.0f%%): "
+            "validate %s: user %r made %s of the day's %s placed rows "
+            "(%.0f%%, above RECSYS_BOT_MAX_USER_SHARE=%.0f%%): "
             "its rows are quarantined as bot_user and the rest of the day is judged on its own",
-            row["dt"], str(row["user_id"])[:80], f"{row['user_id_count']:,}", f"{s.placed:,}",
-            100 * row["user_id_count"] / max(s.placed, 1), 100 * settings.bot_max_user_share,
+            row["dt"],
+            str(row["user_id"])[:80],
+            f"{row['user_id_count']:,}",
+            f"{s.placed:,}",
+            100 * row["user_id_count"] / max(s.placed, 1),
+            100 * settings.bot_max_user_share,
         )
 
 
 def _where(settings: Settings, s: DayStats) -> str:
 
     files = sorted(s.source_files.items(), key=lambda kv: -kv[1])
-    named = ", ".join(os.path.basename(f) for f, _ in files[:3]) + (f" and {len(files) - 3} more" if len(files) > 3 else "")
+    named = ", ".join(os.path.basename(f) for f, _ in files[:3]) + (
+        f" and {len(files) - 3} more" if len(files) > 3 else ""
+    )
     return f"{lake.partition_uri(settings.lake, datasets.STAGING, s.day)} (from {named or 'no file'})"
 
 
-def _write_quarantine(settings: Settings, rows: pa.Table, reasons: list[list[str]], stats: dict[dt.date, DayStats]) -> None:
+def _write_quarantine(
+    settings: Settings, rows: pa.Table, reasons: list[list[str]], stats: dict[dt.date, DayStats]
+) -> None:
     """Write each day's quarantined rows with their reasons; remove a day's stale quarantine."""
     reason = pa.array([",".join(r) if r else None for r in reasons], pa.string())
     with_reason = rows.append_column("reason", reason)

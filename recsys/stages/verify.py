@@ -57,7 +57,9 @@ def _check_shard_counts(settings: Settings, day: dt.date, recs: pa.Table, shards
             wrong.append(f"shard {shard['shard']}: {shard['items']} written, {expected} in the partition")
     if wrong:
         raise dynamodb.PublicationError(
-            f"publish of {day} to {settings.table} does not match {lake.partition_uri(settings.lake, datasets.RECOMMENDATIONS, day)}: "
-            + "; ".join(wrong) + ". Rerun the publish for this date"
+            f"publish of {day} to {settings.table} does not match "
+            f"{lake.partition_uri(settings.lake, datasets.RECOMMENDATIONS, day)}: "
+            + "; ".join(wrong)
+            + ". Rerun the publish for this date"
         )
     log.info("verify: users written per shard match the partition (%d shard(s))", len(shards))

@@ -25,9 +25,10 @@ from __future__ import annotations
 import datetime as dt
 import gzip
 import logging
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Mapping, NamedTuple, Sequence
+from typing import TYPE_CHECKING, NamedTuple
 
 from recsys.config import CANONICAL_COLUMNS, OPTIONAL_COLUMNS
 
@@ -122,7 +123,7 @@ class SourceError(ValueError):
 
 def as_utc(ts: dt.datetime) -> dt.datetime:
     """``ts`` in UTC; a naive one is taken as UTC, as the sources take timestamps without a zone."""
-    return ts.replace(tzinfo=dt.timezone.utc) if ts.tzinfo is None else ts.astimezone(dt.timezone.utc)
+    return ts.replace(tzinfo=dt.UTC) if ts.tzinfo is None else ts.astimezone(dt.UTC)
 
 
 class NewestEvent(NamedTuple):
@@ -288,7 +289,10 @@ def _id_expr(column: str | None, duck_type: str) -> str:
         return "CAST(NULL AS VARCHAR)"
     col = _quote(column)
     if duck_type.upper() == "BLOB":
-        return f"CASE WHEN {col} IS NULL THEN NULL ELSE coalesce(try(decode({col})), chr({ord(INVALID_UTF8_MARK)}) || hex({col})) END"
+        return (
+            f"CASE WHEN {col} IS NULL THEN NULL "
+            f"ELSE coalesce(try(decode({col})), chr({ord(INVALID_UTF8_MARK)}) || hex({col})) END"
+        )
     return f"CAST({col} AS VARCHAR)"
 
 
@@ -337,7 +341,9 @@ def _csv_dialect(path: Path) -> tuple[str, bool] | None:
     return (delimiter if counts[delimiter] else ","), len(lines) > 1
 
 
-def inspect_file(con: "duckdb.DuckDBPyConnection", path: Path, fmt: str, mapping: Mapping[str, str]) -> SourceFile | None:
+def inspect_file(
+    con: duckdb.DuckDBPyConnection, path: Path, fmt: str, mapping: Mapping[str, str]
+) -> SourceFile | None:
     """Columns and canonical mapping of one event file; None when it holds no rows.
 
     Raises SourceError naming the file when it cannot be read (truncated, not the format its
@@ -366,7 +372,8 @@ def inspect_file(con: "duckdb.DuckDBPyConnection", path: Path, fmt: str, mapping
     except duckdb.Error as exc:
         hint = {
             "parquet": "Is it truncated, still being written, or not Parquet?",
-            "csv": f"Read with delimiter {delimiter!r} and quote '\"': a quote that opens and never closes is the usual cause.",
+            "csv": f"Read with delimiter {delimiter!r} and quote '\"': "
+            "a quote that opens and never closes is the usual cause.",
             "json": "Expected one JSON object per line.",
         }[fmt]
         raise SourceError(f"cannot read {path} as {fmt.upper()}: {_first_line(exc)}. {hint}") from exc
@@ -404,7 +411,7 @@ def _select(files: list[SourceFile], event_types: Sequence[str] = ()) -> str:
 
 
 def register_source(
-    con: "duckdb.DuckDBPyConnection",
+    con: duckdb.DuckDBPyConnection,
     source: str | Path,
     mapping: Mapping[str, str],
     event_types: Sequence[str] = (),
@@ -439,7 +446,10 @@ def register_source(
     groups: dict[tuple[object, ...], list[SourceFile]] = {}
     for f in registered.files:
         groups.setdefault(f.group_key(), []).append(f)
-    con.execute("CREATE OR REPLACE VIEW source_events AS " + " UNION ALL ".join(_select(g, event_types) for g in groups.values()))
+    con.execute(
+        "CREATE OR REPLACE VIEW source_events AS "
+        + " UNION ALL ".join(_select(g, event_types) for g in groups.values())
+    )
     log.info(
         "event source %s: %s in %d scan group(s)",
         source, ", ".join(f"{len(p)} {fmt} file(s)" for fmt, p in registered.by_format.items()), len(groups),
@@ -447,7 +457,7 @@ def register_source(
     return registered
 
 
-def rejected_lines(con: "duckdb.DuckDBPyConnection", registered: RegisteredSource) -> "pa.Table":
+def rejected_lines(con: duckdb.DuckDBPyConnection, registered: RegisteredSource) -> pa.Table:
     """CSV lines DuckDB could not parse in the scans so far: source_file, line, error_types, raw_line.
 
     One row per file and line (a line rejected by several scans, or for several reasons, once).
@@ -465,7 +475,7 @@ def rejected_lines(con: "duckdb.DuckDBPyConnection", registered: RegisteredSourc
     return run_sql(con, "rejected_lines")
 
 
-def newest_event(con: "duckdb.DuckDBPyConnection", source: str | Path) -> NewestEvent:
+def newest_event(con: duckdb.DuckDBPyConnection, source: str | Path) -> NewestEvent:
     """The newest event of the registered ``source_events`` view and whether the day before has events.
 
     Raises SourceError naming ``source`` when no event has a readable event_ts.
@@ -477,7 +487,7 @@ def newest_event(con: "duckdb.DuckDBPyConnection", source: str | Path) -> Newest
     return NewestEvent(as_utc(row["newest_ts"]), bool(row["day_before_has_events"]))
 
 
-def find_unreadable_file(con: "duckdb.DuckDBPyConnection", registered: RegisteredSource) -> SourceError | None:
+def find_unreadable_file(con: duckdb.DuckDBPyConnection, registered: RegisteredSource) -> SourceError | None:
     """Scan each file on its own; a SourceError naming the first that fails (None if none does).
 
     DuckDB's errors from a scan over many files do not always say which file broke.
@@ -495,7 +505,7 @@ def find_unreadable_file(con: "duckdb.DuckDBPyConnection", registered: Registere
     return None
 
 
-def register_catalog(con: "duckdb.DuckDBPyConnection", catalog: str | Path | None) -> int:
+def register_catalog(con: duckdb.DuckDBPyConnection, catalog: str | Path | None) -> int:
     """Create the view ``catalog(item_id, name, category, active)``; returns its row count.
 
     With no catalog the view is empty (every item counts as active, no categories).
@@ -517,9 +527,10 @@ def register_catalog(con: "duckdb.DuckDBPyConnection", catalog: str | Path | Non
         if fmt == "parquet":
             rel = con.read_parquet(paths)
         elif fmt == "csv":
-            rel = con.read_csv(paths, header=True, all_varchar=True)
+            # DuckDB reads a list of files; its stubs name only one.
+            rel = con.read_csv(paths, header=True, all_varchar=True)  # type: ignore[arg-type]
         else:
-            rel = con.read_json(paths, format="newline_delimited")
+            rel = con.read_json(paths, format="newline_delimited")  # type: ignore[arg-type]
     except duckdb.Error as exc:
         raise SourceError(f"cannot read catalog {catalog}: {exc}") from exc
     rel.create_view("catalog_raw", replace=True)
@@ -541,7 +552,7 @@ def register_catalog(con: "duckdb.DuckDBPyConnection", catalog: str | Path | Non
     return int(count[0]) if count else 0
 
 
-def read_catalog(catalog: str | Path | None) -> "pa.Table":
+def read_catalog(catalog: str | Path | None) -> pa.Table:
     """The catalog's rows (item_id, name, category, active) as read by :func:`register_catalog`,
     through a connection of its own; no rows when no catalog is configured."""
 
@@ -550,7 +561,7 @@ def read_catalog(catalog: str | Path | None) -> "pa.Table":
         return con.sql("SELECT item_id, name, category, active FROM catalog").to_arrow_table()
 
 
-def raw_values(con: "duckdb.DuckDBPyConnection", source_file: SourceFile, canonical: str, limit: int = 3) -> list[str]:
+def raw_values(con: duckdb.DuckDBPyConnection, source_file: SourceFile, canonical: str, limit: int = 3) -> list[str]:
     """Up to ``limit`` distinct raw values of a canonical column in one file, for error messages."""
     import duckdb
 
@@ -558,7 +569,9 @@ def raw_values(con: "duckdb.DuckDBPyConnection", source_file: SourceFile, canoni
     if column is None:
         return []
     used = tuple(c for _, c in source_file.mapping if c is not None)
-    read = _read_expr(source_file.fmt, [source_file.path], source_file.delimiter, used if source_file.fmt == "json" else ())
+    read = _read_expr(
+        source_file.fmt, [source_file.path], source_file.delimiter, used if source_file.fmt == "json" else ()
+    )
     try:
         rows = con.sql(
             f"SELECT DISTINCT CAST({_quote(column)} AS VARCHAR) FROM {read} WHERE {_quote(column)} IS NOT NULL "

@@ -17,8 +17,9 @@ import datetime as dt
 import logging
 import shutil
 import time
+from collections.abc import Iterable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable
+from typing import TYPE_CHECKING, Any
 
 from recsys.config import Settings
 from recsys.io.sources.files import NewestEvent, SourceError, as_utc, resolve_columns
@@ -58,7 +59,11 @@ def connection_uri(conn_id: str) -> str:
     if conn.password:
         auth += ":" + quote(conn.password, safe="")
     netloc = f"{auth + '@' if auth else ''}{conn.host or 'localhost'}:{conn.port or 5432}"
-    options = {k: v for k, v in (conn.extra_dejson or {}).items() if k in ("sslmode", "sslrootcert", "connect_timeout", "application_name")}
+    options = {
+        k: v
+        for k, v in (conn.extra_dejson or {}).items()
+        if k in ("sslmode", "sslrootcert", "connect_timeout", "application_name")
+    }
     query = "&".join(f"{k}={quote(str(v), safe='')}" for k, v in options.items())
     return f"postgresql://{netloc}/{quote(conn.schema or 'postgres', safe='')}" + (f"?{query}" if query else "")
 
@@ -96,7 +101,7 @@ def _connect(settings: Settings) -> Any:
     return con
 
 
-def _fetch_table(con: Any, query: str, failure: str) -> "pa.Table":
+def _fetch_table(con: Any, query: str, failure: str) -> pa.Table:
     """The whole result of ``query``; raises SourceError saying ``failure`` and the server's reason."""
     cur = con.cursor()
     try:
@@ -159,7 +164,7 @@ def _timestamp_literal(value: dt.datetime) -> str:
     # Literals, not bound parameters: the driver streams only unparameterised queries
     # (binary COPY); with parameters it fetches the whole result first. The values are
     # our own datetimes, never text from outside.
-    return f"TIMESTAMPTZ '{value.astimezone(dt.timezone.utc).isoformat()}'"
+    return f"TIMESTAMPTZ '{value.astimezone(dt.UTC).isoformat()}'"
 
 
 def staging_dir(settings: Settings, day: dt.date) -> Path:
@@ -187,8 +192,8 @@ def stage_days(settings: Settings, day: dt.date, days: Iterable[dt.date]) -> Pat
     try:
         columns = source_columns(con, settings)
         for index, (first, last) in enumerate(_ranges(wanted)):
-            start = dt.datetime.combine(first, dt.time(), tzinfo=dt.timezone.utc)
-            end = dt.datetime.combine(last + dt.timedelta(days=1), dt.time(), tzinfo=dt.timezone.utc)
+            start = dt.datetime.combine(first, dt.time(), tzinfo=dt.UTC)
+            end = dt.datetime.combine(last + dt.timedelta(days=1), dt.time(), tzinfo=dt.UTC)
             cur = con.cursor()
             try:
                 cur.adbc_statement.set_options(**{"adbc.postgresql.batch_size_hint_bytes": str(BATCH_BYTES)})
@@ -214,7 +219,7 @@ def stage_days(settings: Settings, day: dt.date, days: Iterable[dt.date]) -> Pat
 
 
 
-def _write_batches(reader: "pa.RecordBatchReader", path: Path, pq: Any) -> int:
+def _write_batches(reader: pa.RecordBatchReader, path: Path, pq: Any) -> int:
     """Write every batch of ``reader`` to one Parquet file as it arrives; returns the row count."""
     rows = 0
     schema = reader.schema.remove_metadata()
