@@ -21,6 +21,7 @@ import pytest
 from recsys.config import Settings
 from recsys.dev import dynamodb_local
 from recsys.dev.datagen import generate_store
+from tests.services import create_database, drop_database
 from tests.support import ONE_MODEL, SMALL
 
 
@@ -106,3 +107,13 @@ def one_model_env(recsys_env: Settings, monkeypatch: pytest.MonkeyPatch) -> Sett
     for key, value in ONE_MODEL.items():
         monkeypatch.setenv(key, value)
     return Settings.from_env()
+
+
+@pytest.fixture
+def postgres_database() -> Iterator[str]:
+    """URI of a new, empty database on the test server (dropped after the test)."""
+    uri = create_database("recsys_test")
+    try:
+        yield uri
+    finally:
+        drop_database(uri)

@@ -29,12 +29,15 @@ import sys
 import tempfile
 import threading
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 import psycopg
+from psycopg import sql
 
 log = logging.getLogger(__name__)
 if log.level == logging.NOTSET:
@@ -398,3 +401,32 @@ def stop_all() -> None:
             service.stop(quiet=True)
         except (OSError, subprocess.SubprocessError) as exc:  # at exit: stop the others all the same
             print(f"could not stop the private {service.name} at {service.url}: {exc!r}", file=sys.__stderr__)
+
+
+# --------------------------------------------------------------------------- databases on the tests' PostgreSQL
+
+
+def admin_connect() -> psycopg.Connection[tuple[Any, ...]]:
+    """An autocommit psycopg connection to the server's ``postgres`` database."""
+    server = postgres_server()
+    try:
+        return psycopg.connect(f"{server}/postgres", autocommit=True, connect_timeout=5)
+    except psycopg.OperationalError as exc:
+        raise RuntimeError(
+            f"PostgreSQL answers at {server} but refuses the tests ({exc}); RECSYS_TEST_POSTGRES must name a "
+            "server with trust auth and a user that may CREATE DATABASE (or nothing, for a private one)"
+        ) from exc
+
+
+def create_database(prefix: str) -> str:
+    """Create a database with a fresh name; returns its URI."""
+    name = f"{prefix}_{uuid.uuid4().hex[:10]}"
+    with admin_connect() as con:
+        con.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    return f"{postgres_server()}/{name}"
+
+
+def drop_database(uri: str) -> None:
+    name = uri.rsplit("/", 1)[1]
+    with admin_connect() as con:
+        con.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))

@@ -31,8 +31,7 @@ from recsys.dev.airflow_stack import (
 )
 from recsys.dev.dynamodb_local import free_port
 from recsys.io import lake
-from tests.fixtures_postgres import create_database, drop_database
-from tests.services import redis_url
+from tests.services import create_database, drop_database, redis_url
 from tests.support import ONE_MODEL, scan
 from tests.support import STORE_END as END
 

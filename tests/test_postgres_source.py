@@ -16,7 +16,6 @@ from recsys.io import lake
 from recsys.io.source import newest_complete_day
 from recsys.io.sources import postgres as pgsource
 from recsys.io.sources.files import SourceError
-from tests.fixtures_postgres import postgres_database  # noqa: F401  (a fixture)
 from tests.support import STORE_END as END
 from tests.support import run, scan
 
@@ -44,7 +43,7 @@ def settings_for(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, uri: str, **en
 
 
 def test_days_stream_into_parquet_in_batches_with_epoch_milliseconds(
-    postgres_database: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch  # noqa: F811
+    postgres_database: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     day = dt.date(2026, 5, 2)
     base = int(dt.datetime(2026, 5, 1, tzinfo=dt.UTC).timestamp() * 1000)
@@ -72,7 +71,7 @@ def test_days_stream_into_parquet_in_batches_with_epoch_milliseconds(
 
 
 def test_latest_skips_a_cut_off_last_day_as_for_files(
-    postgres_database: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch  # noqa: F811
+    postgres_database: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     import psycopg
 
@@ -94,7 +93,7 @@ def test_latest_skips_a_cut_off_last_day_as_for_files(
 
 
 def test_missing_connection_and_missing_column_name_the_fix(
-    postgres_database: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch  # noqa: F811
+    postgres_database: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     day = dt.date(2026, 5, 2)
     load_table(postgres_database, pa.table({"visitor": ["u1"], "sku_code": ["i1"], "occurred_at": [
@@ -115,7 +114,7 @@ def test_missing_connection_and_missing_column_name_the_fix(
 
 @pytest.mark.slow  # a whole-DAG run
 def test_the_dag_runs_from_postgres_and_publishes(
-    store: Path, recsys_env: Settings, postgres_database: str, dynamodb_client: Any,  # noqa: F811
+    store: Path, recsys_env: Settings, postgres_database: str, dynamodb_client: Any,
     airflow_env: Path, monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     events = pq.read_table(store / "interactions").rename_columns([RENAMED[c] for c in pq.read_schema(
