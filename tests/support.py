@@ -91,7 +91,7 @@ def history(settings: Settings, days: int = 9, rows: int = 100) -> None:
         pq.write_table(events(day(n), rows), Path(settings.source) / f"events-{day(n)}.parquet")
 
 
-def run(settings: Settings, d: dt.date) -> dict[str, Any]:
+def extract_and_validate(settings: Settings, d: dt.date) -> dict[str, Any]:
     extracted = extract(settings, d)
     return validate(settings, d, extracted["days"])
 

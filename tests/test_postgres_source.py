@@ -12,12 +12,13 @@ import pyarrow.parquet as pq
 import pytest
 
 from recsys.config import Settings
+from recsys.dev.dagrun import run_dag
 from recsys.io import lake
 from recsys.io.source import newest_complete_day
 from recsys.io.sources import postgres as pgsource
 from recsys.io.sources.files import SourceError
 from tests.support import STORE_END as END
-from tests.support import run, scan
+from tests.support import scan
 
 # The store's own names, so RECSYS_SOURCE_COLUMNS is exercised as for files.
 RENAMED = {"user_id": "visitor", "item_id": "sku_code", "event_type": "kind", "event_ts": "occurred_at", "event_id": "event_ref"}
@@ -130,7 +131,7 @@ def test_the_dag_runs_from_postgres_and_publishes(
     }.items():
         monkeypatch.setenv(key, value)
     settings = Settings.from_env()
-    dag_run = run(settings, END)
+    dag_run = run_dag(settings, END)
     assert str(dag_run.state).endswith("success")
 
     extracted = lake.read_partition(settings.lake, "interactions", END)

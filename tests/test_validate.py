@@ -24,10 +24,10 @@ from tests.support import (
     csv_bytes,
     day,
     events,
+    extract_and_validate,
     history,
     quarantine,
     reasons,
-    run,
     settings_for,
 )
 
@@ -74,7 +74,7 @@ def test_every_row_reason_on_one_dirty_day(tmp_path: Path) -> None:
     rows.append({**good[-2], "user_id": "é" * 1024, "event_id": "fits"})  # 2,048 bytes: just fits
     table = pa.Table.from_pylist(rows, schema=events(d, 1).schema)
     pq.write_table(table, Path(s.source) / f"events-{d}.parquet")
-    run(s, d)
+    extract_and_validate(s, d)
     assert reasons(s, d) == {
         "missing_user_id": 1,
         "empty_user_id": 1,
@@ -105,7 +105,7 @@ def test_too_many_bad_rows_fail_naming_partition_column_count_and_expectation(tm
         row["event_type"] = "Teleport"
     pq.write_table(pa.Table.from_pylist(table), Path(s.source) / f"events-{d}.parquet")
     with pytest.raises(ValidationError) as err:
-        run(s, d)
+        extract_and_validate(s, d)
     message = str(err.value)
     assert f"staging/interactions/dt={d} (from events-{d}.parquet): 2 of 100 rows (2.00%)" in message
     assert "above the allowed 1.00% (RECSYS_MAX_BAD_SHARE)" in message
@@ -114,7 +114,7 @@ def test_too_many_bad_rows_fail_naming_partition_column_count_and_expectation(tm
     assert reasons(s, d) == {"unknown_event_type": 2}  # the evidence is written ...
     assert not lake.partition_exists(s.lake, "interactions", d)  # ... the day is not
     # One bad row in a hundred is within the allowance: the same day passes at 2%.
-    run(settings_for(tmp_path, RECSYS_MAX_BAD_SHARE="0.02"), d)
+    extract_and_validate(settings_for(tmp_path, RECSYS_MAX_BAD_SHARE="0.02"), d)
     assert lake.read_partition(s.lake, "interactions", d).num_rows == 98
 
 
@@ -125,10 +125,10 @@ def test_a_clean_rerun_removes_the_days_stale_quarantine(tmp_path: Path) -> None
     dirty = events(d, 200).to_pylist()
     dirty[0]["user_id"] = ""
     pq.write_table(pa.Table.from_pylist(dirty), Path(s.source) / f"events-{d}.parquet")
-    run(s, d)
+    extract_and_validate(s, d)
     assert reasons(s, d) == {"empty_user_id": 1}
     pq.write_table(events(d, 200), Path(s.source) / f"events-{d}.parquet")
-    run(s, d)
+    extract_and_validate(s, d)
     assert quarantine(s, d) == [] and lake.read_partition(s.lake, "interactions", d).num_rows == 200
 
 
@@ -140,7 +140,7 @@ def test_a_bot_is_quarantined_without_counting_as_bad_rows(tmp_path: Path) -> No
     for row in bot:
         row["user_id"] = "bot"
     pq.write_table(pa.concat_tables([events(d, 100), pa.Table.from_pylist(bot)]), Path(s.source) / f"events-{d}.parquet")
-    run(s, d)
+    extract_and_validate(s, d)
     assert reasons(s, d) == {"bot_user": 300} and lake.read_partition(s.lake, "interactions", d).num_rows == 100
 
 
@@ -153,7 +153,7 @@ def test_an_event_id_is_unique_within_its_day_not_across_the_window(tmp_path: Pa
         if n in (4, 9):  # one id on two days that extract reads in different scans (a week each)
             rows[20]["event_id"] = "same-id-two-days"
         pq.write_table(pa.Table.from_pylist(rows, schema=events(day(n), 1).schema), Path(s.source) / f"events-{day(n)}.parquet")
-    run(s, day(10))
+    extract_and_validate(s, day(10))
     assert reasons(s, day(3)) == {"duplicate_event_id": 1, "missing_event_ts,duplicate_event_id": 1}
     for d in (day(4), day(9)):
         assert "same-id-two-days" in lake.read_partition(s.lake, "interactions", d)["event_id"].to_pylist()
@@ -167,14 +167,14 @@ def test_first_run_judges_each_days_volume_against_the_days_before_it(tmp_path: 
     for n in range(3, 10):  # the store starts on day 3: days 1-2 of the window are simply empty
         pq.write_table(events(day(n), 100), Path(s.source) / f"events-{day(n)}.parquet")
     pq.write_table(events(day(10), 100), Path(s.source) / f"events-{day(10)}.parquet")
-    assert run(s, day(10))["partitions"] == 10
+    assert extract_and_validate(s, day(10))["partitions"] == 10
     assert lake.read_partition(s.lake, "interactions", day(1)).num_rows == 0
 
     s2 = settings_for(tmp_path / "again")
     for n in range(1, 11):
         pq.write_table(events(day(n), 3 if n == 7 else 100), Path(s2.source) / f"events-{day(n)}.parquet")
     with pytest.raises(ValidationError, match=rf"dt={day(7)} .*volume anomaly: 3 rows kept, 0.03x the mean of the previous 6 day"):
-        run(s2, day(10))
+        extract_and_validate(s2, day(10))
     assert not any(lake.partition_exists(s2.lake, "interactions", day(n)) for n in range(1, 11))
 
 
@@ -183,7 +183,7 @@ def test_a_flood_fails_the_volume_band_from_above(tmp_path: Path) -> None:
     history(s)
     pq.write_table(events(day(10), 600), Path(s.source) / f"events-{day(10)}.parquet")
     with pytest.raises(ValidationError, match=r"600 rows kept, 6.00x the mean .* expected between 0.1x and 5.0x"):
-        run(s, day(10))
+        extract_and_validate(s, day(10))
 
 
 def test_unknown_items_fail_only_above_their_share_and_only_with_a_catalog(tmp_path: Path) -> None:
@@ -197,8 +197,8 @@ def test_unknown_items_fail_only_above_their_share_and_only_with_a_catalog(tmp_p
         row["item_id"] = "brand-new"
     pq.write_table(pa.Table.from_pylist(table), Path(s.source) / f"events-{d}.parquet")
     with pytest.raises(ValidationError, match=r"column 'item_id': 6 of 100 kept rows \(6.00%\) name an item the catalog"):
-        run(s, d)
-    run(settings_for(tmp_path), d)  # no catalog: nothing to compare with
+        extract_and_validate(s, d)
+    extract_and_validate(settings_for(tmp_path), d)  # no catalog: nothing to compare with
     assert lake.read_partition(s.lake, "interactions", d).num_rows == 100
 
 
@@ -237,16 +237,16 @@ def chunk_lines(caplog: pytest.LogCaptureFixture) -> list[str]:
 
 
 def test_small_chunks_give_the_same_results_as_one_chunk(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.INFO, logger="recsys.validate")
+    caplog.set_level(logging.INFO, logger="recsys.stages.validate")
     env = {"RECSYS_MAX_BAD_SHARE": "0.5", "RECSYS_BOT_MIN_DAY_ROWS": "50"}
     whole = settings_for(tmp_path, RECSYS_HOME=str(tmp_path / "whole"), **env)
     chunked = settings_for(tmp_path, RECSYS_HOME=str(tmp_path / "chunked"), RECSYS_VALIDATE_CHUNK_ROWS="400", **env)
     dirty_window(Path(whole.source))
 
-    expected = run(whole, day(10))
+    expected = extract_and_validate(whole, day(10))
     assert len(chunk_lines(caplog)) == 1
     caplog.clear()
-    got = run(chunked, day(10))
+    got = extract_and_validate(chunked, day(10))
     lines = chunk_lines(caplog)
     # Day 6 (180 rows and 300 of the bot) is above the budget: a chunk of its own.
     assert len(lines) == 7 and lines[2].startswith(f"validate: chunk 3/7 ({day(6)}): 481 rows, 302 quarantined")
@@ -272,7 +272,7 @@ def test_small_chunks_give_the_same_results_as_one_chunk(tmp_path: Path, caplog:
 
 
 def test_a_failure_in_a_later_chunk_writes_no_day_and_says_the_same(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.INFO, logger="recsys.validate")
+    caplog.set_level(logging.INFO, logger="recsys.stages.validate")
     whole = settings_for(tmp_path, RECSYS_HOME=str(tmp_path / "whole"))
     chunked = settings_for(tmp_path, RECSYS_HOME=str(tmp_path / "chunked"), RECSYS_VALIDATE_CHUNK_ROWS="250")
     for n in range(1, 11):
@@ -284,7 +284,7 @@ def test_a_failure_in_a_later_chunk_writes_no_day_and_says_the_same(tmp_path: Pa
     messages = []
     for s in (whole, chunked):
         with pytest.raises(ValidationError) as err:
-            run(s, day(10))
+            extract_and_validate(s, day(10))
         messages.append(str(err.value).replace(s.lake, "LAKE"))
         assert not any(lake.partition_exists(s.lake, "interactions", day(n)) for n in range(1, 11))
         assert reasons(s, day(9)) == {"unknown_event_type": 3}  # the evidence is written
@@ -306,7 +306,7 @@ def test_csv_lines_that_do_not_parse_are_quarantined_with_the_raw_line(tmp_path:
     lines[6] = lines[6] + b",surplus"
     lines[7] = b"u6,i6"
     (Path(s.source) / f"events-{d}.csv").write_bytes(b"\n".join(lines))
-    run(s, d)
+    extract_and_validate(s, d)
     rows = quarantine(s, d)
     assert [(r["reason"], r["raw_line"].split(":")[0]) for r in rows] == [
         ("invalid_utf8", "line 6"), ("wrong_field_count", "line 7"), ("wrong_field_count", "line 8")
@@ -321,7 +321,7 @@ def test_semicolon_and_tab_separated_files_and_gzip_are_read(tmp_path: Path) -> 
     (Path(s.source) / "a.csv").write_bytes(csv_bytes(events(d, 60, prefix="a"), sep=";"))
     (Path(s.source) / "b.tsv").write_bytes(csv_bytes(events(d, 30, prefix="b"), sep="\t"))
     (Path(s.source) / "c.csv.gz").write_bytes(gzip.compress(csv_bytes(events(d, 10, prefix="c"))))
-    run(s, d)
+    extract_and_validate(s, d)
     assert lake.read_partition(s.lake, "interactions", d).num_rows == 100
 
 
@@ -338,7 +338,7 @@ def test_a_malformed_json_line_and_non_utf8_bytes_in_parquet_ids_are_quarantined
     ids[0] = b"u\xff\xfe"
     blob = pa.table({**{k: good.slice(60)[k] for k in good.column_names}, "user_id": pa.array(ids, pa.binary())})
     pq.write_table(blob, Path(s.source) / "b.parquet")
-    run(s, d)
+    extract_and_validate(s, d)
     assert reasons(s, d) == {"unreadable_line": 1, "invalid_utf8_user_id": 1}
     assert {r["user_id"] for r in quarantine(s, d)} == {None, "\ufffd75FFFE"}
 
@@ -351,24 +351,24 @@ def test_strays_of_a_file_without_a_home_day_are_judged_against_their_file(tmp_p
     for row in rows[:5]:
         row["event_ts"] = None
     pq.write_table(pa.Table.from_pylist(rows), Path(s.source) / "all.parquet")
-    run(s, d)  # 5 of 1,000 rows of the file: 0.5%, within the allowance
+    extract_and_validate(s, d)  # 5 of 1,000 rows of the file: 0.5%, within the allowance
     assert reasons(s, d) == {"missing_event_ts": 5}
     assert lake.read_partition(s.lake, "interactions", d).num_rows == 100
     for row in rows[5:20]:
         row["event_ts"] = None
     pq.write_table(pa.Table.from_pylist(rows), Path(s.source) / "all.parquet")
     with pytest.raises(ValidationError, match=r"all.parquet: 20 of its 1,000 rows \(2.00%\) have no usable event_ts"):
-        run(s, d)
+        extract_and_validate(s, d)
 
 
 def test_late_rows_for_an_extracted_day_are_quarantined_but_replays_are_not(tmp_path: Path) -> None:
     s = settings_for(tmp_path, RECSYS_MAX_BAD_SHARE="0.05")
     history(s)
-    run(s, day(9))
+    extract_and_validate(s, day(9))
     d = day(10)
     replay = events(day(5), 100).slice(0, 3)  # already in the lake under day 5
     late = events(day(5), 2, prefix="late-")  # never seen: can no longer be added to day 5
     pq.write_table(pa.concat_tables([events(d, 100), replay, late]), Path(s.source) / f"events-{d}.parquet")
-    run(s, d)
+    extract_and_validate(s, d)
     assert reasons(s, d) == {"event_ts_outside_day": 2}
     assert lake.read_partition(s.lake, "interactions", day(5)).num_rows == 100
