@@ -83,7 +83,7 @@ def main() -> None:
     for row in metrics["grid"]:
         print(
             f"{row['ndcg_at_k']:>8.4f} {row['map_at_k']:>8.4f} {row.get('seconds', 0):>8.1f}  "
-            f"{params_text(row['params'], settings.event_weights)}"
+            f"{params_text(row['params'], settings.event_weights)}" + (" (skipped)" if row.get("skipped") else "")
         )
     pop = metrics["popularity"]
     print(f"{pop['ndcg_at_k']:>8.4f} {pop['map_at_k']:>8.4f} {'':>8}  popularity")

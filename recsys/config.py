@@ -61,12 +61,18 @@ TUNABLE: dict[str, type] = {
     "iterations": int,
     "weighting": str,
     "learning_rate": float,
+    "ease_lambda": float,
+    "rp3_alpha": float,
+    "rp3_beta": float,
+    "neighbours": int,
+    "similarity": str,
     "weights": str,
     "half_life": float,
 }
 WEIGHT_KEY_PREFIX = "weight."
-MODELS = ("als", "bpr")
+MODELS = ("als", "bpr", "ease", "rp3beta", "itemknn")
 WEIGHTINGS = ("log", "bm25")
+SIMILARITIES = ("cosine", "bm25", "tfidf")  # item-kNN: implicit's item-item recommenders
 # DuckDB's memory_limit: a number and a unit (DuckDB spills to temp_directory beyond it).
 MEMORY_LIMIT = re.compile(r"\d+(\.\d+)?\s*(B|KB|MB|GB|TB|KiB|MiB|GiB|TiB)", re.IGNORECASE)
 DEFAULT_PUBLISH_POOL = "recsys_dynamodb"
@@ -426,8 +432,11 @@ class Settings(BaseSettings):
             keep_empty=True,
             doc="One mapped `tune` task per candidate. `name=v1,v2;name=v1` is a cartesian product (unnamed "
             "fields keep the settings outside the grid), `grid | grid` the union of two. Names: `model` (`als`, "
-            "`bpr`), `factors`, `regularization`, `alpha`, `iterations`, `weighting` (`log`, `bm25`), "
-            "`learning_rate` (BPR), `weights` (`configured` = `RECSYS_EVENT_WEIGHTS`, `uniform` = every type 1), "
+            "`bpr`, `ease`, `rp3beta`, `itemknn`), `factors`, `regularization`, `alpha`, `iterations`, "
+            "`weighting` (`log`, `bm25`), "
+            "`learning_rate` (BPR), `ease_lambda` (EASE), `rp3_alpha`, `rp3_beta` (RP3beta), `neighbours` (RP3beta, "
+            "item-kNN), `similarity` (item-kNN: `cosine`, `bm25`, `tfidf`), `weights` (`configured` = "
+            "`RECSYS_EVENT_WEIGHTS`, `uniform` = every type 1), "
             "`weight.<event type>` (one type's weight), `half_life` (recency half-life in days, 0 = off). "
             "Equal candidates are tried once.",
         ),
@@ -440,7 +449,7 @@ class Settings(BaseSettings):
     )
     model: str = Field(
         default="als",
-        description="Model family outside the grid (als or bpr)",
+        description="Model family outside the grid (als, bpr, ease, rp3beta or itemknn)",
         json_schema_extra=_meta(_MODEL, param={"enum": [None, *MODELS]}),
     )
     learning_rate: Float = Field(
@@ -455,6 +464,17 @@ class Settings(BaseSettings):
         default=100,
         description="BPR iterations outside the grid (a grid's `iterations` applies to both families)",
         json_schema_extra=_meta(_MODEL),
+    )
+    ease_max_items: Int = Field(
+        default=30_000,
+        description="EASE candidates take part only when the window has at most this many items; above it they "
+        "step aside (scored as skipped, never picked) and the tune log says so",
+        json_schema_extra=_meta(
+            _MODEL,
+            doc="EASE holds one items x items float32 matrix (4 bytes x items squared, fit and served in place): "
+            "3.4 GiB at the default, 2.3 GiB for the 24,650 items of the scale-10 demo store, so a scale-10 run "
+            "stays under 8 GiB with room for the rest of the run.",
+        ),
     )
     random_state: Int = Field(
         default=42, description="Seed of the model fits and of the hold-out and tuning user samples",
@@ -729,9 +749,12 @@ class Settings(BaseSettings):
             raise ConfigError(f"holdout_max_users must be 0 (every warm user) or more, got {self.holdout_max_users}")
         if self.k < 1:
             raise ConfigError(f"k must be at least 1, got {self.k}")
+        if self.ease_max_items < 0:
+            raise ConfigError(f"ease_max_items must be 0 (EASE never fits) or more, got {self.ease_max_items}")
         grids = parse_grids(self.tuning_grid)
         for name, allowed, default in (("weighting", WEIGHTINGS, self.weighting), ("model", MODELS, self.model),
-                                       ("weights", WEIGHT_PRESETS, "configured")):
+                                       ("weights", WEIGHT_PRESETS, "configured"),
+                                       ("similarity", SIMILARITIES, "bm25")):
             for value in [default, *(v for grid in grids for v in grid.get(name, []))]:
                 if value not in allowed:
                     raise ConfigError(f"{name} must be one of {allowed}, got {value!r}")
@@ -743,8 +766,14 @@ class Settings(BaseSettings):
                         f"tuning grid key {name}: {event_type!r} is not a configured event type "
                         f"(RECSYS_EVENT_WEIGHTS has {sorted(self.event_weights)})"
                     )
-                if (name.startswith(WEIGHT_KEY_PREFIX) or name == "half_life") and any(v < 0 for v in values):
+                if (name.startswith(WEIGHT_KEY_PREFIX) or name in ("half_life", "rp3_alpha", "rp3_beta")) and any(
+                    v < 0 for v in values
+                ):
                     raise ConfigError(f"tuning grid key {name}: values must be 0 or more, got {values}")
+                if name == "ease_lambda" and any(v <= 0 for v in values):
+                    raise ConfigError(f"tuning grid key {name}: values must be more than 0, got {values}")
+                if name == "neighbours" and any(v < 1 for v in values):
+                    raise ConfigError(f"tuning grid key {name}: values must be at least 1, got {values}")
         if self.recency_half_life_days < 0:
             raise ConfigError(f"recency_half_life_days must be 0 (off) or more, got {self.recency_half_life_days}")
         if self.exclude_seen not in ("all", "purchased"):

@@ -158,7 +158,14 @@ def test_the_one_value_helpers_read_only_their_own_variables() -> None:
         ({"RECSYS_EVENT_WEIGHTS": " , "}, "RECSYS_EVENT_WEIGHTS: at least one event type is needed"),
         ({"RECSYS_SOURCE_COLUMNS": "user_id"},
          "RECSYS_SOURCE_COLUMNS: expected 'name=value,name=value', got 'user_id' in 'user_id'"),
-        ({"RECSYS_MODEL": "svd"}, "model must be one of ('als', 'bpr'), got 'svd'"),
+        ({"RECSYS_MODEL": "svd"}, "model must be one of ('als', 'bpr', 'ease', 'rp3beta', 'itemknn'), got 'svd'"),
+        ({"RECSYS_TUNING_GRID": "model=itemknn;similarity=jaccard"},
+         "similarity must be one of ('cosine', 'bm25', 'tfidf'), got 'jaccard'"),
+        ({"RECSYS_TUNING_GRID": "model=ease;ease_lambda=0,100"},
+         "tuning grid key ease_lambda: values must be more than 0, got [0.0, 100.0]"),
+        ({"RECSYS_TUNING_GRID": "neighbours=0"}, "tuning grid key neighbours: values must be at least 1, got [0]"),
+        ({"RECSYS_TUNING_GRID": "rp3_beta=-0.5"}, "tuning grid key rp3_beta: values must be 0 or more, got [-0.5]"),
+        ({"RECSYS_EASE_MAX_ITEMS": "-1"}, "ease_max_items must be 0 (EASE never fits) or more, got -1"),
         ({"RECSYS_TUNING_GRID": "weighting=tfidf"}, "weighting must be one of ('log', 'bm25'), got 'tfidf'"),
         ({"RECSYS_TUNING_GRID": "half_life=-1"}, "tuning grid key half_life: values must be 0 or more, got [-1.0]"),
         ({"RECSYS_TUNING_GRID": "weight.Teleport=2"},
@@ -234,8 +241,9 @@ def test_dag_params_come_from_the_fields() -> None:
                            "description": "List length"}
     assert params["alpha"] == {"default": None, "type": ["null", "number"], "minimum": 0,
                                "description": "Confidence scaling: alpha * log1p(weight sum)"}
-    assert params["model"] == {"default": None, "type": ["null", "string"], "enum": [None, "als", "bpr"],
-                               "description": "Model family outside the grid (als or bpr)"}
+    assert params["model"] == {"default": None, "type": ["null", "string"],
+                               "enum": [None, "als", "bpr", "ease", "rp3beta", "itemknn"],
+                               "description": "Model family outside the grid (als, bpr, ease, rp3beta or itemknn)"}
     assert params["run_date"] == {"default": None, "type": ["null", "string"], "format": "date",
                                   "description": "Process this date instead of the data interval start"}
     assert params["force_publish"] == {"default": False, "type": "boolean",

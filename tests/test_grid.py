@@ -31,6 +31,24 @@ def test_tuning_candidates_are_the_grid_product_over_settings(tmp_path) -> None:
     assert bpr == [{"model": "bpr", "factors": 64, "regularization": 0.01, "iterations": 100, "random_state": 42,
                     "learning_rate": 0.01, "event_weights": {"view": 1.0, "buy": 1.0}, "half_life_days": 0.0}]
 
+    # The item families: their own keys, binary input (weights 1/0), the settings' half-life.
+    grid = ("model=ease;ease_lambda=100,500;half_life=0,14 | model=rp3beta;rp3_alpha=0.6;rp3_beta=0.5;neighbours=200"
+            " | model=itemknn;similarity=bm25,cosine;neighbours=100;weight.buy=20")
+    items = tuning_candidates(Settings.from_env({**env, "RECSYS_TUNING_GRID": grid, "RECSYS_RECENCY_HALF_LIFE_DAYS": "7"}))
+    binary = {"view": 1.0, "buy": 1.0}
+    assert items == [
+        {"model": "ease", "ease_lambda": 100.0, "event_weights": binary, "half_life_days": 7.0},
+        {"model": "ease", "ease_lambda": 500.0, "event_weights": binary, "half_life_days": 7.0},
+        {"model": "rp3beta", "rp3_alpha": 0.6, "rp3_beta": 0.5, "neighbours": 200, "event_weights": binary,
+         "half_life_days": 7.0},
+        {"model": "itemknn", "similarity": "bm25", "neighbours": 100, "event_weights": binary, "half_life_days": 7.0},
+        {"model": "itemknn", "similarity": "cosine", "neighbours": 100, "event_weights": binary, "half_life_days": 7.0},
+    ]
+    from recsys.core.grid import split_candidate
+
+    params, _, _ = split_candidate(items[2])
+    assert (params.model, params.rp3_alpha, params.rp3_beta, params.neighbours) == ("rp3beta", 0.6, 0.5, 200)
+
     with pytest.raises(ConfigError, match="names among"):
         Settings.from_env({"RECSYS_TUNING_GRID": "depth=3"})
     with pytest.raises(ConfigError, match="must be numbers"):

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import numpy as np
 import pyarrow as pa
+import pytest
 import scipy.sparse as sp
 
 from recsys.core.lists import lists_table
 from recsys.core.model import (
+    Factors,
     top_k_items,
 )
 from tests.support import END, build_pair_events, weighted_events
@@ -49,11 +51,44 @@ def test_batched_lists_equal_one_batch_on_a_tiny_matrix(tmp_path) -> None:  # ty
     seen = sp.csr_matrix(dense)
     filters = ItemFilters(exclude=np.array([0, 5], dtype=np.int32), categories=np.arange(12, dtype=np.int32) % 3)
     settings = Settings.from_env({"RECSYS_HOME": str(tmp_path), "RECSYS_K": "4", "RECSYS_MAX_PER_CATEGORY": "2"})
-    whole_ids, whole_scores = serve_lists(settings, users, items, seen, filters)
+    model = Factors(users, items)
+    whole_ids, whole_scores = serve_lists(settings, model, np.arange(7), None, seen, filters)
     for batch in (1, 2, 3):
-        parts = [serve_lists(settings, users[i : i + batch], items, seen[i : i + batch], filters) for i in range(0, 7, batch)]
+        parts = [serve_lists(settings, model, np.arange(i, min(i + batch, 7)), None, seen[i : i + batch], filters)
+                 for i in range(0, 7, batch)]
         # BLAS may round a dot product differently with another batch shape: ids must match exactly.
         assert np.concatenate([ids for ids, _ in parts]).tolist() == whole_ids.tolist()
         assert np.allclose(np.concatenate([s for _, s in parts]), whole_scores, rtol=1e-5)
     assert whole_ids[6].tolist() == [-1, -1, -1, -1]
     assert top_k_items(items, users, seen, 4, None, batch_users=2)[0].tolist() == top_k_items(items, users, seen, 4, None)[0].tolist()
+
+
+@pytest.mark.parametrize("family", ["als", "ease", "rp3beta", "itemknn"])
+def test_every_family_is_served_with_seen_inactive_and_category_filters(tmp_path, family: str) -> None:  # type: ignore[no-untyped-def]
+    """serve_lists through one path for factor and item models: each list is the user's best
+    scores with seen and inactive items out and at most two items of a category, best first."""
+    from recsys.config import Settings
+    from recsys.core.families import ItemModel
+    from recsys.core.lists import ItemFilters, serve_lists
+    from recsys.core.model import ModelParams, train_model
+
+    rng = np.random.default_rng(5)
+    matrix = sp.csr_matrix(((rng.random((50, 16)) < 0.3) * rng.integers(1, 5, size=(50, 16))).astype(np.float32))
+    model = train_model(matrix, ModelParams(model=family, factors=4, iterations=5, ease_lambda=2.0, neighbours=8))
+    filters = ItemFilters(exclude=np.array([0, 5], dtype=np.int32), categories=np.arange(16, dtype=np.int32) % 3)
+    settings = Settings.from_env({"RECSYS_HOME": str(tmp_path), "RECSYS_K": "4", "RECSYS_MAX_PER_CATEGORY": "2"})
+    rows = np.array([9, 2, 30, 41])
+    seen = matrix[rows]
+    ids, scores = serve_lists(settings, model, rows, matrix, seen, filters)
+    if isinstance(model, ItemModel):
+        dense = model.score(matrix[rows])
+    else:
+        dense = model.user_factors[rows] @ model.item_factors.T
+    for i in range(len(rows)):
+        allowed = [j for j in range(16) if j not in (0, 5) and seen[i, j] == 0]
+        expected: list[int] = []
+        for j in sorted(allowed, key=lambda j: (-dense[i, j], j)):
+            if sum(filters.categories[e] == filters.categories[j] for e in expected) < 2:
+                expected.append(j)
+        assert ids[i].tolist() == expected[:4], (family, i)
+        assert scores[i] == pytest.approx(dense[i, expected[:4]], rel=1e-4, abs=1e-6)

@@ -168,10 +168,10 @@ def test_cap_per_category_keeps_the_best_of_each_category_in_order() -> None:
 
 
 def test_similar_items_are_nearest_by_cosine_and_never_the_item_itself() -> None:
-    from recsys.core.model import similar_items
+    from recsys.core.model import Factors, similar_items
 
     factors = np.array([[1, 0], [0.9, 0.1], [0, 1], [0.1, 0.9], [-1, 0]], dtype=np.float32)
-    ids, scores = similar_items(factors, 2, np.array([4]))
+    ids, scores = similar_items(Factors(np.zeros((0, 2), np.float32), factors), 2, np.array([4]))
     assert ids[:4, 0].tolist() == [1, 0, 3, 2]
     assert all(i not in row for i, row in enumerate(ids.tolist()))
     assert 4 not in ids  # excluded (inactive) items are never similar items
@@ -228,3 +228,38 @@ def test_pair_events_refuse_an_end_inside_a_second() -> None:
 
     with pytest.raises(ValueError, match="not a whole second"):
         build_pair_events(weighted_events(), [END - dt.timedelta(microseconds=500)])
+
+
+@pytest.mark.parametrize("similarity", ["cosine", "bm25", "tfidf"])
+def test_itemknn_scores_and_lists_equal_implicits_own_recommend(similarity: str) -> None:
+    """The item-kNN family is implicit's item-item recommender, served by the project's top-k:
+    the same scores, and the same lists wherever implicit's order is not a tie."""
+    from implicit import nearest_neighbours
+
+    from recsys.core.families import ItemModel
+    from recsys.core.model import recommend_users
+
+    rng = np.random.default_rng(1)
+    matrix = sp.csr_matrix(((rng.random((40, 15)) < 0.3) * rng.integers(1, 9, size=(40, 15))).astype(np.float32))
+    binary = matrix.copy()
+    binary.data[:] = 1.0
+    model = train_model(matrix, ModelParams(model="itemknn", similarity=similarity, neighbours=6))
+    assert isinstance(model, ItemModel) and model.item_matrix.shape == (15, 15)
+    kind = {"cosine": nearest_neighbours.CosineRecommender, "bm25": nearest_neighbours.BM25Recommender,
+            "tfidf": nearest_neighbours.TFIDFRecommender}[similarity]
+    theirs = kind(K=6)
+    theirs.fit(binary, show_progress=False)
+    users = np.arange(40)
+    their_ids, their_scores = theirs.recommend(users, binary, N=6, filter_already_liked_items=True)
+    ids, scores = recommend_users(model, users, matrix, matrix, 4, None)
+    compared = 0
+    for u in users:
+        theirs_u = their_scores[u]
+        for rank in range(4):
+            if theirs_u[rank] <= 0:  # implicit fills up with unlinked items at score 0, in its own order
+                break
+            assert scores[u, rank] == pytest.approx(theirs_u[rank], rel=1e-5)
+            if (rank == 0 or theirs_u[rank - 1] - theirs_u[rank] > 1e-6) and theirs_u[rank] - theirs_u[rank + 1] > 1e-6:
+                assert ids[u, rank] == their_ids[u, rank], (u, rank)
+                compared += 1
+    assert compared > 80

@@ -7,12 +7,14 @@ import datetime as dt
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from recsys.config import Settings
 from recsys.core.grid import make_candidate, split_candidate
 from recsys.core.holdout import score_candidate, tuning_users
 from recsys.core.lists import serve_lists
+from recsys.core.model import Factors
 from recsys.dev.datagen import generate_store
 from recsys.io import lake
 from recsys.io.artifacts import load_holdout
@@ -96,11 +98,13 @@ def test_every_family_is_scored_on_new_items_with_served_lists(settings: Setting
     assert (data.seen != (train_pairs > 0)).nnz == 0  # exclude_seen=all: every training pair is filtered
     users = None
     for choice in ({"model": "als", "factors": 8}, {"model": "bpr", "factors": 8},
-                   {"model": "als", "factors": 8, "weights": "uniform", "half_life": 7.0}):
+                   {"model": "als", "factors": 8, "weights": "uniform", "half_life": 7.0},
+                   {"model": "ease", "ease_lambda": 50.0}, {"model": "rp3beta", "neighbours": 50},
+                   {"model": "itemknn", "similarity": "bm25", "neighbours": 50}):
         candidate = make_candidate(settings, choice)
         params, weights, half_life = split_candidate(candidate)
-        factors = train_model(confidence_matrix(data.events, weights, half_life).matrix, params)
-        ids, _ = serve_lists(settings, factors.user_factors[data.rows], factors.item_factors, data.seen, data.filters)
+        matrix = confidence_matrix(data.events, weights, half_life).matrix
+        ids, _ = serve_lists(settings, train_model(matrix, params), data.rows, matrix, data.seen, data.filters)
         listed = np.zeros(data.seen.shape, dtype=bool)
         np.put_along_axis(listed, np.maximum(ids, 0), ids >= 0, axis=1)
         assert listed.sum() > 0.9 * listed.size / 150 * settings.k  # lists are (nearly) full
@@ -124,7 +128,7 @@ def test_train_keeps_the_winners_family_and_recommend_uses_it(settings: Settings
     from recsys.io.artifacts import load_model
 
     factors = load_model(models / "model.npz")
-    assert factors.model == "bpr" and factors.item_factors.shape[1] == 9
+    assert isinstance(factors, Factors) and factors.model == "bpr" and factors.item_factors.shape[1] == 9
     out = recommend(settings, END)
     assert out["users"] == factors.user_factors.shape[0] and out["short_lists"] == 0
     metrics = lake.read_json(models / "metrics.json")
@@ -151,3 +155,34 @@ def test_index_events_saves_the_capped_users_with_their_evaluated_rows(settings:
 
     sub = confidence_matrix(data.events, weights, half_life).matrix[data.rows]
     assert (sub != confidence_matrix(full.events, weights, half_life).matrix[full.rows]).nnz == 0
+
+
+def test_an_item_family_wins_is_trained_and_served_and_a_skipped_one_never_wins(settings: Settings) -> None:
+    """EASE (binary input, the settings' half-life) through train and recommend: its B is saved,
+    every user gets a full list scored from the window's history and every item an item# list.
+    A candidate that stepped aside is never the winner, however it is ranked; all of them
+    stepping aside fails train naming why."""
+    from recsys.core.families import ItemModel
+    from recsys.core.holdout import skipped_metrics
+    from recsys.io.artifacts import load_model
+
+    ease = make_candidate(settings, {"model": "ease", "ease_lambda": 50.0})
+    data = load_holdout(settings, END)
+    skipped = {**skipped_metrics("RECSYS_EASE_MAX_ITEMS"), "ndcg_at_k": 2.0}  # ranked first if train looked only at NDCG
+    results = [{"params": {**ease, "ease_lambda": 10.0}, "metrics": skipped, "seconds": 0.0},
+               {"params": ease, "metrics": score_candidate(settings, data, ease), "seconds": 1.0}]
+    out = train(settings, END, results)
+    models = lake.partition_dir(settings.lake, "models", END)
+    assert lake.read_json(models / "params.json")["model"] == {"model": "ease", "ease_lambda": 50.0}
+    assert out["ndcg_at_k"] == results[1]["metrics"]["ndcg_at_k"] > 0
+    metrics = lake.read_json(models / "metrics.json")
+    assert [g.get("skipped") for g in metrics["grid"]] == [None, "RECSYS_EASE_MAX_ITEMS"]
+    model = load_model(models / "model.npz")
+    assert isinstance(model, ItemModel) and isinstance(model.item_matrix, np.ndarray)
+    served = recommend(settings, END)
+    assert served["short_lists"] == 0 and served["items"] == model.n_items
+    lists = pq.read_table(lake.partition_file(settings.lake, "recommendations", END)).to_pylist()
+    similar = [r for r in lists if r["user_id"].startswith("item#")]
+    assert len({r["user_id"] for r in similar}) == model.n_items and len(similar) == model.n_items * settings.k
+    with pytest.raises(ValueError, match="every candidate stepped aside"):
+        train(settings, END, results[:1])

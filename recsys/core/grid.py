@@ -8,7 +8,10 @@ import logging
 from typing import Any
 
 from recsys.config import WEIGHT_KEY_PREFIX, Settings, parse_grids
+from recsys.core.families import ITEM_FAMILIES
 from recsys.core.model import ModelParams
+
+BINARY_FAMILIES = ("bpr", *ITEM_FAMILIES)  # fit on which pairs exist, not on their weights
 
 log = logging.getLogger(__name__)
 
@@ -18,9 +21,11 @@ def make_candidate(settings: Settings, choice: dict[str, Any] | None = None) -> 
 
     ``choice`` holds grid values (keys of config.TUNABLE and ``weight.<type>``); what it does
     not name comes from the settings, with each family's own defaults (BPR: ``bpr_iterations``,
-    ``bpr_regularization``, ``learning_rate``). BPR only sees which pairs have a weighted event,
-    so its weights are reduced to 1/0 and its half-life to the settings' (equal candidates
-    then collapse into one).
+    ``bpr_regularization``, ``learning_rate``; the item families: ModelParams'). BPR and the
+    item families (EASE, RP3beta, item-kNN) only see which pairs have a weighted event, so
+    their weights are reduced to 1/0 and their half-life to the settings' (equal candidates
+    then collapse into one). Only the fields that matter to the family are kept
+    (``ModelParams.as_dict``).
     """
 
     choice = choice or {}
@@ -29,7 +34,7 @@ def make_candidate(settings: Settings, choice: dict[str, Any] | None = None) -> 
     if family == "bpr":
         values.update(regularization=settings.bpr_regularization, iterations=settings.bpr_iterations,
                       learning_rate=settings.learning_rate)
-    else:
+    elif family == "als":
         values.update(regularization=settings.regularization, alpha=settings.alpha, iterations=settings.iterations,
                       weighting=settings.weighting)
     fields = {f.name for f in dataclasses.fields(ModelParams)}
@@ -41,7 +46,7 @@ def make_candidate(settings: Settings, choice: dict[str, Any] | None = None) -> 
         weights = {t: float(w) for t, w in settings.event_weights.items()}
     weights.update({k[len(WEIGHT_KEY_PREFIX):]: float(v) for k, v in choice.items() if k.startswith(WEIGHT_KEY_PREFIX)})
     half_life = float(choice.get("half_life", settings.recency_half_life_days))
-    if family == "bpr":
+    if family in BINARY_FAMILIES:
         weights = {t: float(w > 0) for t, w in weights.items()}
         half_life = float(settings.recency_half_life_days)
     return {**params.as_dict(), "event_weights": weights, "half_life_days": half_life}
@@ -60,7 +65,8 @@ def tuning_candidates(settings: Settings) -> list[dict[str, Any]]:
     ``a | b`` is the union of two products), equal candidates once, in grid order.
 
     The grid is ``name=v1,v2;name=v1`` over model fields (model, factors, regularization,
-    alpha, iterations, weighting, learning_rate), ``weights`` (configured, uniform),
+    alpha, iterations, weighting, learning_rate, ease_lambda, rp3_alpha, rp3_beta,
+    neighbours, similarity), ``weights`` (configured, uniform),
     ``weight.<event type>`` and ``half_life``; what it does not name keeps its settings
     value. An empty grid is one candidate: the settings themselves.
     """

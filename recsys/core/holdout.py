@@ -17,6 +17,7 @@ from recsys.core.grid import split_candidate
 from recsys.core.lists import ItemFilters, seen_matrix, serve_lists
 from recsys.core.metrics import evaluate_lists
 from recsys.core.model import (
+    Factors,
     PairEvents,
     build_user_item_matrix,
     confidence_matrix,
@@ -118,19 +119,39 @@ def score_candidate(settings: Settings, data: Holdout, candidate: dict[str, Any]
     its event weights and half-life); metrics of its lists on the hold-out.
 
     Lists are made the way they are served (seen and inactive items filtered, category cap).
+    A candidate that steps aside (:func:`steps_aside`) is not fit: its metrics are 0 with
+    ``skipped`` saying why, and train never picks it.
     """
 
     params, weights, half_life = split_candidate(candidate)
+    reason = steps_aside(settings, params.model, data.truth.shape[1])  # truth's columns: the window's items
+    if reason:
+        log.warning("tune: %s steps aside: %s", params.as_dict(), reason)
+        return skipped_metrics(reason)
     matrix = confidence_matrix(data.events, weights, half_life).matrix
-    factors = train_model(matrix, params)
-    ids, _ = serve_lists(settings, factors.user_factors[data.rows], factors.item_factors, data.seen, data.filters)
+    model = train_model(matrix, params)
+    ids, _ = serve_lists(settings, model, data.rows, matrix, data.seen, data.filters)
     return evaluate_lists(ids, data.truth, settings.k, data.eligible_items)
+
+
+def steps_aside(settings: Settings, family: str, items: int) -> str | None:
+    """Why the family cannot be fit on a window of ``items`` items, or None when it can: EASE
+    holds an items x items matrix, so it takes part only up to RECSYS_EASE_MAX_ITEMS items."""
+    if family == "ease" and items > settings.ease_max_items:
+        return (f"EASE needs an items x items matrix and the window has {items} items, more than "
+                f"RECSYS_EASE_MAX_ITEMS={settings.ease_max_items}")
+    return None
+
+
+def skipped_metrics(reason: str) -> dict[str, Any]:
+    """The metrics of a candidate that was not fit: every figure 0, and why."""
+    return {"map_at_k": 0.0, "ndcg_at_k": 0.0, "precision_at_k": 0.0, "recall_at_k": 0.0, "catalog_coverage": 0.0,
+            "users_evaluated": 0, "skipped": reason}
 
 
 def score_popularity(settings: Settings, data: Holdout) -> dict[str, Any]:
     """Metrics of the popularity baseline (most popular unseen active items) on the hold-out."""
 
-    item_vectors = data.popularity.reshape(-1, 1).astype(np.float32)
-    users = np.ones((len(data.rows), 1), dtype=np.float32)
-    ids, _ = serve_lists(settings, users, item_vectors, data.seen, data.filters)
+    popularity = Factors(np.ones((len(data.rows), 1), dtype=np.float32), data.popularity.reshape(-1, 1))
+    ids, _ = serve_lists(settings, popularity, np.arange(len(data.rows)), None, data.seen, data.filters)
     return evaluate_lists(ids, data.truth, settings.k, data.eligible_items)

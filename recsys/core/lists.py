@@ -13,10 +13,11 @@ import scipy.sparse as sp
 
 from recsys.config import POPULAR_USER_ID, Settings
 from recsys.core.model import (
+    Model,
     PairEvents,
     cap_per_category,
     pairs_matrix,
-    recommend_factors,
+    recommend_users,
 )
 from recsys.schemas import RECOMMENDATIONS_SCHEMA
 
@@ -47,13 +48,20 @@ class ItemFilters:
 
 
 def serve_lists(
-    settings: Settings, user_factors: np.ndarray, item_factors: np.ndarray, seen: sp.csr_matrix, filters: ItemFilters
+    settings: Settings,
+    model: Model,
+    rows: np.ndarray,
+    matrix: sp.csr_matrix | None,
+    seen: sp.csr_matrix,
+    filters: ItemFilters,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Top-k lists the way they are served: seen and inactive items out, category cap applied."""
+    """Top-k lists of the users at ``rows`` the way they are served, whatever the family: seen
+    (rows aligned with ``rows``) and inactive items out, category cap applied. Item models
+    score the users' rows of ``matrix`` (see :func:`recsys.core.model.recommend_users`)."""
 
     cap = settings.max_per_category
     width = settings.k * 3 if cap else settings.k
-    ids, scores = recommend_factors(user_factors, item_factors, seen, width, filters.exclude)
+    ids, scores = recommend_users(model, rows, matrix, seen, width, filters.exclude)
     if cap:
         ids, scores = cap_per_category(ids, scores, filters.categories, cap, settings.k)
     return ids, scores

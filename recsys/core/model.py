@@ -1,10 +1,13 @@
-"""The one wrapper around ``implicit``: the user × item matrix, model training (ALS or BPR)
-and top-k lists.
+"""The one wrapper around ``implicit`` and the one place that builds models: the user × item
+matrix, model training (ALS, BPR, EASE, RP3beta, item-kNN) and top-k lists.
 
 Models take a users × items CSR matrix and nothing else; ids stay outside, as the row and
-column labels returned by :func:`build_user_item_matrix`. Every family comes out as the same
-:class:`Factors` (user and item vectors whose dot product ranks items), so recommending,
-evaluating and saving never ask which family made them.
+column labels returned by :func:`build_user_item_matrix`. A family comes out as
+:class:`Factors` (ALS, BPR: user and item vectors whose dot product ranks items) or as
+:class:`recsys.core.families.ItemModel` (an item-item matrix that scores a user's history
+row). Both are a :data:`Model`: :func:`recommend_users` and :func:`similar_items` serve
+either through the same top-k, so recommending, evaluating and saving never ask which
+family made them.
 """
 
 from __future__ import annotations
@@ -16,6 +19,8 @@ import json
 import logging
 import os
 import time
+import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,6 +28,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import scipy.sparse as sp
+
+from recsys.config import SIMILARITIES
+from recsys.core.families import ItemModel, binary, fit_ease, fit_rp3beta
 
 log = logging.getLogger(__name__)
 
@@ -33,13 +41,19 @@ DEFAULT_BATCH_USERS = 20_000
 TOPK_BLOCK_SCORES = 8_000_000  # scores per top-k block (32 MB of float32), per thread
 
 
-ALS_ONLY = ("alpha", "weighting")
-BPR_ONLY = ("learning_rate",)
+# The fields of ModelParams each family is fit with (``model`` is always kept).
+FAMILY_FIELDS: dict[str, tuple[str, ...]] = {
+    "als": ("factors", "regularization", "alpha", "iterations", "random_state", "weighting"),
+    "bpr": ("factors", "regularization", "iterations", "random_state", "learning_rate"),
+    "ease": ("ease_lambda",),
+    "rp3beta": ("rp3_alpha", "rp3_beta", "neighbours"),
+    "itemknn": ("similarity", "neighbours"),
+}
 
 
 @dataclass(frozen=True)
 class ModelParams:
-    """What a model is trained with: the family (``als`` or ``bpr``) and its parameters."""
+    """What a model is trained with: the family (a key of FAMILY_FIELDS) and its parameters."""
 
     model: str = "als"
     factors: int = 64
@@ -49,11 +63,17 @@ class ModelParams:
     random_state: int = 42
     weighting: str = "log"  # ALS: how the confidence matrix is weighted: "log" or "bm25"
     learning_rate: float = 0.01  # BPR: SGD step
+    ease_lambda: float = 500.0  # EASE: the L2 penalty on B
+    rp3_alpha: float = 0.6  # RP3beta: exponent of the transition probabilities
+    rp3_beta: float = 0.5  # RP3beta: exponent of the popularity each item's column is divided by
+    neighbours: int = 200  # RP3beta, item-kNN: the non-zeros kept per item row
+    similarity: str = "bm25"  # item-kNN: implicit's "cosine", "bm25" or "tfidf" recommender
 
     def as_dict(self) -> dict[str, Any]:
-        """The fields that matter to the family (BPR ignores alpha and weighting, ALS the learning rate)."""
-        unused = BPR_ONLY if self.model == "als" else ALS_ONLY
-        return {k: v for k, v in dataclasses.asdict(self).items() if k not in unused}
+        """The family and the fields that matter to it (FAMILY_FIELDS; an unknown family keeps all)."""
+        values = dataclasses.asdict(self)
+        wanted = FAMILY_FIELDS.get(self.model)
+        return {k: v for k, v in values.items() if k == "model" or wanted is None or k in wanted}
 
 
 @dataclass
@@ -69,6 +89,10 @@ class Factors:
         """Item vectors for item-to-item similarity: BPR's last column is the item bias (its
         users' last column is 1), which says how popular an item is, not what it is like."""
         return self.item_factors[:, :-1] if self.model == "bpr" else self.item_factors
+
+
+# What train_model returns and recommend_users / similar_items serve.
+Model = Factors | ItemModel
 
 
 @dataclass
@@ -347,93 +371,112 @@ def scale_confidence(matrix: sp.csr_matrix, alpha: float, weighting: str = "log"
     raise ValueError(f"unknown weighting {weighting!r}; expected 'log' or 'bm25'")
 
 
-def train_model(matrix: sp.csr_matrix, params: ModelParams) -> Factors:
-    """Fit the family ``params.model`` on a users × items confidence matrix; returns its factors.
+def train_model(matrix: sp.csr_matrix, params: ModelParams) -> Model:
+    """Fit the family ``params.model`` on a users × items confidence matrix; returns the model.
 
-    ALS fits ``scale_confidence(matrix)``; BPR only sees which entries are non-zero (it
-    samples a liked item per step, whatever its weight). Raises ValueError for another family.
+    ALS fits ``scale_confidence(matrix)``. BPR and the item families only see which entries
+    are non-zero (BPR samples a liked item per step, whatever its weight; the item families
+    are fit on the binary matrix, which scored better than weighted input on real logs).
+    Raises ValueError for another family.
     """
     from threadpoolctl import threadpool_limits
 
     started = time.perf_counter()
+    model: Model
+    if params.model == "ease":  # one Cholesky inversion: BLAS threads are all it spends
+        model = ItemModel(fit_ease(matrix, params.ease_lambda), "ease")
+    elif params.model == "rp3beta":
+        model = ItemModel(fit_rp3beta(matrix, params.rp3_alpha, params.rp3_beta, params.neighbours), "rp3beta")
     # implicit runs its own threads; a multi-threaded BLAS under them only thrashes.
-    with threadpool_limits(1, "blas"):
-        if params.model == "als":
-            from implicit.cpu.als import AlternatingLeastSquares
-
-            als = AlternatingLeastSquares(
-                factors=params.factors,
-                regularization=params.regularization,
-                alpha=1.0,  # confidence is scaled by scale_confidence, once
-                iterations=params.iterations,
-                random_state=params.random_state,
-                calculate_training_loss=False,
-            )
-            als.fit(scale_confidence(matrix, params.alpha, params.weighting), show_progress=False)
-            factors = Factors(als.user_factors, als.item_factors, "als")
-        elif params.model == "bpr":
-            from implicit.cpu.bpr import BayesianPersonalizedRanking
-
-            binary = matrix.copy()
-            binary.data = np.ones_like(binary.data, dtype=np.float32)
-            bpr = BayesianPersonalizedRanking(
-                factors=params.factors,
-                learning_rate=params.learning_rate,
-                regularization=params.regularization,
-                iterations=params.iterations,
-                random_state=params.random_state,
-                num_threads=1,  # SGD on several threads races, and a rerun must give the same lists
-            )
-            bpr.fit(binary, show_progress=False)
-            factors = Factors(bpr.user_factors, bpr.item_factors, "bpr")
-        else:
-            raise ValueError(f"unknown model family {params.model!r}; expected 'als' or 'bpr'")
+    else:
+        with threadpool_limits(1, "blas"):
+            model = _fit_implicit(matrix, params)
     seconds = time.perf_counter() - started
     log.info(
         "%s fit: %d users x %d items, %d non-zeros, %s in %.1f s",
         params.model.upper(), matrix.shape[0], matrix.shape[1], matrix.nnz, params.as_dict(), seconds,
     )
-    return factors
+    return model
 
 
-def top_k_items(
-    item_vectors: np.ndarray,
-    query_vectors: np.ndarray,
+def _fit_implicit(matrix: sp.csr_matrix, params: ModelParams) -> Model:
+    """The families ``implicit`` fits: ALS, BPR, and its item-item recommenders (item-kNN)."""
+    if params.model == "als":
+        from implicit.cpu.als import AlternatingLeastSquares
+
+        als = AlternatingLeastSquares(
+            factors=params.factors,
+            regularization=params.regularization,
+            alpha=1.0,  # confidence is scaled by scale_confidence, once
+            iterations=params.iterations,
+            random_state=params.random_state,
+            calculate_training_loss=False,
+        )
+        als.fit(scale_confidence(matrix, params.alpha, params.weighting), show_progress=False)
+        return Factors(als.user_factors, als.item_factors, "als")
+    if params.model == "bpr":
+        from implicit.cpu.bpr import BayesianPersonalizedRanking
+
+        bpr = BayesianPersonalizedRanking(
+            factors=params.factors,
+            learning_rate=params.learning_rate,
+            regularization=params.regularization,
+            iterations=params.iterations,
+            random_state=params.random_state,
+            num_threads=1,  # SGD on several threads races, and a rerun must give the same lists
+        )
+        bpr.fit(binary(matrix), show_progress=False)
+        return Factors(bpr.user_factors, bpr.item_factors, "bpr")
+    if params.model == "itemknn":
+        from implicit import nearest_neighbours
+        from implicit.utils import ParameterWarning
+
+        kinds = {"cosine": nearest_neighbours.CosineRecommender, "bm25": nearest_neighbours.BM25Recommender,
+                 "tfidf": nearest_neighbours.TFIDFRecommender}
+        if params.similarity not in kinds:
+            raise ValueError(f"unknown similarity {params.similarity!r}; expected one of {SIMILARITIES}")
+        knn = kinds[params.similarity](K=params.neighbours)
+        with warnings.catch_warnings():  # implicit hands its own weighted COO matrix to itself and warns
+            warnings.simplefilter("ignore", ParameterWarning)
+            knn.fit(binary(matrix), show_progress=False)
+        return ItemModel(sp.csr_matrix(knn.similarity, dtype=np.float32), "itemknn")
+    raise ValueError(f"unknown model family {params.model!r}; expected one of {tuple(FAMILY_FIELDS)}")
+
+
+def _top_k(
+    score_rows: Callable[[int, int], np.ndarray],
+    n: int,
+    n_items: int,
     seen: sp.csr_matrix | None,
     k: int,
     exclude_items: np.ndarray | None,
     batch_users: int = DEFAULT_BATCH_USERS,
     threads: int = 0,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Top-k items by dot product for every query row, best first (ties: lower item index
-    first), computed in blocks of at most ``batch_users`` rows and ``TOPK_BLOCK_SCORES``
-    scores on ``threads`` threads (0: one per core, at most 4).
+    """Top-k items of the scores ``score_rows(start, stop)`` gives for rows start..stop-1 of n
+    (a new float32 array: it is masked in place),
+    best first (ties: lower item index first), in blocks of at most ``batch_users`` rows and
+    ``TOPK_BLOCK_SCORES`` scores on ``threads`` threads (0: one per core, at most 4).
 
-    ``seen`` (rows aligned with ``query_vectors``) and ``exclude_items`` are never returned.
-    Returns (ids int32, scores float32), shape (n, k); a short list is padded with id -1.
-
-    Not implicit's ``topk``: that masks the seen items of each user with one scipy row slice
-    in Python, under the GIL, which costs more than the scoring itself; here one block's
-    seen items are masked with one vectorised assignment, and the matrix products and
-    partial sorts release the GIL, so the blocks run in parallel.
+    ``seen`` (rows aligned with the n rows) and ``exclude_items`` are never returned; nor is an
+    item whose score is -inf. Returns (ids int32, scores float32), shape (n, k); a short list
+    is padded with id -1.
     """
     from concurrent.futures import ThreadPoolExecutor
 
     from threadpoolctl import threadpool_limits
 
-    n, n_items = query_vectors.shape[0], item_vectors.shape[0]
     k_eff = min(k, n_items)
     ids = np.full((n, k), -1, dtype=np.int32)
     scores = np.full((n, k), -np.inf, dtype=np.float32)
     if n == 0 or k_eff == 0:
         return ids, scores
     exclude = None if exclude_items is None or len(exclude_items) == 0 else np.asarray(exclude_items, dtype=np.int64)
-    items_t = np.ascontiguousarray(item_vectors, dtype=np.float32).T
     rows = max(1, min(batch_users, TOPK_BLOCK_SCORES // n_items))
 
     def block(start: int) -> None:
         stop = min(start + rows, n)
-        scored = np.ascontiguousarray(query_vectors[start:stop], dtype=np.float32) @ items_t
+        scored = score_rows(start, stop)
         if seen is not None:
             first, last = seen.indptr[start], seen.indptr[stop]
             owner = np.repeat(np.arange(stop - start), np.diff(seen.indptr[start : stop + 1]))
@@ -458,6 +501,79 @@ def top_k_items(
     return ids, scores
 
 
+def top_k_items(
+    item_vectors: np.ndarray,
+    query_vectors: np.ndarray,
+    seen: sp.csr_matrix | None,
+    k: int,
+    exclude_items: np.ndarray | None,
+    batch_users: int = DEFAULT_BATCH_USERS,
+    threads: int = 0,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Top-k items by dot product for every query row, best first (ties: lower item index
+    first), computed in blocks of at most ``batch_users`` rows and ``TOPK_BLOCK_SCORES``
+    scores on ``threads`` threads (0: one per core, at most 4).
+
+    ``seen`` (rows aligned with ``query_vectors``) and ``exclude_items`` are never returned.
+    Returns (ids int32, scores float32), shape (n, k); a short list is padded with id -1.
+
+    Not implicit's ``topk``: that masks the seen items of each user with one scipy row slice
+    in Python, under the GIL, which costs more than the scoring itself; here one block's
+    seen items are masked with one vectorised assignment, and the matrix products and
+    partial sorts release the GIL, so the blocks run in parallel.
+    """
+    items_t = np.ascontiguousarray(item_vectors, dtype=np.float32).T
+
+    def score_rows(start: int, stop: int) -> np.ndarray:
+        return np.ascontiguousarray(query_vectors[start:stop], dtype=np.float32) @ items_t
+
+    return _top_k(score_rows, query_vectors.shape[0], item_vectors.shape[0], seen, k, exclude_items,
+                  batch_users, threads)
+
+
+def top_k_scores(
+    scores: np.ndarray, seen: sp.csr_matrix | None, k: int, exclude_items: np.ndarray | None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Top-k items of a block of precomputed scores (rows x items), with the masking, tie order
+    and padding of :func:`top_k_items`."""
+    return _top_k(lambda start, stop: np.array(scores[start:stop], dtype=np.float32), scores.shape[0],
+                  scores.shape[1], seen, k, exclude_items)
+
+
+def model_items(model: Model) -> int:
+    """The number of items (columns) a model scores."""
+    return model.n_items if isinstance(model, ItemModel) else int(model.item_factors.shape[0])
+
+
+def recommend_users(
+    model: Model,
+    rows: np.ndarray,
+    matrix: sp.csr_matrix | None,
+    seen: sp.csr_matrix,
+    k: int,
+    exclude_items: np.ndarray | None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Top-k for the users at ``rows``, never an item in ``seen`` (rows aligned with ``rows``) or
+    ``exclude_items``. Factor models score their trained user vectors ``user_factors[rows]``;
+    item models score the users' history rows ``matrix[rows]`` (any users × items matrix with
+    the model's columns, trained on or not: fold-in). Raises ValueError when an item model
+    gets no matrix."""
+    started = time.perf_counter()
+    if isinstance(model, ItemModel):
+        if matrix is None:
+            raise ValueError(f"{model.model} scores users from their history rows: pass the users x items matrix")
+        history = matrix[rows]
+        ids, scores = _top_k(lambda start, stop: model.score(history[start:stop]), len(rows), model.n_items,
+                             seen, k, exclude_items)
+    else:
+        ids, scores = top_k_items(model.item_factors, model.user_factors[rows], seen, k, exclude_items)
+    seconds = time.perf_counter() - started
+    log.info(
+        "recommended top-%d for %d users in %.1f s (%.0f users/s)", k, len(ids), seconds, len(ids) / max(seconds, 1e-9)
+    )
+    return ids, scores
+
+
 def recommend_factors(
     user_factors: np.ndarray,
     item_factors: np.ndarray,
@@ -466,13 +582,8 @@ def recommend_factors(
     exclude_items: np.ndarray | None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Top-k for every user row of the factors, never an item in ``seen`` or ``exclude_items``."""
-    started = time.perf_counter()
-    ids, scores = top_k_items(item_factors, user_factors, seen, k, exclude_items)
-    seconds = time.perf_counter() - started
-    log.info(
-        "recommended top-%d for %d users in %.1f s (%.0f users/s)", k, len(ids), seconds, len(ids) / max(seconds, 1e-9)
-    )
-    return ids, scores
+    return recommend_users(Factors(user_factors, item_factors), np.arange(len(user_factors)), None, seen, k,
+                           exclude_items)
 
 
 def fingerprint(*parts: Any) -> str:
@@ -514,10 +625,26 @@ def cap_per_category(
     return out_ids, out_scores
 
 
-def similar_items(item_factors: np.ndarray, k: int, exclude_items: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
-    """Item-to-item top-k by cosine similarity of the item vectors (``Factors.item_embeddings``),
-    never the item itself."""
-    norms = np.linalg.norm(item_factors, axis=1, keepdims=True)
-    normed = (item_factors / np.maximum(norms, 1e-12)).astype(np.float32)
-    itself = sp.identity(len(normed), dtype=np.float32, format="csr")
-    return top_k_items(normed, normed, itself, k, exclude_items)
+def similar_items(model: Model, k: int, exclude_items: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+    """Item-to-item top-k, never the item itself nor an excluded item. Factor models: cosine of
+    the item vectors (``Factors.item_embeddings``); item models: the rows of their neighbour
+    matrix (EASE: columns of B), only the items a row links (a shorter list is padded)."""
+    if isinstance(model, Factors):
+        vectors = model.item_embeddings
+        norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+        normed = (vectors / np.maximum(norms, 1e-12)).astype(np.float32)
+        itself = sp.identity(len(normed), dtype=np.float32, format="csr")
+        return top_k_items(normed, normed, itself, k, exclude_items)
+    neighbours = model.neighbour_matrix
+    n = model.n_items
+
+    def score_rows(start: int, stop: int) -> np.ndarray:
+        if isinstance(neighbours, np.ndarray):
+            return np.array(neighbours[start:stop], dtype=np.float32)
+        block = neighbours[start:stop].tocoo()
+        dense = np.full((stop - start, n), -np.inf, dtype=np.float32)
+        dense[block.row, block.col] = block.data
+        return dense
+
+    itself = sp.identity(n, dtype=np.float32, format="csr")
+    return _top_k(score_rows, n, n, itself, k, exclude_items)

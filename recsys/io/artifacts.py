@@ -16,9 +16,10 @@ import scipy.sparse as sp
 
 from recsys import datasets
 from recsys.config import Settings
+from recsys.core.families import ItemModel
 from recsys.core.holdout import Holdout
 from recsys.core.lists import ItemFilters
-from recsys.core.model import Factors, PairEvents
+from recsys.core.model import Factors, Model, PairEvents
 from recsys.io import lake
 
 log = logging.getLogger(__name__)
@@ -99,13 +100,24 @@ def read_champion(settings: Settings) -> dict[str, Any] | None:
     return lake.read_lake_json(settings.lake, datasets.CHAMPION)
 
 
-def save_model(factors: Factors, path: Path) -> None:
-    """Save the factors and the family as ``.npz`` (what serving-time scoring needs)."""
-    np.savez(path, user_factors=factors.user_factors, item_factors=factors.item_factors, model=np.array(factors.model))
+def save_model(model: Model, path: Path) -> None:
+    """Save a model as ``.npz`` with its family: factors (``user_factors``, ``item_factors``), or
+    an item model's matrix, dense (EASE's B, float32) or as CSR arrays (``item_matrix_*``)."""
+    family = np.array(model.model)
+    if isinstance(model, Factors):
+        np.savez(path, user_factors=model.user_factors, item_factors=model.item_factors, model=family)
+    elif isinstance(model.item_matrix, np.ndarray):
+        np.savez(path, item_matrix=model.item_matrix.astype(np.float32, copy=False), model=family)
+    else:  # the **dict against allow_pickle (see save_pair_events)
+        np.savez(path, **_csr_arrays("item_matrix", model.item_matrix), model=family)  # type: ignore[arg-type]
 
 
-def load_model(path: Path) -> Factors:
-    """The factors saved by :func:`save_model` (a file without a family is ALS)."""
+def load_model(path: Path) -> Model:
+    """The model saved by :func:`save_model` (a file without a family is ALS)."""
     with np.load(path, allow_pickle=False) as saved:
         model = str(saved["model"]) if "model" in saved.files else "als"
+        if "item_matrix" in saved.files:
+            return ItemModel(saved["item_matrix"], model)
+        if "item_matrix_indptr" in saved.files:
+            return ItemModel(_csr_from(saved, "item_matrix"), model)
         return Factors(saved["user_factors"], saved["item_factors"], model)

@@ -59,7 +59,8 @@ def write_report(
     )
     grid = metrics.get("grid", [])
     grid_rows = "".join(
-        f"<tr><td>{i + 1}</td><td><code>{html.escape(params_text(g['params'], settings.event_weights))}</code></td>"
+        f"<tr><td>{i + 1}</td><td><code>{html.escape(params_text(g['params'], settings.event_weights))}</code>"
+        + (f"<br>skipped: {html.escape(g['skipped'])}" if g.get("skipped") else "") + "</td>"
         + "".join(f"<td>{g[m]:.4f}</td>" if m in g else "<td>—</td>" for m in METRICS)
         + (f"<td>{g['seconds']:.1f}</td>" if g.get("seconds") is not None else "<td>—</td>") + "</tr>"
         for i, g in enumerate(grid)
@@ -109,7 +110,8 @@ def params_text(params: dict[str, Any], configured: dict[str, float] | None = No
     Event weights read ``configured`` (RECSYS_EVENT_WEIGHTS), ``uniform`` (every type 1), or
     ``View:1 Purchase:20 …``; random_state is left out.
     """
-    order = ("model", "factors", "regularization", "alpha", "weighting", "learning_rate", "iterations")
+    order = ("model", "factors", "regularization", "alpha", "weighting", "learning_rate", "iterations",
+             "ease_lambda", "rp3_alpha", "rp3_beta", "similarity", "neighbours")
     parts = []
     for key, value in sorted(params.items(), key=lambda kv: order.index(kv[0]) if kv[0] in order else len(order)):
         if key == "random_state":

@@ -14,6 +14,7 @@ import pyarrow.parquet as pq
 
 from recsys import datasets
 from recsys.config import Settings
+from recsys.core.families import ItemModel
 from recsys.core.lists import (
     ItemFilters,
     lists_table,
@@ -21,7 +22,7 @@ from recsys.core.lists import (
     seen_matrix,
     serve_lists,
 )
-from recsys.core.model import similar_items
+from recsys.core.model import confidence_matrix, model_items, similar_items
 from recsys.io import lake
 from recsys.io.artifacts import load_model, load_window_events
 from recsys.io.sources.files import read_catalog
@@ -35,11 +36,13 @@ def recommend(settings: Settings, day: dt.date) -> dict[str, Any]:
 
     Top-k for every user of the window (filtered as configured); ``__popular__`` for unknown
     users; ``__popular__#<category>`` for each catalog category; ``item#<item_id>`` with the
-    item's most similar items (cosine of the model's item factors) for every item.
+    item's most similar items (factor models: cosine of the item factors; item models: their
+    item-item matrix) for every item.
 
     Users are scored ``recommend_batch_users`` at a time and each batch's lists go straight
-    into the Parquet file, so memory holds the factors, the seen matrix and one batch of
-    lists, whatever the number of users.
+    into the Parquet file, so memory holds the model, the seen matrix (and for an item model
+    the matrix it scores the users' histories from) and one batch of lists, whatever the
+    number of users.
     """
 
     started = time.perf_counter()
@@ -49,16 +52,19 @@ def recommend(settings: Settings, day: dt.date) -> dict[str, Any]:
     )
     users = pq.read_table(models / "users.parquet")["user_id"].combine_chunks()
     items = pq.read_table(models / "items.parquet")["item_id"].combine_chunks()
-    version = lake.read_json(models / "params.json")["model_version"]
-    factors = load_model(models / "model.npz")
-    user_factors, item_factors = factors.user_factors, factors.item_factors
+    params = lake.read_json(models / "params.json")
+    version = params["model_version"]
+    model = load_model(models / "model.npz")
     events = load_window_events(settings, day)
-    if not (events.user_ids.equals(users) and events.item_ids.equals(items)):
+    if not (events.user_ids.equals(users) and events.item_ids.equals(items)) or model_items(model) != len(items):
         raise ValueError(
             f"the model of {day} ({models}) was not trained on the events of "
             f"{lake.partition_uri(settings.lake, datasets.PAIR_EVENTS, day)}: rerun the run from index_events"
         )
     seen = seen_matrix(settings, events)
+    # An item model scores each user's history: the matrix it was trained on, rebuilt the same way.
+    history = (confidence_matrix(events, params["event_weights"], params["half_life_days"]).matrix
+               if isinstance(model, ItemModel) else None)
     del events
     filters = ItemFilters.from_catalog(read_catalog(settings.catalog), items)
     batch = settings.recommend_batch_users
@@ -68,7 +74,7 @@ def recommend(settings: Settings, day: dt.date) -> dict[str, Any]:
         with pq.ParquetWriter(tmp / datasets.DATA_FILE, RECOMMENDATIONS_SCHEMA, compression="zstd") as writer:
             for first in range(0, len(users), batch):
                 last = min(first + batch, len(users))
-                ids, scores = serve_lists(settings, user_factors[first:last], item_factors, seen[first:last], filters)
+                ids, scores = serve_lists(settings, model, np.arange(first, last), history, seen[first:last], filters)
                 lists = lists_table(users.slice(first, last - first), items, ids, scores)
                 writer.write_table(lists)
                 rows += lists.num_rows
@@ -81,7 +87,7 @@ def recommend(settings: Settings, day: dt.date) -> dict[str, Any]:
                 settings, pq.read_table(confidence_dir / "popular.parquet"),
                 pq.read_table(confidence_dir / "popular_by_category.parquet"),
             )
-            similar_ids, similar_scores = similar_items(factors.item_embeddings, settings.k, filters.exclude)
+            similar_ids, similar_scores = similar_items(model, settings.k, filters.exclude)
             item_keys = pc.binary_join_element_wise(pa.scalar("item#"), items, "")
             similar = lists_table(item_keys, items, similar_ids, similar_scores)
             writer.write_table(popular)

@@ -32,13 +32,14 @@ GRID_METRICS = ("ndcg_at_k", "map_at_k", "precision_at_k", "recall_at_k", "catal
 
 
 def train(settings: Settings, day: dt.date, results: list[dict[str, Any]] | None = None) -> dict[str, Any]:
-    """Pick the best candidate on NDCG@k, gate it against popularity, train it (its family,
-    event weights and half-life) on the whole window and write ``lake/models/dt=D/``
-    (model.npz, users/items.parquet, params.json, metrics.json with every candidate).
+    """Pick the best candidate on NDCG@k (never one that stepped aside), gate it against
+    popularity, train it (its family, event weights and half-life) on the whole window and
+    write ``lake/models/dt=D/`` (model.npz, users/items.parquet, params.json, metrics.json
+    with every candidate).
 
     ``results`` are the tune tasks' outputs; without them the settings' own parameters are
     scored here. Returns {"model_version", "metrics"}. Raises QualityGateError when the best
-    candidate does not beat the popularity baseline.
+    candidate does not beat the popularity baseline, ValueError when every candidate stepped aside.
     """
 
     started = time.perf_counter()
@@ -47,13 +48,17 @@ def train(settings: Settings, day: dt.date, results: list[dict[str, Any]] | None
         candidate = make_candidate(settings)
         results = [{"params": candidate, "metrics": score_candidate(settings, data, candidate),
                     "seconds": round(time.perf_counter() - started, 2)}]
-    ranked = sorted(results, key=lambda r: -r["metrics"]["ndcg_at_k"])
+    ranked = sorted(results, key=lambda r: (bool(r["metrics"].get("skipped")), -r["metrics"]["ndcg_at_k"]))
+    if ranked[0]["metrics"].get("skipped"):
+        raise ValueError(f"every candidate stepped aside ({ranked[0]['metrics']['skipped']}): add a family that can "
+                         "fit this window to RECSYS_TUNING_GRID, or raise the limit named")
     best = ranked[0]["params"]
     params, weights, half_life = split_candidate(best)
     metrics = {
         "model": ranked[0]["metrics"],
         "popularity": score_popularity(settings, data),
-        "grid": [{"params": r["params"], **{m: r["metrics"][m] for m in GRID_METRICS}, "seconds": r.get("seconds")}
+        "grid": [{"params": r["params"], **{m: r["metrics"][m] for m in GRID_METRICS}, "seconds": r.get("seconds"),
+                  **({"skipped": r["metrics"]["skipped"]} if r["metrics"].get("skipped") else {})}
                  for r in ranked],
         "holdout_users_cold": data.cold_users,
         "holdout_users_warm": data.warm_users,
@@ -88,11 +93,11 @@ def train(settings: Settings, day: dt.date, results: list[dict[str, Any]] | None
         raise
     events = load_window_events(settings, day)
     full = confidence_matrix(events, weights, half_life)
-    factors = train_model(full.matrix, params)
+    model = train_model(full.matrix, params)
     version = f"{day.isoformat()}-{fingerprint(best, full.matrix.indptr, full.matrix.indices, full.matrix.data)}"
     seconds = time.perf_counter() - started
     with lake.replace_partition(settings.lake, datasets.MODELS, day) as tmp:
-        save_model(factors, tmp / "model.npz")
+        save_model(model, tmp / "model.npz")
         pq.write_table(pa.table({"user_id": full.user_ids}), tmp / "users.parquet")
         pq.write_table(pa.table({"item_id": full.item_ids}), tmp / "items.parquet")
         lake.write_json(tmp / "params.json", {"model_version": version, "model": params.as_dict(), "k": k,

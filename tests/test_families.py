@@ -1,0 +1,108 @@
+"""recsys.core.families: EASE and RP3beta on tiny matrices with known answers, and every item
+family (EASE, RP3beta, item-kNN) scoring users from their history rows (fold-in)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+
+from recsys.core.families import ItemModel, fit_ease, fit_rp3beta
+from recsys.core.model import ModelParams, recommend_users, similar_items, train_model
+
+ITEM_PARAMS = [
+    ModelParams(model="ease", ease_lambda=3.0),
+    ModelParams(model="rp3beta", rp3_alpha=0.8, rp3_beta=0.3, neighbours=5),
+    ModelParams(model="itemknn", similarity="cosine", neighbours=5),
+    ModelParams(model="itemknn", similarity="bm25", neighbours=5),
+    ModelParams(model="itemknn", similarity="tfidf", neighbours=5),
+]
+
+
+def random_history(users: int = 30, items: int = 9, seed: int = 0) -> sp.csr_matrix:
+    rng = np.random.default_rng(seed)
+    dense = (rng.random((users, items)) < 0.35) * rng.integers(1, 20, size=(users, items))
+    return sp.csr_matrix(dense.astype(np.float32))
+
+
+def test_ease_equals_the_closed_form_solved_densely() -> None:
+    """B = I - P diag(1/diag P), P = (X'X + λI)^-1 on the binary matrix; the weights are ignored."""
+    matrix = random_history()
+    x = (matrix.toarray() > 0).astype(np.float64)
+    p = np.linalg.inv(x.T @ x + 3.0 * np.eye(9))
+    expected = np.eye(9) - p / np.diag(p)[None, :]
+    got = fit_ease(matrix, 3.0)
+    assert got.dtype == np.float32 and got.shape == (9, 9)
+    assert np.allclose(got, expected, atol=1e-5) and not np.diag(got).any()
+    assert not np.allclose(fit_ease(matrix, 30.0), expected, atol=1e-3)  # λ matters
+    with pytest.raises(ValueError, match="ease_lambda must be more than 0"):
+        fit_ease(matrix, 0.0)
+
+
+def test_ease_builds_and_inverts_by_blocks_the_same(monkeypatch: pytest.MonkeyPatch) -> None:
+    import recsys.core.families as families
+
+    matrix = random_history(seed=4)
+    whole = fit_ease(matrix, 2.0)
+    monkeypatch.setattr(families, "BLOCK_ENTRIES", 20)  # two rows a block
+    assert np.allclose(fit_ease(matrix, 2.0), whole, atol=1e-6)
+
+
+def test_rp3beta_on_a_hand_worked_graph() -> None:
+    """Users u0 {i0, i1}, u1 {i1, i2}, u2 {i0, i2, i3}. With alpha 1, the walk i -> u -> j is
+    sum over u of 1/deg(i) * 1/deg(u); beta 1 divides column j by deg(j) = (2, 2, 2, 1):
+    row i0 = (., 1/4, 1/6, 1/6) / deg = (., 1/8, 1/12, 1/6); row i1 = (1/8, ., 1/8, 0);
+    row i2 = (1/12, 1/8, ., 1/6); row i3 = (1/6, 0, 1/6, .). Two neighbours a row keep
+    the largest: i0 loses i2 and i2 loses i0."""
+    x = sp.csr_matrix(np.array([[1, 1, 0, 0], [0, 1, 1, 0], [1, 0, 1, 1]], dtype=np.float32))
+    w = fit_rp3beta(x, 1.0, 1.0, 2).toarray()
+    assert w == pytest.approx(np.array(
+        [[0, 1 / 8, 0, 1 / 6], [1 / 8, 0, 1 / 8, 0], [0, 1 / 8, 0, 1 / 6], [1 / 6, 0, 1 / 6, 0]]), abs=1e-7)
+    full = fit_rp3beta(x, 1.0, 1.0, 10).toarray()
+    assert full[0, 2] == pytest.approx(1 / 12) and full[2, 0] == pytest.approx(1 / 12)
+    # beta 0, alpha 2: each transition squared. i3 -> u2 (1) -> i0 (1/9); i0 -> u0 (1/4) -> i1 (1/4): 1/16.
+    squared = fit_rp3beta(x, 2.0, 0.0, 10).toarray()
+    assert squared[3, 0] == pytest.approx(1 / 9) and squared[0, 1] == pytest.approx(1 / 16)
+    assert squared[0, 3] == pytest.approx(1 / 4 * 1 / 9)
+    # u0 = {i0, i1} scores (row i0 + row i1) = (1/8, 1/8, 1/8, 1/6): i3, then i2.
+    ids, scores = recommend_users(ItemModel(sp.csr_matrix(w), "rp3beta"), np.array([0]), x, x[[0]], 2, None)
+    assert ids.tolist() == [[3, 2]] and scores[0] == pytest.approx([1 / 6, 1 / 8])
+
+
+@pytest.mark.parametrize("params", ITEM_PARAMS, ids=lambda p: f"{p.model}-{p.similarity}")
+def test_scoring_history_rows_equals_the_training_rows_scores(params: ModelParams) -> None:
+    """Fold-in: a block of users scored from their history rows, in any order and with or
+    without the rest of the matrix, gets the scores the model gives them as training rows
+    (x @ item_matrix over the binary matrix it was fit on)."""
+    matrix = random_history(seed=2)
+    model = train_model(matrix, params)
+    assert isinstance(model, ItemModel) and model.model == params.model
+    binary = (matrix.toarray() > 0).astype(np.float64)
+    item_matrix = model.item_matrix if isinstance(model.item_matrix, np.ndarray) else model.item_matrix.toarray()
+    training = binary @ item_matrix
+    rows = np.array([7, 0, 21, 3])
+    assert np.allclose(model.score(matrix[rows]), training[rows], atol=1e-5)
+    # A user the model never saw: the history alone decides.
+    stranger = sp.csr_matrix(binary[[5]] * 3)
+    assert np.allclose(model.score(stranger), training[[5]], atol=1e-5)
+    if params.model == "ease":
+        p = np.linalg.inv(binary.T @ binary + 3.0 * np.eye(9))
+        assert np.allclose(model.score(matrix), binary @ (np.eye(9) - p / np.diag(p)[None, :]), atol=1e-4)
+
+
+@pytest.mark.parametrize("params", ITEM_PARAMS, ids=lambda p: f"{p.model}-{p.similarity}")
+def test_similar_items_of_an_item_model_are_its_neighbour_rows(params: ModelParams) -> None:
+    """item# lists: EASE's columns of B, kNN's and RP3beta's rows of W; never the item itself
+    nor an excluded item; a neighbourhood model lists only the items a row links."""
+    model = train_model(random_history(seed=3), params)
+    assert isinstance(model, ItemModel)
+    ids, scores = similar_items(model, 3, np.array([4]))
+    neighbours = model.item_matrix.T if params.model == "ease" else model.item_matrix
+    dense = neighbours if isinstance(neighbours, np.ndarray) else neighbours.toarray()
+    for item in range(9):
+        listed = ids[item][ids[item] >= 0]
+        assert item not in listed and 4 not in listed
+        candidates = [j for j in range(9) if j not in (item, 4) and (params.model == "ease" or dense[item, j] != 0)]
+        best = sorted(candidates, key=lambda j: (-dense[item, j], j))[:3]
+        assert listed.tolist() == best
+        assert scores[item, : len(best)] == pytest.approx(dense[item, best], abs=1e-6)
