@@ -48,6 +48,8 @@ def test_tuning_candidates_are_the_grid_product_over_settings(tmp_path) -> None:
 
     params, _, _ = split_candidate(items[2])
     assert (params.model, params.rp3_alpha, params.rp3_beta, params.neighbours) == ("rp3beta", 0.6, 0.5, 200)
+    families = {c["model"] for c in tuning_candidates(Settings.from_env({"RECSYS_HOME": str(tmp_path)}))}
+    assert families == {"als", "ease", "rp3beta", "itemknn"}  # the default grid
 
     with pytest.raises(ConfigError, match="names among"):
         Settings.from_env({"RECSYS_TUNING_GRID": "depth=3"})
