@@ -133,7 +133,7 @@ def weighted_events() -> pa.Table:
 STORE_END = dt.date(2026, 5, 31)
 SMALL = {"users": 3_000, "items": 300, "events": 60_000, "days": 35, "seed": 11, "end_date": STORE_END, "categories": 10}
 # One model per run, a good one for this store, and no lift required of it: for the tests of
-# what is served when, where the tuning is not under test (12 candidates cost ~10 s a run).
+# what is served when, where the tuning is not under test (the default grid costs several seconds a run).
 ONE_MODEL = {"RECSYS_TUNING_GRID": "", "RECSYS_FACTORS": "16", "RECSYS_ALPHA": "10", "RECSYS_GATE_MIN_LIFT": "0"}
 
 
