@@ -12,6 +12,9 @@ the fallback), ``similar`` (``/items/{id}/similar``), ``health`` (one consistent
 ``__meta__``), and ``direct`` — no HTTP at all, the same GetItem of a known user through boto3
 from the client threads: the ceiling DynamoDB Local + botocore allow on this machine.
 
+Auth is on unless ``--no-auth``: the server gets ``RECSYS_SERVE_API_KEYS`` and every request
+sends its key as a bearer token, as a storefront would.
+
 Closed loop (the default): each client sends its next request as soon as the last one is
 answered, so by Little's law p50 is about concurrency / throughput; ``--rate R1,R2`` paces the
 clients to R requests/s in total, one row per rate (an open loop: latency counts from the planned send time, so a
@@ -120,11 +123,13 @@ class Processes:
 
 
 def start_recsys_serve(
-    processes: Processes, workdir: Path, endpoint: str, workers: int, timeout: float
+    processes: Processes, workdir: Path, endpoint: str, workers: int, timeout: float, api_key: str | None
 ) -> tuple[subprocess.Popen[bytes], int]:
-    """``recsys serve`` on a free port, once /health answers 200; returns the process and port."""
+    """``recsys serve`` on a free port (requiring ``api_key`` when given), once /health answers 200;
+    returns the process and port."""
     port = free_port()
-    env = {**os.environ, "RECSYS_DYNAMODB_ENDPOINT": endpoint, "RECSYS_TABLE": TABLE, "RECSYS_HOME": str(workdir)}
+    env = {**os.environ, "RECSYS_DYNAMODB_ENDPOINT": endpoint, "RECSYS_TABLE": TABLE, "RECSYS_HOME": str(workdir),
+           "RECSYS_SERVE_API_KEYS": api_key or ""}
     command = [str(Path(sys.executable).with_name("recsys")), "serve", "--host", HOST, "--port", str(port),
                "--workers", str(workers), "--timeout", str(timeout)]
     log_path = workdir / f"serve-{workers}w.log"
@@ -199,18 +204,22 @@ class Result:
 def path_chooser(endpoint: str, users: int, items: int) -> Callable[[random.Random], str]:
     known, catalog = user_ids(users), item_ids(items)
     if endpoint == "user":
-        return lambda rng: f"/users/{rng.choice(known)}/recommendations"
+        return lambda rng: f"/v1/users/{rng.choice(known)}/recommendations"
     if endpoint == "unknown":
-        return lambda rng: f"/users/new-{rng.randrange(10**9)}/recommendations"
+        return lambda rng: f"/v1/users/new-{rng.randrange(10**9)}/recommendations"
     if endpoint == "similar":
-        return lambda rng: f"/items/{rng.choice(catalog)}/similar"
+        return lambda rng: f"/v1/items/{rng.choice(catalog)}/similar"
     if endpoint == "health":
         return lambda rng: "/health"
     raise ValueError(f"unknown endpoint {endpoint!r}; expected one of {ENDPOINTS}")
 
 
-def http_sender(port: int, path: Callable[[random.Random], str]) -> Callable[[random.Random], Callable[[], bool]]:
-    """Per client: one keep-alive connection; each call sends one GET and says whether it got a 200."""
+def http_sender(
+    port: int, path: Callable[[random.Random], str], api_key: str | None
+) -> Callable[[random.Random], Callable[[], bool]]:
+    """Per client: one keep-alive connection; each call sends one GET (with ``api_key`` as a
+    bearer token when given) and says whether it got a 200."""
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
 
     def client(rng: random.Random) -> Callable[[], bool]:
         connection = http.client.HTTPConnection(HOST, port, timeout=10)
@@ -218,7 +227,7 @@ def http_sender(port: int, path: Callable[[random.Random], str]) -> Callable[[ra
         def send() -> bool:
             nonlocal connection
             try:
-                connection.request("GET", path(rng))
+                connection.request("GET", path(rng), headers=headers)
                 response = connection.getresponse()
                 body = response.read()
                 return response.status == 200 and body.startswith(b"{")
@@ -353,6 +362,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help=f"comma-separated among {','.join(ENDPOINTS)} (default user,unknown,similar)")
     parser.add_argument("--workers", type=int_list, default=[1], help="uvicorn workers, e.g. 1,2 (default 1)")
     parser.add_argument("--timeout", type=float, default=0.5, help="the server's DynamoDB timeout (default 0.5)")
+    parser.add_argument("--no-auth", action="store_true",
+                        help="serve without RECSYS_SERVE_API_KEYS (default: a key is set and every request sends it)")
     parser.add_argument("--rate", type=rate_list, default=[None],
                         help="pace all clients together to these req/s, e.g. 200,400 (default: closed loop)")
     args = parser.parse_args(argv)
@@ -371,6 +382,7 @@ def main(argv: list[str] | None = None) -> int:
     processes = Processes()
     results: list[Result] = []
     dynamodb = None
+    api_key = None if args.no_auth else "bench-" + os.urandom(8).hex()
     with tempfile.TemporaryDirectory(prefix="bench-serve-") as tmp:
         workdir = Path(tmp)
         try:
@@ -385,9 +397,9 @@ def main(argv: list[str] | None = None) -> int:
                                     rate, {"dynamodb": ddb_pid})
                     results.append(Result(0, "direct", concurrency, rate, *load))
             for workers in args.workers:
-                server, port = start_recsys_serve(processes, workdir, endpoint, workers, args.timeout)
+                server, port = start_recsys_serve(processes, workdir, endpoint, workers, args.timeout, api_key)
                 for name in (e for e in args.endpoints if e != "direct"):
-                    sender = http_sender(port, path_chooser(name, args.users, args.items))
+                    sender = http_sender(port, path_chooser(name, args.users, args.items), api_key)
                     for rate, concurrency in itertools.product(args.rate, args.concurrency):
                         log.info("%s, %d worker(s), %d clients, %s, %g s", name, workers, concurrency,
                                  f"{rate:g} req/s" if rate else "closed loop", args.warmup + args.duration)

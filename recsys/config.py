@@ -8,7 +8,8 @@ declaration holds everything about it: type, default, parsing, description (whic
 a single run may change, the DAG Param (:func:`dag_params`); :meth:`Settings.with_overrides`
 applies the Params of one run. Secrets do not live here: AWS credentials come from the standard
 AWS chain (or dummy ones for DynamoDB Local), the PostgreSQL source from its Airflow connection;
-the one password, the local Airflow stack's UI login, stays out of ``repr``.
+the two secrets that do live here, the local Airflow stack's UI password and the API keys of
+``recsys serve``, stay out of ``repr``.
 
 Imported by the DAG file when it is parsed: only pydantic here, nothing heavy.
 """
@@ -635,6 +636,18 @@ class Settings(BaseSettings):
         description="Seconds the API waits for DynamoDB per request, retries included (more than 0, at most 60)",
         json_schema_extra=_meta(_SERVE, strip=True),
     )
+    serve_api_keys: str = Field(
+        default="",
+        repr=False,
+        description="API keys the storefront sends as `Authorization: Bearer <key>` or `X-API-Key`: "
+        "comma-separated, or the path of a file with one key per line; empty: no authentication",
+        json_schema_extra=_meta(_SERVE, strip=True, default_doc="empty (every route open)"),
+    )
+    serve_max_age_days: Int = Field(
+        default=2,
+        description="`/health` answers 503 when the served run date (`__meta__`) is more days before today (UTC)",
+        json_schema_extra=_meta(_SERVE),
+    )
 
     # Local Airflow stack
     airflow_executor: str = Field(
@@ -789,6 +802,8 @@ class Settings(BaseSettings):
                             ("publish_pool_slots", self.publish_pool_slots)):
             if count < 1:
                 raise ConfigError(f"{name} must be at least 1, got {count}")
+        if self.serve_max_age_days < 0:
+            raise ConfigError(f"serve_max_age_days must be 0 or more, got {self.serve_max_age_days}")
         if self.recommend_batch_users < 1:
             raise ConfigError(f"recommend_batch_users must be at least 1, got {self.recommend_batch_users}")
         if self.validate_chunk_rows < 1:

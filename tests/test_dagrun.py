@@ -1,13 +1,16 @@
-"""The command line's Airflow edges: the publish pool and the timing table."""
+"""The command line's Airflow edges: the publish pool, the timing table and the quiet run view."""
 
 from __future__ import annotations
 
 import datetime as dt
+import io
 from pathlib import Path
 from types import SimpleNamespace
 
+import pytest
+
 from recsys.config import Settings
-from recsys.dev.dagrun import ensure_publish_pool, stage_times
+from recsys.dev.dagrun import QuietView, ensure_publish_pool, format_task_line, stage_times, summarize_result
 
 
 def test_ensure_publish_pool_creates_it_once_and_keeps_an_operators_size(airflow_env: Path, tmp_path: Path) -> None:
@@ -41,3 +44,54 @@ def test_stage_times_sums_mapped_tasks_and_spans_the_publish_tasks() -> None:
     assert rows["publish (all)"] == ["success", "25.0", "18.0"]  # plan + shards + finish, 3 s to 21 s
     assert rows["recommend"] == ["success", "3.0", "3.0"]
     assert list(rows)[-1] == "publish (all)"
+
+
+def test_quiet_view_prints_one_line_per_task_start_and_end_and_the_failed_tasks_last_log_lines(
+    tmp_path: Path,
+) -> None:
+    log_path = tmp_path / "run.log"
+    log_path.write_text("migrating the metadata DB\n", encoding="utf-8")
+    out = io.StringIO()
+    view = QuietView(out, log_path)
+    view.started("extract", -1)
+    view.ended("extract", -1, "TaskInstanceState.SUCCESS", {"rows": 800_000, "duplicates_dropped": 0, "seconds": 3})
+    view.started("tune", 3)
+    view.ended("tune", 3, "success", {"params": {}, "metrics": {"ndcg_at_k": 0.24422, "map_at_k": 0.15}})
+    view.started("train", -1)
+    with open(log_path, "a", encoding="utf-8") as log:
+        log.write("".join(f"train line {n}\n" for n in range(40)) + "ValueError: the gate failed\n")
+    view.ended("train", -1, "failed", None)
+    lines = out.getvalue().splitlines()
+    assert [line.split()[:2] for line in lines] == [
+        ["extract", "running"], ["extract", "success"], ["tune[3]", "running"], ["tune[3]", "success"],
+        ["train", "running"], ["train", "failed"],
+    ]
+    assert lines[1].endswith("s  800,000 rows") and lines[3].endswith("s  NDCG 0.2442")
+    assert lines[5].split()[2:] == [lines[5].split()[2], "s"]  # no summary for a failed task
+    tail = view.failure_tail(lines=5).splitlines()
+    assert tail[0] == f"  last lines of train (full log {log_path}):"
+    assert [line.strip() for line in tail[1:]] == [
+        "train line 36", "train line 37", "train line 38", "train line 39", "ValueError: the gate failed"
+    ]
+
+
+@pytest.mark.parametrize(
+    "result, summary",
+    [
+        ({"rows": 800_000, "rows_kept": 799_000, "quarantined": 1_000}, "799,000 rows, 1,000 quarantined"),
+        ({"partitions": 70, "rows": {"part-0": 493_769, "holdout": 47_135}}, "493,769 rows"),
+        ({"users": 82_438, "items": 2_465, "category_lists": 20}, "82,438 users, 2,465 items"),
+        ({"candidates": [{"factors": 16}, {"factors": 64}]}, "2 candidates"),
+        ({"verified": True, "checked": 201}, "201 checked"),
+        ({"publish": False, "reason": "backfill"}, "not published"),
+        (["a", "b"], ""),
+        (None, ""),
+    ],
+)
+def test_summarize_result_picks_the_counts_a_person_wants(result: object, summary: str) -> None:
+    assert summarize_result(result) == summary
+
+
+def test_format_task_line_without_seconds_is_a_start() -> None:
+    assert format_task_line("publish_shard", 2, "running") == "  publish_shard[2]   running"
+    assert format_task_line("verify", -1, "success", 0.61, {}) == "  verify             success      0.6 s"

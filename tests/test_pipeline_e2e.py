@@ -189,9 +189,17 @@ def test_command_line_run_and_lookup(store: Path, recsys_env: Settings, airflow_
     tunes = f"tune x{len(tuning_candidates(recsys_env))}"  # one per candidate of the default grid
     assert tunes in done.stdout and "verify" in done.stdout  # the per-task timing table
     assert "publish_shard x4" in done.stdout and "publish (all)" in done.stdout
+    # The quiet view: one line per task start and end, Airflow's own output in the full log.
+    assert "  extract            success" in done.stdout and "  publish_shard[3]   success" in done.stdout
+    assert "[DAG TEST]" not in done.stdout + done.stderr
+    assert len((done.stdout + done.stderr).splitlines()) <= 150
+    log_path = Path(done.stdout.split("full log:", 1)[1].split()[0])
+    full_log = log_path.read_text(encoding="utf-8")
+    assert "[DAG TEST] end task task_id=verify" in full_log
     # A clean night logs no error: Airflow's "XCom not found" for reading tune's or the shards'
     # results one past the end was one in every run.
-    errors = [line for line in (done.stdout + done.stderr).splitlines() if "[error" in line or " ERROR " in line]
+    errors = [line for line in (done.stdout + done.stderr + full_log).splitlines()
+              if "[error" in line or " ERROR " in line]
     assert not errors, errors[:5]
 
     # The day before is older than what is served: built, not published, and the exit says so.
@@ -202,7 +210,7 @@ def test_command_line_run_and_lookup(store: Path, recsys_env: Settings, airflow_
     known = pq.read_table(store / "interactions" / f"events-{END.isoformat()}.parquet")["user_id"][0].as_py()
     out = subprocess.run([recsys, "lookup", known, "--json"], env=env, capture_output=True, text=True, check=True)
     result = json.loads(out.stdout)
-    assert set(result) == {"user_id", "items", "model_version", "generated_at", "source"}
+    assert set(result) == {"user_id", "items", "model_version", "generated_at", "source", "filled"}
     assert result["source"] == "user" and result["user_id"] == known and len(result["items"]) == 20
     assert result["model_version"].startswith(END.isoformat())
 
@@ -214,4 +222,4 @@ def test_command_line_run_and_lookup(store: Path, recsys_env: Settings, airflow_
     # A date with no events is a clear failure, not a silent success.
     done = subprocess.run([recsys, "run", "--date", "2030-01-01"], env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode != 0
-    assert "no events" in (done.stdout + done.stderr)
+    assert "no events" in done.stderr and "last lines of extract (full log " in done.stderr  # the failing task's tail

@@ -26,10 +26,13 @@ from recsys.dev import dynamodb_local
 from recsys.dev.airflow_stack import add_airflow_parser
 from recsys.dev.dagrun import (
     DAG_ID,
+    QuietView,
     configure_airflow,
     ensure_publish_pool,
     failed_tasks,
     migrate_airflow_db,
+    new_log_path,
+    output_to_log,
     run_dag,
     stage_times,
 )
@@ -52,18 +55,39 @@ def cmd_pool(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_with_view(
+    settings: Settings, day: dt.date, conf: dict[str, Any] | None, *, full_output: bool
+) -> tuple[Any, float, QuietView | None]:
+    """The DAG run for ``day``: with ``full_output`` Airflow writes to the terminal as it always did;
+    otherwise one line per task start and end, Airflow's output in a log file under RECSYS_HOME.
+    Returns the DagRun, the seconds it took and the view (None with ``full_output``)."""
+    started = time.perf_counter()
+    if full_output:
+        return run_dag(settings, day, conf), time.perf_counter() - started, None
+    log_path = new_log_path(settings, day)
+    print(f"    one line per task; Airflow's own output goes to {log_path}", flush=True)
+    with output_to_log(log_path) as terminal:
+        view = QuietView(terminal, log_path)
+        dag_run = run_dag(settings, day, conf, view=view)
+    return dag_run, time.perf_counter() - started, view
+
+
+def _failure_lines(view: QuietView | None) -> str:
+    if view is None:
+        return "See the task errors above."
+    return view.failure_tail() or f"See the full log {view.log_path}."
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     settings = Settings.from_env()
     day = newest_complete_day(settings) if args.date == "latest" else dt.date.fromisoformat(args.date)
     conf = json.loads(args.conf) if args.conf else {}
-    started = time.perf_counter()
-    dag_run = run_dag(settings, day, conf)
-    seconds = time.perf_counter() - started
+    dag_run, seconds, view = run_with_view(settings, day, conf, full_output=args.full_output or args.verbose)
     state = str(getattr(dag_run, "state", "unknown"))
     print(stage_times(dag_run))
     if not state.endswith("success"):
-        print(f"recsys run {day}: FAILED after {seconds:.0f} s ({state}); tasks not done: {failed_tasks(dag_run)}. "
-              f"See the task errors above.", file=sys.stderr)
+        print(f"recsys run {day}: FAILED after {seconds:.0f} s ({state}); tasks not done: {failed_tasks(dag_run)}.\n"
+              f"{_failure_lines(view)}", file=sys.stderr)
         return 1
     served = served_now(settings)
     built = lake.read_partition_json(settings.lake, datasets.RECOMMENDATIONS, day, "_meta.json")["model_version"]
@@ -72,7 +96,16 @@ def cmd_run(args: argparse.Namespace) -> int:
               f"{served}. Publishing an older date needs --conf '{{\"force_publish\": true}}'.", file=sys.stderr)
         return 3
     print(f"recsys run {day}: published and verified in {seconds:.0f} s (model {built})")
+    print(_where_to_look(settings, day, view))
     return 0
+
+
+def _where_to_look(settings: Settings, day: dt.date, view: QuietView | None) -> str:
+    lines = [f"report:    {lake.partition_uri(settings.lake, datasets.REPORTS, day)}/report.html",
+             f"Data Docs: {lake.partition_uri(settings.lake, datasets.VALIDATION, day)}/index.html"]
+    if view is not None:
+        lines.append(f"full log:  {view.log_path}")
+    return "\n".join(lines)
 
 
 def served_now(settings: Settings) -> dict[str, str] | None:
@@ -118,12 +151,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
         print(f"    {summary}")
     day = newest_complete_day(settings)
     print(f"==> [3/4] nightly DAG {DAG_ID} for {day} (the latest day of the data)")
-    started = time.perf_counter()
-    dag_run = run_dag(settings, day)
-    seconds = time.perf_counter() - started
+    dag_run, seconds, view = run_with_view(settings, day, None, full_output=args.full_output or args.verbose)
     print(stage_times(dag_run))
     if not str(dag_run.state).endswith("success"):
-        print(f"DAG run FAILED after {seconds:.0f} s; tasks not done: {failed_tasks(dag_run)}", file=sys.stderr)
+        print(f"DAG run FAILED after {seconds:.0f} s; tasks not done: {failed_tasks(dag_run)}\n{_failure_lines(view)}",
+              file=sys.stderr)
         return 1
     print(f"    DAG run succeeded in {seconds:.0f} s")
     recs = lake.read_partition(settings.lake, datasets.RECOMMENDATIONS, day)
@@ -137,6 +169,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     print(f"hold-out NDCG@{k}: model {metrics['model']['ndcg_at_k']:.4f} vs popularity "
           f"{metrics['popularity']['ndcg_at_k']:.4f}; MAP@{k}: {metrics['model']['map_at_k']:.4f} vs "
           f"{metrics['popularity']['map_at_k']:.4f}")
+    print(_where_to_look(settings, day, view))
     return 0
 
 
@@ -157,6 +190,8 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="one nightly run for a date, through Airflow's dag.test()")
     run.add_argument("--date", required=True, help="YYYY-MM-DD, or 'latest' for the newest complete day in the source")
     run.add_argument("--conf", help="JSON of DAG Params for this run, e.g. '{\"factors\": 128}'")
+    run.add_argument("--verbose", dest="full_output", action="store_true",
+                     help="Airflow's full task-runner output on the terminal instead of one line per task")
     run.set_defaults(func=cmd_run)
 
     pool = sub.add_parser("pool", help="create the Airflow pool of the publish shards unless it exists")
@@ -178,6 +213,8 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="start DynamoDB Local with its data under RECSYS_HOME (survives a restart; publish ~2x slower)",
     )
+    demo.add_argument("--verbose", dest="full_output", action="store_true",
+                      help="Airflow's full task-runner output on the terminal instead of one line per task")
     demo.set_defaults(func=cmd_demo)
     return parser
 

@@ -1,18 +1,22 @@
 """Running the nightly DAG from a terminal or a test: Airflow pointed at the project, the
-metadata DB migrated, the publish pool made, then ``dag.test()``; and the per-stage times
-of a finished run.
+metadata DB migrated, the publish pool made, then ``dag.test()``; the per-stage times of a
+finished run; and the quiet view of ``recsys run`` / ``recsys demo``: one line per task as it
+starts and ends, with Airflow's own output in a log file.
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
+import io
 import logging
 import os
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from recsys.config import Settings, dags_folder_from_env
 
@@ -101,15 +105,173 @@ def load_dag() -> Any:
     return dag
 
 
-def run_dag(settings: Settings, day: dt.date, conf: dict[str, Any] | None = None) -> Any:
-    """Run the nightly DAG for ``day`` with Airflow's ``dag.test()``; returns the DagRun."""
+def run_dag(
+    settings: Settings, day: dt.date, conf: dict[str, Any] | None = None, *, view: QuietView | None = None
+) -> Any:
+    """Run the nightly DAG for ``day`` with Airflow's ``dag.test()``; returns the DagRun.
+
+    With a ``view``, every task's start and end is reported to it (see :class:`QuietView`).
+    """
     configure_airflow(settings)
     migrate_airflow_db(settings)
     ensure_publish_pool(settings)
     dag = load_dag()
     logical = dt.datetime.combine(day, dt.time(), tzinfo=dt.UTC)
     log.info("running %s for %s (lake %s, table %s)", DAG_ID, day, settings.lake, settings.table)
-    return dag.test(logical_date=logical, run_conf=conf or {})
+    with _reporting_tasks(view) if view is not None else contextlib.nullcontext():
+        return dag.test(logical_date=logical, run_conf=conf or {})
+
+
+# --------------------------------------------------------------------------- the quiet view
+
+
+def summarize_result(result: Any) -> str:
+    """A few words on what a task returned (its XCom dict): rows, users, items, NDCG; "" when none apply."""
+    if not isinstance(result, dict):
+        return ""
+    words: list[str] = []
+    rows = result.get("rows_kept", result.get("rows"))
+    if isinstance(rows, dict):
+        rows = rows.get("part-0", rows.get("events"))
+    if isinstance(rows, int) and not isinstance(rows, bool):
+        words.append(f"{rows:,} rows")
+    if isinstance(result.get("quarantined"), int) and result["quarantined"]:
+        words.append(f"{result['quarantined']:,} quarantined")
+    for key in ("users", "items", "candidates", "checked"):
+        value = result.get(key)
+        if isinstance(value, int) and not isinstance(value, bool):
+            words.append(f"{value:,} {key}")
+        elif isinstance(value, list) and key == "candidates":
+            words.append(f"{len(value)} candidates")
+    metrics = result.get("metrics")
+    if isinstance(metrics, dict) and isinstance(metrics.get("ndcg_at_k"), float):
+        words.append(f"NDCG {metrics['ndcg_at_k']:.4f}")
+    if result.get("published") is False or result.get("publish") is False:
+        words.append("not published")
+    return ", ".join(words)
+
+
+def format_task_line(
+    task_id: str, map_index: int, state: str, seconds: float | None = None, result: Any = None
+) -> str:
+    """One line of the quiet view: ``  extract             success    800,000 rows   3.0 s``.
+
+    A mapped task's instance is shown as ``tune[3]``; a task that has only started has no seconds.
+    """
+    name = task_id if map_index < 0 else f"{task_id}[{map_index}]"
+    state = state.rsplit(".", 1)[-1].lower()
+    if seconds is None:
+        return f"  {name:<18} {state}"
+    summary = summarize_result(result)
+    return f"  {name:<18} {state:<9} {seconds:6.1f} s" + (f"  {summary}" if summary else "")
+
+
+class QuietView:
+    """Where the quiet view prints (``out``, the terminal) and what it remembers: the log file
+    Airflow's output goes to, the offset each task's output starts at, and the failed tasks."""
+
+    def __init__(self, out: IO[str], log_path: Path) -> None:
+        self.out, self.log_path = out, log_path
+        self.failed: list[tuple[str, int, int]] = []  # task id, map index, log offset of its start
+        self._starts: dict[tuple[str, int], tuple[float, int]] = {}
+
+    def _offset(self) -> int:
+        with contextlib.suppress(OSError):
+            return self.log_path.stat().st_size
+        return 0
+
+    def started(self, task_id: str, map_index: int) -> None:
+        self._starts[(task_id, map_index)] = (time.perf_counter(), self._offset())
+        print(format_task_line(task_id, map_index, "running"), file=self.out, flush=True)
+
+    def ended(self, task_id: str, map_index: int, state: str, result: Any) -> None:
+        started, offset = self._starts.pop((task_id, map_index), (time.perf_counter(), 0))
+        line = format_task_line(task_id, map_index, state, time.perf_counter() - started, result)
+        print(line, file=self.out, flush=True)
+        if not state.lower().endswith("success"):
+            self.failed.append((task_id, map_index, offset))
+
+    def failure_tail(self, lines: int = 25) -> str:
+        """The last ``lines`` lines the first failed task wrote to the log (its error is there)."""
+        if not self.failed:
+            return ""
+        task_id, map_index, offset = self.failed[0]
+        with open(self.log_path, "rb") as f:
+            f.seek(offset)
+            text = f.read().decode("utf-8", errors="replace")
+        name = task_id if map_index < 0 else f"{task_id}[{map_index}]"
+        tail = "\n".join(f"    {line[:400]}" for line in text.splitlines()[-lines:])
+        return f"  last lines of {name} (full log {self.log_path}):\n{tail}"
+
+
+def _task_result(ti: Any) -> Any:
+    """What a finished task returned (its ``return_value`` XCom), or None when it cannot be read."""
+    try:
+        return ti.xcom_pull(task_ids=ti.task_id, map_indexes=ti.map_index)
+    except Exception:  # the view is best effort: a missing XCom only shortens its line
+        return None
+
+
+@contextlib.contextmanager
+def _reporting_tasks(view: QuietView) -> Iterator[None]:
+    """Wrap ``dag.test()``'s per-task runner so ``view`` hears of each task's start and end.
+
+    ``airflow.sdk.definitions.dag._run_task`` is private to Airflow: when a release renames it,
+    the run goes on without the per-task lines (the timing table still follows).
+    """
+    from airflow.sdk.definitions import dag as dag_module
+
+    original: Callable[..., Any] | None = getattr(dag_module, "_run_task", None)
+    if original is None:
+        log.warning("this Airflow has no dag._run_task: no per-task lines")
+        yield
+        return
+    run_task: Callable[..., Any] = original
+
+    def reported(*, ti: Any, **kwargs: Any) -> Any:
+        view.started(ti.task_id, ti.map_index)
+        try:
+            return run_task(ti=ti, **kwargs)
+        finally:
+            state = str(ti.state).rsplit(".", 1)[-1].lower()  # "success" or "TaskInstanceState.SUCCESS"
+            view.ended(ti.task_id, ti.map_index, state, _task_result(ti) if state == "success" else None)
+
+    dag_module._run_task = reported
+    try:
+        yield
+    finally:
+        dag_module._run_task = original
+
+
+@contextlib.contextmanager
+def output_to_log(log_path: Path) -> Iterator[IO[str]]:
+    """Send everything written to file descriptors 1 and 2 (Airflow's structlog, logging, prints,
+    child processes) to ``log_path``; yields a text stream on the terminal's stdout."""
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved_out, saved_err = os.dup(1), os.dup(2)
+    terminal = io.TextIOWrapper(os.fdopen(os.dup(saved_out), "wb", buffering=0), encoding="utf-8",
+                                line_buffering=True)
+    with open(log_path, "ab", buffering=0) as log_file:
+        os.dup2(log_file.fileno(), 1)
+        os.dup2(log_file.fileno(), 2)
+        try:
+            yield terminal
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os.dup2(saved_out, 1)
+            os.dup2(saved_err, 2)
+            os.close(saved_out)
+            os.close(saved_err)
+            terminal.close()
+
+
+def new_log_path(settings: Settings, day: dt.date) -> Path:
+    """``$RECSYS_HOME/logs/run-<day>-<UTC time>.log``: the full output of one quiet run."""
+    stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
+    return settings.home / "logs" / f"run-{day.isoformat()}-{stamp}.log"
 
 PUBLISH_TASKS = ("plan_publish", "publish_shard", "finish_publish")
 
