@@ -51,10 +51,13 @@ def write_report(
         else f'<p class="good">Quality gate passed; model <code>{html.escape(model_version or "")}</code> '
         "goes on to recommend and publish.</p>"
     )
+    champion = metrics.get("champion") or {}
+    rescored = bool(champion) and not champion.get("unavailable")
     rows = "".join(
         f"<tr><td>{name.replace('_at_k', f'@{k}')}</td><td>{metrics['model'][name]:.4f}</td>"
         f"<td>{metrics['popularity'][name]:.4f}</td>"
-        f"<td>{_lift(metrics['model'][name], metrics['popularity'][name])}</td></tr>"
+        f"<td>{_lift(metrics['model'][name], metrics['popularity'][name])}</td>"
+        + (f"<td>{champion[name]:.4f}</td>" if rescored else "") + "</tr>"
         for name in METRICS
     )
     grid = metrics.get("grid", [])
@@ -82,9 +85,9 @@ first time ({metrics.get('holdout_users_cold', 0):,} hold-out users were new: th
 Candidates were fit on the training part: {metrics.get('train_users', 0):,} users (at most RECSYS_TUNE_MAX_USERS)
 × {metrics.get('train_items', 0):,} items, {metrics.get('train_nonzeros', 0):,} non-zeros. Lists are scored as they are served (seen and inactive items removed).</p>
 <h2>Model against popularity</h2>
-<table><tr><th>metric</th><th>model</th><th>popularity</th><th>lift</th></tr>{rows}</table>
+<table><tr><th>metric</th><th>model</th><th>popularity</th><th>lift</th>{"<th>champion, re-scored</th>" if rescored else ""}</tr>{rows}</table>
 <p>Gate: NDCG@{k} needs ≥ {gate.get('required_over_popularity', 0):.4f} (popularity + {settings.gate_min_lift:.0%})
-{f"and ≥ {gate['required_over_champion']:.4f} (served champion {html.escape(gate['champion']['model_version'])} − {settings.gate_max_drop:.0%})" if gate.get('champion') else "(no champion served yet)"}.</p>
+{_champion_text(champion, gate, settings)}.</p>
 <h2>Tuning candidates (best first)</h2>
 {_bar_chart([g['ndcg_at_k'] for g in grid], [str(i + 1) for i in range(len(grid))], f"NDCG@{k} per candidate", metrics['popularity']['ndcg_at_k'])}
 <table><tr><th>#</th><th>candidate</th><th>NDCG@{k}</th><th>MAP@{k}</th><th>precision@{k}</th><th>recall@{k}</th>
@@ -98,6 +101,22 @@ Candidates were fit on the training part: {metrics.get('train_users', 0):,} user
     where = report_uri(settings, day)
     log.info("report: %s", where)
     return where
+
+
+def _champion_text(champion: dict[str, Any], gate: dict[str, Any], settings: Settings) -> str:
+    """The champion's part of the gate line: its re-scored figure, or why it was not compared."""
+    if not champion:
+        return "(no champion served yet)"
+    name = html.escape(str(champion.get("model_version")))
+    stored = champion.get("stored_ndcg_at_k")
+    when_served = f"{stored:.4f} when it was served" if isinstance(stored, int | float) else "no figure stored"
+    if champion.get("unavailable"):
+        return (f'<span class="bad">(served champion {name} not compared: {html.escape(champion["unavailable"])}; '
+                f"only the popularity rule applied)</span>")
+    required = gate.get("required_over_champion") or 0.0
+    return (f"and ≥ {required:.4f}: the served champion {name} re-scored on tonight's hold-out, "
+            f"{champion['ndcg_at_k']:.4f} ({when_served}; its window held "
+            f"{champion.get('holdout_days_trained_on', 0)} of tonight's hold-out days), − {settings.gate_max_drop:.0%}")
 
 
 def _lift(model: float, baseline: float) -> str:

@@ -1,5 +1,6 @@
-"""Task ``train``: the best candidate, gated against popularity and the champion, retrained
-on the whole window into ``lake/models/dt=D/``, with the nightly report."""
+"""Task ``train``: the best candidate, gated against popularity and the champion (re-scored on
+tonight's hold-out), retrained on the whole window into ``lake/models/dt=D/``, with the
+nightly report."""
 
 from __future__ import annotations
 
@@ -15,10 +16,12 @@ from recsys import datasets
 from recsys.config import Settings
 from recsys.core.gate import QualityGateError, check_gate
 from recsys.core.grid import make_candidate, split_candidate
-from recsys.core.holdout import score_candidate, score_popularity
+from recsys.core.holdout import ChampionUnavailable, Holdout, score_candidate, score_champion, score_popularity
 from recsys.core.model import confidence_matrix, fingerprint, train_model
+from recsys.core.window import Window
 from recsys.io import lake
 from recsys.io.artifacts import (
+    load_champion,
     load_holdout,
     load_window_events,
     read_champion,
@@ -86,8 +89,9 @@ def train(settings: Settings, day: dt.date, results: list[dict[str, Any]] | None
         metrics["popularity"]["map_at_k"],
     )
 
+    metrics["champion"] = rescore_champion(settings, day, data)
     try:
-        metrics["gate"] = check_gate(settings, day, metrics, read_champion(settings))
+        metrics["gate"] = check_gate(settings, day, metrics, metrics["champion"])
     except QualityGateError as exc:
         write_report(settings, day, metrics, model_version=None, gate_error=str(exc))
         raise
@@ -109,3 +113,38 @@ def train(settings: Settings, day: dt.date, results: list[dict[str, Any]] | None
     report = write_report(settings, day, metrics, model_version=version, gate_error=None)
     log.info("train: model %s written in %.1f s; report: %s", version, seconds, report)
     return {"model_version": version, "ndcg_at_k": model_ndcg, "popularity_ndcg_at_k": pop_ndcg}
+
+
+def rescore_champion(settings: Settings, day: dt.date, data: Holdout) -> dict[str, Any] | None:
+    """The served champion (``models/champion.json``) scored on tonight's hold-out
+    (:func:`recsys.core.holdout.score_champion`): its metrics, ``stored_ndcg_at_k`` (its figure
+    when it was served) and ``holdout_days_trained_on`` (tonight's hold-out days its own
+    window held: the model of a recent night has seen some of them, which favours it).
+    None before the first verified publish. A champion that cannot be loaded or mapped
+    gives ``unavailable`` with the reason, logged as a warning, instead of metrics."""
+    try:
+        record = read_champion(settings)
+    except ValueError as exc:  # not JSON
+        record = {"unavailable": f"{datasets.CHAMPION} is unreadable: {exc}"}
+    if record is None:
+        return None
+    found: dict[str, Any] = {"model_version": record.get("model_version"), "run_date": record.get("run_date"),
+                             "stored_ndcg_at_k": record.get("ndcg_at_k")}
+    started = time.perf_counter()
+    try:
+        if record.get("unavailable"):
+            raise ChampionUnavailable(record["unavailable"])
+        champion = load_champion(settings, record)
+        found.update(score_champion(settings, data, champion))
+    except ChampionUnavailable as exc:
+        log.warning("champion %s (run date %s) is not compared tonight: %s", found["model_version"],
+                    found["run_date"], exc)
+        return {**found, "unavailable": str(exc)}
+    trained_until = dt.date.fromisoformat(str(record["run_date"]))
+    split = Window.of(settings, day).split.date()
+    found["holdout_days_trained_on"] = max(0, (min(trained_until, day) - split).days + 1)
+    found["seconds"] = round(time.perf_counter() - started, 2)
+    log.info("champion %s re-scored on tonight's hold-out: ndcg@%d=%.4f (%s when served), %d of tonight's "
+             "hold-out days in its training window, in %.1f s", found["model_version"], settings.k,
+             found["ndcg_at_k"], found["stored_ndcg_at_k"], found["holdout_days_trained_on"], found["seconds"])
+    return found
