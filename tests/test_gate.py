@@ -143,14 +143,16 @@ def test_check_gate_uses_the_rescored_figure_and_skips_an_unavailable_champion(s
 
 
 def test_a_champion_whose_model_cannot_be_loaded_is_reported(settings: Settings) -> None:
-    """A missing partition, an unreadable model file and a partition retrained since: each is
-    named in metrics.json and the report, and the gate applies only the popularity rule."""
+    """A missing partition, an unreadable model file, a partition retrained since, and a
+    champion of tonight's own date (a rerun: it was trained on tonight's hold-out truth): each
+    is named in metrics.json and the report, and the gate applies only the popularity rule."""
     version = champion_record(settings)["model_version"]
     model_file = lake.partition_dir(settings.lake, "models", SERVED) / "model.npz"
     saved = model_file.read_bytes()
     cases = [(lambda: serve(settings, version, ndcg=1.0, day=dt.date(2026, 4, 1)), "its model is missing"),
              (lambda: model_file.write_bytes(saved[: len(saved) // 2]), "is unreadable"),
-             (lambda: serve(settings, "2026-05-29-other", ndcg=1.0), "not the champion 2026-05-29-other")]
+             (lambda: serve(settings, "2026-05-29-other", ndcg=1.0), "not the champion 2026-05-29-other"),
+             (lambda: serve(settings, version, ndcg=1.0, day=TONIGHT), "on every one of tonight's hold-out days")]
     try:
         for breaks, reason in cases:
             model_file.write_bytes(saved)
@@ -166,3 +168,24 @@ def test_a_champion_whose_model_cannot_be_loaded_is_reported(settings: Settings)
     finally:
         model_file.write_bytes(saved)
         serve(settings, version, ndcg=1.0)
+
+
+def test_train_reports_beyond_accuracy_and_night_to_night_churn(settings: Settings) -> None:
+    """Novelty and diversity of every hold-out list set, and the Jaccard of tonight's lists
+    against the previous night's published ones, in metrics.json and the report."""
+    from recsys.stages.recommend import recommend
+
+    train(settings, TONIGHT)
+    assert lake.read_partition_json(settings.lake, "models", TONIGHT, "metrics.json")["churn"] is None
+    recommend(settings, SERVED)  # the champion's night's lists
+    train(settings, TONIGHT)
+    metrics = lake.read_partition_json(settings.lake, "models", TONIGHT, "metrics.json")
+    for scored in (metrics["model"], metrics["popularity"], metrics["champion"], metrics["grid"][0]):
+        assert scored["novelty_at_k"] > 0 and 0 < scored["intra_list_diversity_at_k"] <= 1
+    assert metrics["model"]["novelty_at_k"] > metrics["popularity"]["novelty_at_k"]  # popular items carry less
+    churn = metrics["churn"]
+    assert churn["previous_run_date"] == SERVED.isoformat() and 0 < churn["jaccard_at_k"] < 1
+    assert churn["users_compared"] > 1_000
+    page = Path(report_uri(settings, TONIGHT)).read_text()
+    assert "novelty@20 (bits)" in page and f"{churn['jaccard_at_k']:.4f} (1 = unchanged)" in page
+    lake.delete_partition(settings.lake, "recommendations", SERVED)

@@ -16,7 +16,7 @@ from recsys.config import Settings
 from recsys.core.families import ItemModel
 from recsys.core.grid import split_candidate
 from recsys.core.lists import ItemFilters, seen_matrix, serve_lists
-from recsys.core.metrics import evaluate_lists
+from recsys.core.metrics import evaluate_lists, intra_list_diversity_at_k, novelty_at_k
 from recsys.core.model import (
     Factors,
     Model,
@@ -120,6 +120,16 @@ def tuning_users(settings: Settings, events: PairEvents, rows: np.ndarray) -> tu
     return take_users(events, keep), np.searchsorted(keep, rows)
 
 
+def evaluate_holdout_lists(settings: Settings, data: Holdout, ids: np.ndarray) -> dict[str, Any]:
+    """The :func:`evaluate_lists` metrics of the hold-out users' lists (training item columns),
+    with novelty (popularity: the share of the training users who touched each item) and
+    intra-list diversity (the catalog's categories)."""
+    item_users = np.bincount(data.events.indices, minlength=data.events.shape[1])
+    return {**evaluate_lists(ids, data.truth, settings.k, data.eligible_items),
+            "novelty_at_k": novelty_at_k(ids, item_users, max(data.events.shape[0], 1), settings.k),
+            "intra_list_diversity_at_k": intra_list_diversity_at_k(ids, data.filters.categories, settings.k)}
+
+
 def score_candidate(settings: Settings, data: Holdout, candidate: dict[str, Any]) -> dict[str, Any]:
     """Train the candidate (its family and parameters, on the training days' matrix built with
     its event weights and half-life); metrics of its lists on the hold-out.
@@ -137,7 +147,7 @@ def score_candidate(settings: Settings, data: Holdout, candidate: dict[str, Any]
     matrix = confidence_matrix(data.events, weights, half_life).matrix
     model = train_model(matrix, params)
     ids, _ = serve_lists(settings, model, data.rows, matrix, data.seen, data.filters)
-    return evaluate_lists(ids, data.truth, settings.k, data.eligible_items)
+    return evaluate_holdout_lists(settings, data, ids)
 
 
 def steps_aside(settings: Settings, family: str, items: int) -> str | None:
@@ -152,7 +162,7 @@ def steps_aside(settings: Settings, family: str, items: int) -> str | None:
 def skipped_metrics(reason: str) -> dict[str, Any]:
     """The metrics of a candidate that was not fit: every figure 0, and why."""
     return {"map_at_k": 0.0, "ndcg_at_k": 0.0, "precision_at_k": 0.0, "recall_at_k": 0.0, "catalog_coverage": 0.0,
-            "users_evaluated": 0, "skipped": reason}
+            "novelty_at_k": 0.0, "intra_list_diversity_at_k": 0.0, "users_evaluated": 0, "skipped": reason}
 
 
 def score_popularity(settings: Settings, data: Holdout) -> dict[str, Any]:
@@ -160,7 +170,7 @@ def score_popularity(settings: Settings, data: Holdout) -> dict[str, Any]:
 
     popularity = Factors(np.ones((len(data.rows), 1), dtype=np.float32), data.popularity.reshape(-1, 1))
     ids, _ = serve_lists(settings, popularity, np.arange(len(data.rows)), None, data.seen, data.filters)
-    return evaluate_lists(ids, data.truth, settings.k, data.eligible_items)
+    return evaluate_holdout_lists(settings, data, ids)
 
 
 class ChampionUnavailable(RuntimeError):
@@ -229,5 +239,5 @@ def score_champion(settings: Settings, data: Holdout, champion: Champion) -> dic
     else:
         assert isinstance(model, ItemModel)
         ids, _ = serve_lists(settings, model, np.arange(len(data.rows)), history, data.seen, filters)
-    return {**evaluate_lists(ids, data.truth, settings.k, data.eligible_items),
+    return {**evaluate_holdout_lists(settings, data, ids),
             "items_mapped": int(known.sum()), "users_from_popularity": from_popularity}
