@@ -92,26 +92,31 @@ def test_an_als_champion_folds_in_tonights_users(settings: Settings) -> None:
 
 
 def test_train_rescores_the_champion_on_tonights_holdout(settings: Settings) -> None:
-    """The figure the gate compares is the champion's on tonight's hold-out, not the one stored
-    when it was served; metrics.json and the report carry both."""
-    serve(settings, champion_record(settings)["model_version"], ndcg=0.5)
+    """The champion is re-scored on tonight's hold-out; metrics.json and the report carry both
+    figures. Last night's model held two of tonight's hold-out days, so the gate compares the
+    stored figure and says why."""
+    serve(settings, champion_record(settings)["model_version"], ndcg=0.3)
     train(settings, TONIGHT)
     metrics = lake.read_partition_json(settings.lake, "models", TONIGHT, "metrics.json")
     champion = metrics["champion"]
     assert champion["model_version"] == champion_record(settings)["model_version"]
-    assert champion["stored_ndcg_at_k"] == 0.5 and 0 < champion["ndcg_at_k"] != 0.5
+    assert champion["stored_ndcg_at_k"] == 0.3 and 0 < champion["ndcg_at_k"] != 0.3
     assert champion["users_evaluated"] == metrics["model"]["users_evaluated"]  # the same users and truth
     assert champion["holdout_days_trained_on"] == 2 and "unavailable" not in champion
-    assert metrics["gate"]["required_over_champion"] == pytest.approx(champion["ndcg_at_k"] * 0.75)
+    assert metrics["gate"]["required_over_champion"] == pytest.approx(0.3 * 0.75)
+    assert "held 2 of tonight's hold-out days" in metrics["gate"]["champion_basis"]
     page = Path(report_uri(settings, TONIGHT)).read_text()
     assert "re-scored on tonight" in page and f"{champion['ndcg_at_k']:.4f}" in page
 
 
 def test_the_gate_blocks_a_model_worse_than_the_rescored_champion(settings: Settings) -> None:
-    """Stored figures that would pass (or block) everything change nothing: the re-scored one decides."""
-    version = champion_record(settings)["model_version"]
+    """A champion that never saw tonight's hold-out days: stored figures that would pass (or
+    block) everything change nothing, the re-scored one decides."""
+    before = TONIGHT - dt.timedelta(days=settings.holdout_days)  # the day before tonight's hold-out
+    prepare(settings, before)
+    version = train(settings, before)["model_version"]
     lenient = settings.with_overrides({"gate_min_lift": 0.0})
-    serve(settings, version, ndcg=1e-6)  # stored: any model would pass
+    serve(settings, version, ndcg=1e-6, day=before)  # stored: any model would pass
     data = load_holdout(settings, TONIGHT)
     candidate = make_candidate(settings)
     scored = score_candidate(settings, data, candidate)
@@ -123,9 +128,13 @@ def test_the_gate_blocks_a_model_worse_than_the_rescored_champion(settings: Sett
     with pytest.raises(QualityGateError, match="re-scored on tonight's hold-out"):
         train(lenient, TONIGHT, [{"params": candidate, "metrics": worse, "seconds": 1.0}])
     assert "Quality gate FAILED" in Path(report_uri(settings, TONIGHT)).read_text()
-    serve(settings, version, ndcg=1.0)  # stored: every model would fail
+    assert rescored["holdout_days_trained_on"] == 0
+    serve(settings, version, ndcg=1.0, day=before)  # stored: every model would fail
     enough = {**scored, "ndcg_at_k": rescored["ndcg_at_k"] * (1 - settings.gate_max_drop) * 1.01}
     assert train(lenient, TONIGHT, [{"params": candidate, "metrics": enough, "seconds": 1.0}])["model_version"]
+    (Path(settings.lake) / "models" / "champion.json").unlink()  # the module's champion again, for the
+    served = train(settings, SERVED)  # tests after this one
+    serve(settings, served["model_version"], ndcg=served["ndcg_at_k"])
 
 
 def test_check_gate_uses_the_rescored_figure_and_skips_an_unavailable_champion(settings: Settings) -> None:
@@ -135,6 +144,14 @@ def test_check_gate_uses_the_rescored_figure_and_skips_an_unavailable_champion(s
         check_gate(settings, TONIGHT, metrics, rescored)  # 0.20 < 0.30 * 0.75, whatever was stored
     gate = check_gate(settings, TONIGHT, metrics, {**rescored, "ndcg_at_k": 0.26})
     assert gate["required_over_champion"] == pytest.approx(0.195)
+    # Last night's model saw two of tonight's hold-out days: its re-scored 0.30 flatters it, so
+    # the stored figure (0.20, required 0.15) decides, and the report says why.
+    flattered = {**rescored, "holdout_days_trained_on": 2}
+    gate = check_gate(settings, TONIGHT, metrics, flattered)
+    assert gate["required_over_champion"] == pytest.approx(0.15)
+    assert "held 2 of tonight's hold-out days" in gate["champion_basis"]
+    with pytest.raises(QualityGateError, match=r"v's 0\.3000, as stored when served"):
+        check_gate(settings, TONIGHT, metrics, {**flattered, "stored_ndcg_at_k": 0.30, "ndcg_at_k": 0.10})
     missing = {"model_version": "v", "run_date": "2026-05-29", "stored_ndcg_at_k": 0.9, "unavailable": "missing"}
     gate = check_gate(settings, TONIGHT, metrics, missing)
     assert gate["champion_unavailable"] == "missing" and gate["required_over_champion"] is None
@@ -175,6 +192,7 @@ def test_train_reports_beyond_accuracy_and_night_to_night_churn(settings: Settin
     against the previous night's published ones, in metrics.json and the report."""
     from recsys.stages.recommend import recommend
 
+    serve(settings, champion_record(settings)["model_version"], ndcg=0.3)  # a figure tonight's model passes
     train(settings, TONIGHT)
     assert lake.read_partition_json(settings.lake, "models", TONIGHT, "metrics.json")["churn"] is None
     recommend(settings, SERVED)  # the champion's night's lists

@@ -117,9 +117,10 @@ def _champion_text(champion: dict[str, Any], gate: dict[str, Any], settings: Set
         return (f'<span class="bad">(served champion {name} not compared: {html.escape(champion["unavailable"])}; '
                 f"only the popularity rule applied)</span>")
     required = gate.get("required_over_champion") or 0.0
-    return (f"and ≥ {required:.4f}: the served champion {name} re-scored on tonight's hold-out, "
-            f"{champion['ndcg_at_k']:.4f} ({when_served}; its window held "
-            f"{champion.get('holdout_days_trained_on', 0)} of tonight's hold-out days), − {settings.gate_max_drop:.0%}")
+    basis = html.escape(str(gate.get("champion_basis") or "re-scored on tonight's hold-out"))
+    return (f"and ≥ {required:.4f}: the served champion {name}, {basis}, − {settings.gate_max_drop:.0%} "
+            f"(re-scored on tonight's hold-out: {champion['ndcg_at_k']:.4f}; {when_served}; its window held "
+            f"{champion.get('holdout_days_trained_on', 0)} of tonight's hold-out days)")
 
 
 def _churn_text(churn: dict[str, Any] | None, k: int) -> str:
