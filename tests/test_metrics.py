@@ -12,8 +12,11 @@ from recsys.core.metrics import (
     catalog_coverage,
     evaluate_lists,
     hit_matrix,
+    intra_list_diversity_at_k,
+    jaccard_at_k,
     map_at_k,
     ndcg_at_k,
+    novelty_at_k,
     precision_at_k,
     recall_at_k,
 )
@@ -286,3 +289,41 @@ def test_map_and_ndcg_agree_with_implicit(k: int) -> None:
     )
     assert map_at_k(recommended, relevant, k) == pytest.approx(theirs["map"])
     assert ndcg_at_k(recommended, relevant, k) == pytest.approx(theirs["ndcg"])
+
+
+# -- beyond accuracy ---------------------------------------------------------------------
+
+
+def test_novelty_at_k_is_the_mean_self_information_per_list() -> None:
+    # shares of 8 users: 1, 1/2, 1/4, 1/8, and an item nobody touched counts as one user's: 1/8
+    item_users = np.array([8, 4, 2, 1, 0])
+    lists = np.array([[0, 1, -1], [2, 3, 4], [-1, -1, -1]])
+    # list 0: (0 + 1) / 2; list 1: (2 + 3 + 3) / 3; the empty list is left out
+    assert novelty_at_k(lists, item_users, 8, 3) == pytest.approx((0.5 + 8 / 3) / 2)
+    assert novelty_at_k(lists, item_users, 8, 2) == pytest.approx((0.5 + 2.5) / 2)
+    assert novelty_at_k(np.full((2, 3), -1), item_users, 8, 3) == 0.0
+    with pytest.raises(ValueError, match="ids >= 5"):
+        novelty_at_k(np.array([[5]]), item_users, 8, 1)
+    with pytest.raises(ValueError, match="n_users"):
+        novelty_at_k(lists, item_users, 0, 3)
+
+
+def test_intra_list_diversity_at_k_is_the_share_of_distinct_categories() -> None:
+    categories = np.array([0, 0, 1, -1, -1])  # items 3 and 4 have no category: one each
+    lists = np.array([[0, 1, 2], [3, 4, -1], [0, 1, -1], [-1, -1, -1]])
+    # 2 of 3, 2 of 2, 1 of 2; the empty list is left out
+    assert intra_list_diversity_at_k(lists, categories, 3) == pytest.approx((2 / 3 + 1 + 1 / 2) / 3)
+    assert intra_list_diversity_at_k(lists, categories, 1) == 1.0
+    assert intra_list_diversity_at_k(np.array([[0, 1]]), categories, 2) == 0.5
+
+
+def test_jaccard_at_k_compares_each_users_lists_as_sets() -> None:
+    now = np.array([[0, 1, 2], [3, 4, -1], [5, -1, -1], [-1, -1, -1]])
+    before = np.array([[2, 1, 7], [4, 3, -1], [-1, -1, -1], [1, -1, -1]])
+    # {0,1,2} vs {1,2,7}: 2 / 4; {3,4} vs {3,4}: 1; users 2 and 3 lack a list one night
+    assert jaccard_at_k(now, before, 3) == pytest.approx(0.75)
+    assert jaccard_at_k(now, before, 1) == 0.0  # {0} vs {2}, {3} vs {4}: the order matters only through k
+    assert jaccard_at_k(now[:1], now[:1], 3) == 1.0
+    assert jaccard_at_k(now[2:], before[2:], 3) == 0.0
+    with pytest.raises(ValueError, match="rows"):
+        jaccard_at_k(now, before[:2], 3)

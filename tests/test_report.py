@@ -76,7 +76,8 @@ def test_report_shows_metrics_grid_and_history(settings: Settings) -> None:
     assert page.count("<rect") == 2  # a bar per candidate
     # Every candidate with its family, weights and half-life, and all its metrics and seconds
     assert ("<code>model=als, factors=32, alpha=2.0, weights=configured, half_life=14</code></td>"
-            "<td>0.2500</td><td>0.1250</td><td>0.0500</td><td>0.3000</td><td>0.4000</td><td>3.2</td>") in page
+            "<td>0.2500</td><td>0.1250</td><td>0.0500</td><td>0.3000</td><td>0.4000</td><td>—</td><td>—</td><td>3.2</td>"
+            ) in page  # a result without novelty and diversity (written before they were measured): dashes
     assert "<code>model=bpr, factors=64, learning_rate=0.01, weights=View:1 Purchase:0, half_life=0</code>" in page
     assert "<polyline" in page and "2026-03-01" in page  # the chart of past nights starts at the first
 

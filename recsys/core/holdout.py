@@ -1,5 +1,5 @@
-"""The hold-out of one run (training events, truth, filters) and the scoring of a candidate
-or of popularity on it."""
+"""The hold-out of one run (training events, truth, filters) and the scoring of a candidate,
+of popularity or of the served champion on it."""
 
 from __future__ import annotations
 
@@ -13,14 +13,20 @@ import pyarrow.compute as pc
 import scipy.sparse as sp
 
 from recsys.config import Settings
+from recsys.core.families import ItemModel
 from recsys.core.grid import split_candidate
 from recsys.core.lists import ItemFilters, seen_matrix, serve_lists
-from recsys.core.metrics import evaluate_lists
+from recsys.core.metrics import evaluate_lists, intra_list_diversity_at_k, novelty_at_k
 from recsys.core.model import (
     Factors,
+    Model,
+    ModelParams,
     PairEvents,
     build_user_item_matrix,
     confidence_matrix,
+    fold_in_als,
+    model_items,
+    reindex_items,
     take_users,
     train_model,
 )
@@ -114,6 +120,16 @@ def tuning_users(settings: Settings, events: PairEvents, rows: np.ndarray) -> tu
     return take_users(events, keep), np.searchsorted(keep, rows)
 
 
+def evaluate_holdout_lists(settings: Settings, data: Holdout, ids: np.ndarray) -> dict[str, Any]:
+    """The :func:`evaluate_lists` metrics of the hold-out users' lists (training item columns),
+    with novelty (popularity: the share of the training users who touched each item) and
+    intra-list diversity (the catalog's categories)."""
+    item_users = np.bincount(data.events.indices, minlength=data.events.shape[1])
+    return {**evaluate_lists(ids, data.truth, settings.k, data.eligible_items),
+            "novelty_at_k": novelty_at_k(ids, item_users, max(data.events.shape[0], 1), settings.k),
+            "intra_list_diversity_at_k": intra_list_diversity_at_k(ids, data.filters.categories, settings.k)}
+
+
 def score_candidate(settings: Settings, data: Holdout, candidate: dict[str, Any]) -> dict[str, Any]:
     """Train the candidate (its family and parameters, on the training days' matrix built with
     its event weights and half-life); metrics of its lists on the hold-out.
@@ -131,7 +147,7 @@ def score_candidate(settings: Settings, data: Holdout, candidate: dict[str, Any]
     matrix = confidence_matrix(data.events, weights, half_life).matrix
     model = train_model(matrix, params)
     ids, _ = serve_lists(settings, model, data.rows, matrix, data.seen, data.filters)
-    return evaluate_lists(ids, data.truth, settings.k, data.eligible_items)
+    return evaluate_holdout_lists(settings, data, ids)
 
 
 def steps_aside(settings: Settings, family: str, items: int) -> str | None:
@@ -146,7 +162,7 @@ def steps_aside(settings: Settings, family: str, items: int) -> str | None:
 def skipped_metrics(reason: str) -> dict[str, Any]:
     """The metrics of a candidate that was not fit: every figure 0, and why."""
     return {"map_at_k": 0.0, "ndcg_at_k": 0.0, "precision_at_k": 0.0, "recall_at_k": 0.0, "catalog_coverage": 0.0,
-            "users_evaluated": 0, "skipped": reason}
+            "novelty_at_k": 0.0, "intra_list_diversity_at_k": 0.0, "users_evaluated": 0, "skipped": reason}
 
 
 def score_popularity(settings: Settings, data: Holdout) -> dict[str, Any]:
@@ -154,4 +170,74 @@ def score_popularity(settings: Settings, data: Holdout) -> dict[str, Any]:
 
     popularity = Factors(np.ones((len(data.rows), 1), dtype=np.float32), data.popularity.reshape(-1, 1))
     ids, _ = serve_lists(settings, popularity, np.arange(len(data.rows)), None, data.seen, data.filters)
-    return evaluate_lists(ids, data.truth, settings.k, data.eligible_items)
+    return evaluate_holdout_lists(settings, data, ids)
+
+
+class ChampionUnavailable(RuntimeError):
+    """The served champion cannot be re-scored tonight; the message says why."""
+
+
+@dataclass
+class Champion:
+    """The served model as train re-scores it: the model, its row and column ids, and its
+    ``params.json`` (family parameters, event weights, half-life)."""
+
+    model: Model
+    user_ids: pa.Array
+    item_ids: pa.Array
+    params: dict[str, Any]
+
+
+def score_champion(settings: Settings, data: Holdout, champion: Champion) -> dict[str, Any]:
+    """Metrics of the served champion's lists on tonight's hold-out: the same users, truth,
+    seen items, filters and serve path as tonight's candidates, in tonight's item space (an
+    item the champion does not know is never recommended).
+
+    Every family is scored from the hold-out users' history over tonight's training days,
+    built with the champion's own event weights and half-life, never from what it learnt
+    about them beyond those days:
+
+    - item models (EASE, RP3beta, item-kNN) multiply that history by their item matrix;
+    - ALS folds the history in: each user's vector is solved against its item factors
+      (:func:`recsys.core.model.fold_in_als`), so a user it was not trained on is scored too;
+    - BPR has no fold-in: a user it was trained on keeps its vector (looked up by user id),
+      and a user it does not know gets its item biases, i.e. its popularity.
+
+    Returns the :func:`evaluate_lists` metrics with ``items_mapped`` (tonight's training
+    items the champion knows) and ``users_from_popularity`` (BPR's unknown users). Raises
+    ChampionUnavailable when none of tonight's items is the champion's.
+    """
+    items = data.events.item_ids
+    index = pc.index_in(items, value_set=champion.item_ids)
+    known = np.asarray(pc.is_valid(index).to_numpy(zero_copy_only=False), dtype=bool)
+    if not known.any():
+        raise ChampionUnavailable(f"its item space does not map: none of tonight's {len(items)} training items is "
+                                  f"among its {len(champion.item_ids)}")
+    columns = np.flatnonzero(known)
+    their = np.asarray(pc.filter(index, pa.array(known)).to_numpy(zero_copy_only=False), dtype=np.int64)
+    params = ModelParams(**champion.params["model"])
+    history = confidence_matrix(data.events, champion.params["event_weights"],
+                                float(champion.params["half_life_days"])).matrix[data.rows]
+    filters = ItemFilters(exclude=np.union1d(data.filters.exclude, np.flatnonzero(~known)).astype(np.int32),
+                          categories=data.filters.categories)
+    model = reindex_items(champion.model, columns, their, len(items))
+    from_popularity = 0
+    if isinstance(model, Factors) and isinstance(champion.model, Factors):
+        if model.model == "als":
+            own = history @ sp.csr_matrix((np.ones(len(columns), dtype=np.float32), (columns, their)),
+                                          shape=(len(items), model_items(champion.model)))
+            users = fold_in_als(champion.model.item_factors, sp.csr_matrix(own), params)
+        else:
+            rows = pc.index_in(data.events.user_ids.take(pa.array(data.rows)), value_set=champion.user_ids)
+            found = np.asarray(pc.is_valid(rows).to_numpy(zero_copy_only=False), dtype=bool)
+            users = np.zeros((len(data.rows), model.item_factors.shape[1]), dtype=np.float32)
+            users[:, -1] = 1.0  # BPR's bias column: an unknown user gets the item biases
+            users[found] = champion.model.user_factors[pc.filter(rows, pa.array(found)).to_numpy()]
+            from_popularity = int(np.count_nonzero(~found))
+        served: Model = Factors(users, model.item_factors, model.model)
+        ids, _ = serve_lists(settings, served, np.arange(len(data.rows)), None, data.seen, filters)
+    else:
+        assert isinstance(model, ItemModel)
+        ids, _ = serve_lists(settings, model, np.arange(len(data.rows)), history, data.seen, filters)
+    return {**evaluate_holdout_lists(settings, data, ids),
+            "items_mapped": int(known.sum()), "users_from_popularity": from_popularity}

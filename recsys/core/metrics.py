@@ -18,6 +18,10 @@ list is relevant", ``n_rel[u]`` = relevant items of u, and ``m = min(k, n_rel[u]
   normalisation of implicit's ``mean_average_precision_at_k`` and recommenders' ``map_at_k``
 - NDCG@k      = DCG / IDCG, DCG = sum_j hits[j] / log2(j + 2) (rank r = j + 1 discounted by
   log2(r + 1)), IDCG = the DCG of m hits in the first m positions.
+
+Beyond accuracy, the lists alone (no truth) are described by catalog coverage, novelty
+(:func:`novelty_at_k`), intra-list diversity (:func:`intra_list_diversity_at_k`) and, against
+the previous night's lists, :func:`jaccard_at_k`; these are means over the non-empty lists.
 """
 
 from __future__ import annotations
@@ -112,6 +116,90 @@ def catalog_coverage(recommended: IntArray, n_items: int) -> float:
             "pass the size of the catalogue the lists were drawn from"
         )
     return distinct / n_items
+
+
+def novelty_at_k(recommended: IntArray, item_users: IntArray, n_users: int, k: int) -> float:
+    """Mean self-information of the recommended items: per list, the mean over its first k
+    items of ``-log2(item_users[i] / n_users)`` (the share of users who touched the item;
+    an item nobody touched counts as touched by one user), averaged over lists with at least
+    one item; 0.0 when there is none. Higher means less popular items.
+
+    Raises ValueError when ``n_users`` < 1, an id is not an index of ``item_users``, or k is
+    outside 1..recommended.shape[1].
+    """
+    top, filled = _first_k(recommended, k, len(item_users))
+    if n_users < 1:
+        raise ValueError(f"n_users must be the number of users the popularity counts (>= 1), got {n_users}")
+    share = np.maximum(np.asarray(item_users, dtype=np.float64), 1.0) / n_users
+    information = np.where(filled, -np.log2(share[np.maximum(top, 0)]), 0.0)
+    return _mean_of_lists(information.sum(axis=1), filled.sum(axis=1))
+
+
+def intra_list_diversity_at_k(recommended: IntArray, categories: IntArray, k: int) -> float:
+    """Share of distinct categories in a list: per list, the distinct categories among its
+    first k items divided by its items (an item without a category, code -1, counts as a
+    category of its own), averaged over lists with at least one item; 0.0 when there is none.
+    1 means every item of a list is from another category.
+
+    Raises ValueError when an id is not an index of ``categories`` or k is outside
+    1..recommended.shape[1].
+    """
+    top, filled = _first_k(recommended, k, len(categories))
+    codes = np.asarray(categories, dtype=np.int64)[np.maximum(top, 0)]
+    unknown = (codes < 0) & filled
+    codes = np.where(unknown, -2 - top, codes)  # a code of its own per uncategorised item
+    codes = np.where(filled, codes, np.iinfo(np.int64).min)
+    ordered = np.sort(codes, axis=1)
+    first = np.ones_like(ordered, dtype=bool)
+    first[:, 1:] = ordered[:, 1:] != ordered[:, :-1]
+    distinct = (first & (ordered != np.iinfo(np.int64).min)).sum(axis=1)
+    return _mean_of_lists(distinct.astype(np.float64), filled.sum(axis=1))
+
+
+def jaccard_at_k(recommended: IntArray, previous: IntArray, k: int) -> float:
+    """Night-to-night stability: per user (row i of both), |A ∩ B| / |A ∪ B| of the sets of
+    the first k items of ``recommended`` and of ``previous`` (the same user's earlier list),
+    averaged over the users with a non-empty list in both; 0.0 when there is none. 1 means
+    the list kept its items (in any order); churn is 1 minus it.
+
+    Raises ValueError when the arrays have different numbers of rows or k is outside
+    1..the width of either.
+    """
+    now, now_filled = _first_k(recommended, k, None)
+    before, before_filled = _first_k(previous, k, None)
+    if now.shape[0] != before.shape[0]:
+        raise ValueError(f"recommended has {now.shape[0]} rows but previous has {before.shape[0]}; "
+                         "expected one row per user in both, in the same order")
+    both = now_filled.any(axis=1) & before_filled.any(axis=1)
+    if not both.any():
+        return 0.0
+    now, before = now[both], before[both]
+    now_filled, before_filled = now_filled[both], before_filled[both]
+    # each list holds an item at most once, so the intersection counts positions of one in the other
+    common = ((now[:, :, None] == before[:, None, :]) & now_filled[:, :, None] & before_filled[:, None, :]).sum(
+        axis=(1, 2))
+    union = now_filled.sum(axis=1) + before_filled.sum(axis=1) - common
+    return float((common / union).mean())
+
+
+def _first_k(recommended: IntArray, k: int, n_items: int | None) -> tuple[IntArray, BoolArray]:
+    """The first k positions of the checked lists and which of them hold an item."""
+    recommended = _checked_lists(recommended)
+    if not 1 <= k <= recommended.shape[1]:
+        raise ValueError(f"k must be between 1 and the list width {recommended.shape[1]}, got {k}")
+    top = recommended[:, :k]
+    if n_items is not None:
+        beyond = np.count_nonzero(top >= n_items)
+        if beyond:
+            raise ValueError(f"recommended has {beyond} ids >= {n_items}, the number of items described")
+    filled: BoolArray = top != EMPTY
+    return top, filled
+
+
+def _mean_of_lists(totals: FloatArray, counts: IntArray) -> float:
+    """Mean over lists with at least one item of total / items."""
+    some = counts > 0
+    return float((totals[some] / counts[some]).mean()) if some.any() else 0.0
 
 
 def evaluate_lists(recommended: IntArray, relevant: Relevance, k: int, n_items: int) -> dict[str, float]:

@@ -443,6 +443,44 @@ def _fit_implicit(matrix: sp.csr_matrix, params: ModelParams) -> Model:
     raise ValueError(f"unknown model family {params.model!r}; expected one of {tuple(FAMILY_FIELDS)}")
 
 
+def fold_in_als(item_factors: np.ndarray, history: sp.csr_matrix, params: ModelParams) -> np.ndarray:
+    """ALS user vectors of the users x items ``history`` rows (confidence, before
+    :func:`scale_confidence`; its columns the rows of ``item_factors``), solved against the
+    fixed item factors by ``implicit``'s ``recalculate_user`` (one exact least-squares solve
+    per user): what a full fit's user step would give these histories. Returns float32
+    (users x factors)."""
+    from implicit.cpu.als import AlternatingLeastSquares
+    from threadpoolctl import threadpool_limits
+
+    factors = np.ascontiguousarray(item_factors, dtype=np.float32)
+    als = AlternatingLeastSquares(factors=factors.shape[1], regularization=params.regularization, alpha=1.0,
+                                  random_state=params.random_state, calculate_training_loss=False)
+    als.item_factors = factors
+    scaled = scale_confidence(history, params.alpha, params.weighting)
+    with threadpool_limits(1, "blas"):
+        users: np.ndarray = als.recalculate_user(np.arange(history.shape[0]), scaled)
+    return users.astype(np.float32, copy=False)
+
+
+def reindex_items(model: Model, columns: np.ndarray, their: np.ndarray, n_items: int) -> Model:
+    """The model in another item space of ``n_items`` columns, where column ``columns[j]`` is
+    the model's item ``their[j]``; an item it does not know gets a zero vector (factor models)
+    or a zero row and column (item models), so the caller excludes those items. User factors
+    are kept as they are."""
+    if isinstance(model, Factors):
+        items = np.zeros((n_items, model.item_factors.shape[1]), dtype=np.float32)
+        items[columns] = model.item_factors[their]
+        return Factors(model.user_factors, items, model.model)
+    select = sp.csr_matrix((np.ones(len(columns), dtype=np.float32), (columns, their)),
+                           shape=(n_items, model.n_items))
+    matrix = model.item_matrix
+    if isinstance(matrix, np.ndarray):
+        dense = np.zeros((n_items, n_items), dtype=np.float32)
+        dense[np.ix_(columns, columns)] = matrix[np.ix_(their, their)]
+        return ItemModel(dense, model.model)
+    return ItemModel(sp.csr_matrix(select @ matrix @ select.T, dtype=np.float32), model.model)
+
+
 def _top_k(
     score_rows: Callable[[int, int], np.ndarray],
     n: int,

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import zipfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -17,9 +18,9 @@ import scipy.sparse as sp
 from recsys import datasets
 from recsys.config import Settings
 from recsys.core.families import ItemModel
-from recsys.core.holdout import Holdout
+from recsys.core.holdout import Champion, ChampionUnavailable, Holdout
 from recsys.core.lists import ItemFilters
-from recsys.core.model import Factors, Model, PairEvents
+from recsys.core.model import Factors, Model, PairEvents, model_items
 from recsys.io import lake
 
 log = logging.getLogger(__name__)
@@ -98,6 +99,39 @@ def load_holdout(settings: Settings, day: dt.date) -> Holdout:
 def read_champion(settings: Settings) -> dict[str, Any] | None:
     """``lake/models/champion.json``, or None before the first verified publish."""
     return lake.read_lake_json(settings.lake, datasets.CHAMPION)
+
+
+def load_champion(settings: Settings, record: dict[str, Any]) -> Champion:
+    """The model ``record`` (``champion.json``) names, from ``models/dt=<its run date>/``.
+
+    Raises ChampionUnavailable saying why when the record has no run date, the partition or
+    one of its files is missing or unreadable, or the partition holds another model (that
+    date was retrained after the champion was served).
+    """
+    version = record.get("model_version")
+    try:
+        day = dt.date.fromisoformat(str(record["run_date"]))
+    except (KeyError, ValueError) as exc:
+        raise ChampionUnavailable(f"{datasets.CHAMPION} names no valid run_date ({exc})") from exc
+    where = lake.partition_uri(settings.lake, datasets.MODELS, day)
+    try:
+        folder = lake.fetch_partition(settings.lake, datasets.MODELS, day,
+                                      ["model.npz", "users.parquet", "items.parquet", "params.json"])
+        params = lake.read_json(folder / "params.json")
+        model = load_model(folder / "model.npz")
+        users = pq.read_table(folder / "users.parquet")["user_id"].combine_chunks()
+        items = pq.read_table(folder / "items.parquet")["item_id"].combine_chunks()
+    except FileNotFoundError as exc:
+        raise ChampionUnavailable(f"its model is missing: {exc}") from exc
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile, pa.ArrowException) as exc:
+        raise ChampionUnavailable(f"its model in {where} is unreadable: {type(exc).__name__}: {exc}") from exc
+    if params.get("model_version") != version:
+        raise ChampionUnavailable(f"{where} holds model {params.get('model_version')}, not the champion {version}: "
+                                  "that date was retrained after the champion was served")
+    if model_items(model) != len(items):
+        raise ChampionUnavailable(f"its model in {where} scores {model_items(model)} items but items.parquet lists "
+                                  f"{len(items)}")
+    return Champion(model=model, user_ids=users, item_ids=items, params=params)
 
 
 def save_model(model: Model, path: Path) -> None:

@@ -20,7 +20,10 @@ from recsys.io import lake
 
 log = logging.getLogger(__name__)
 
-METRICS = ("ndcg_at_k", "map_at_k", "precision_at_k", "recall_at_k", "catalog_coverage")
+METRICS = ("ndcg_at_k", "map_at_k", "precision_at_k", "recall_at_k", "catalog_coverage", "novelty_at_k",
+           "intra_list_diversity_at_k")
+LABELS = {"novelty_at_k": "novelty@{k} (bits)",
+          "intra_list_diversity_at_k": "diversity@{k}"}
 
 
 def report_uri(settings: Settings, day: dt.date) -> str:
@@ -51,11 +54,13 @@ def write_report(
         else f'<p class="good">Quality gate passed; model <code>{html.escape(model_version or "")}</code> '
         "goes on to recommend and publish.</p>"
     )
+    champion = metrics.get("champion") or {}
+    rescored = bool(champion) and not champion.get("unavailable")
     rows = "".join(
-        f"<tr><td>{name.replace('_at_k', f'@{k}')}</td><td>{metrics['model'][name]:.4f}</td>"
-        f"<td>{metrics['popularity'][name]:.4f}</td>"
-        f"<td>{_lift(metrics['model'][name], metrics['popularity'][name])}</td></tr>"
-        for name in METRICS
+        f"<tr><td>{_label(name, k)}</td>{_cell(metrics['model'], name)}{_cell(metrics['popularity'], name)}"
+        f"<td>{_lift(metrics['model'].get(name), metrics['popularity'].get(name))}</td>"
+        + (_cell(champion, name) if rescored else "") + "</tr>"
+        for name in METRICS if name in metrics["model"]
     )
     grid = metrics.get("grid", [])
     grid_rows = "".join(
@@ -82,13 +87,14 @@ first time ({metrics.get('holdout_users_cold', 0):,} hold-out users were new: th
 Candidates were fit on the training part: {metrics.get('train_users', 0):,} users (at most RECSYS_TUNE_MAX_USERS)
 × {metrics.get('train_items', 0):,} items, {metrics.get('train_nonzeros', 0):,} non-zeros. Lists are scored as they are served (seen and inactive items removed).</p>
 <h2>Model against popularity</h2>
-<table><tr><th>metric</th><th>model</th><th>popularity</th><th>lift</th></tr>{rows}</table>
+<table><tr><th>metric</th><th>model</th><th>popularity</th><th>lift</th>{"<th>champion, re-scored</th>" if rescored else ""}</tr>{rows}</table>
 <p>Gate: NDCG@{k} needs ≥ {gate.get('required_over_popularity', 0):.4f} (popularity + {settings.gate_min_lift:.0%})
-{f"and ≥ {gate['required_over_champion']:.4f} (served champion {html.escape(gate['champion']['model_version'])} − {settings.gate_max_drop:.0%})" if gate.get('champion') else "(no champion served yet)"}.</p>
+{_champion_text(champion, gate, settings)}.</p>
+{_churn_text(metrics.get("churn"), k)}
 <h2>Tuning candidates (best first)</h2>
 {_bar_chart([g['ndcg_at_k'] for g in grid], [str(i + 1) for i in range(len(grid))], f"NDCG@{k} per candidate", metrics['popularity']['ndcg_at_k'])}
 <table><tr><th>#</th><th>candidate</th><th>NDCG@{k}</th><th>MAP@{k}</th><th>precision@{k}</th><th>recall@{k}</th>
-<th>coverage</th><th>seconds</th></tr>{grid_rows}</table>
+<th>coverage</th><th>novelty@{k}</th><th>diversity@{k}</th><th>seconds</th></tr>{grid_rows}</table>
 <h2>Past nights</h2>
 {_line_chart(history, k)}
 </body></html>
@@ -100,8 +106,42 @@ Candidates were fit on the training part: {metrics.get('train_users', 0):,} user
     return where
 
 
-def _lift(model: float, baseline: float) -> str:
-    return f"{model / baseline:.2f}×" if baseline > 0 else "—"
+def _champion_text(champion: dict[str, Any], gate: dict[str, Any], settings: Settings) -> str:
+    """The champion's part of the gate line: its re-scored figure, or why it was not compared."""
+    if not champion:
+        return "(no champion served yet)"
+    name = html.escape(str(champion.get("model_version")))
+    stored = champion.get("stored_ndcg_at_k")
+    when_served = f"{stored:.4f} when it was served" if isinstance(stored, int | float) else "no figure stored"
+    if champion.get("unavailable"):
+        return (f'<span class="bad">(served champion {name} not compared: {html.escape(champion["unavailable"])}; '
+                f"only the popularity rule applied)</span>")
+    required = gate.get("required_over_champion") or 0.0
+    basis = html.escape(str(gate.get("champion_basis") or "re-scored on tonight's hold-out"))
+    return (f"and ≥ {required:.4f}: the served champion {name}, {basis}, − {settings.gate_max_drop:.0%} "
+            f"(re-scored on tonight's hold-out: {champion['ndcg_at_k']:.4f}; {when_served}; its window held "
+            f"{champion.get('holdout_days_trained_on', 0)} of tonight's hold-out days)")
+
+
+def _churn_text(churn: dict[str, Any] | None, k: int) -> str:
+    """The night-to-night line: the mean Jaccard of tonight's top-k against the previous night's."""
+    if not churn:
+        return "<p>Night-to-night churn: no earlier night's lists in the lake to compare with.</p>"
+    return (f"<p>Night-to-night churn: mean Jaccard of a user's top-{k} against the lists of "
+            f"{html.escape(str(churn['previous_run_date']))}: {churn['jaccard_at_k']:.4f} (1 = unchanged) over "
+            f"{churn['users_compared']:,} users in both (of {churn['users_sampled']:,} sampled).</p>")
+
+
+def _label(name: str, k: int) -> str:
+    return LABELS.get(name, name.replace("_at_k", "@{k}")).format(k=k)
+
+
+def _cell(values: dict[str, Any], name: str) -> str:
+    return f"<td>{values[name]:.4f}</td>" if isinstance(values.get(name), int | float) else "<td>—</td>"
+
+
+def _lift(model: float | None, baseline: float | None) -> str:
+    return f"{model / baseline:.2f}×" if model is not None and baseline else "—"
 
 
 def params_text(params: dict[str, Any], configured: dict[str, float] | None = None) -> str:
