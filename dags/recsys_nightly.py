@@ -27,13 +27,19 @@ from typing import Any
 
 from airflow.sdk import CronDataIntervalTimetable, Param, dag, task
 
-from recsys.config import dag_params, publish_pool_from_env
+from recsys.config import dag_params, publish_pool_from_env, run_limits_from_env
+from recsys.io.alerts import FailureAlert
 
+TASK_TIMEOUT_MINUTES, RUN_TIMEOUT_HOURS = run_limits_from_env()
 DEFAULT_ARGS = {
     "owner": "recsys",
     "retries": 2,
     "retry_delay": dt.timedelta(minutes=2),
     "retry_exponential_backoff": True,
+    # A hung call fails its task (and is retried) instead of holding the night; a task that
+    # fails for good is logged and sent to RECSYS_ALERT_WEBHOOK.
+    "execution_timeout": dt.timedelta(minutes=TASK_TIMEOUT_MINUTES),
+    "on_failure_callback": FailureAlert(),
 }
 
 
@@ -45,6 +51,8 @@ DEFAULT_ARGS = {
     start_date=dt.datetime(2026, 1, 1, tzinfo=dt.UTC),
     catchup=False,
     max_active_runs=1,
+    # One run at a time: a run that hangs must end before the next night's is due.
+    dagrun_timeout=dt.timedelta(hours=RUN_TIMEOUT_HOURS),
     default_args=DEFAULT_ARGS,
     tags=["recsys", "recommendations", "dynamodb"],
     doc_md=__doc__,

@@ -283,6 +283,7 @@ _PUBLISH = "DynamoDB and publishing"
 _DUCKDB = "DuckDB"
 _SERVE = "Storefront API (recsys serve)"
 _STACK = "Local Airflow stack (recsys airflow)"
+_RUNS = "Runs: timeouts and alerts"
 _DEVELOPER = "Developer paths"
 
 
@@ -649,6 +650,26 @@ class Settings(BaseSettings):
         json_schema_extra=_meta(_SERVE),
     )
 
+    # Runs: timeouts and alerts
+    task_timeout_minutes: Int = Field(
+        default=120,
+        description="A task that runs longer fails (Airflow's `execution_timeout`) and is retried: a hung AWS or "
+        "database call cannot hold a night",
+        json_schema_extra=_meta(_RUNS),
+    )
+    run_timeout_hours: Int = Field(
+        default=20,
+        description="A nightly run that has not finished fails (`dagrun_timeout`), so tomorrow's run can start "
+        "(one run at a time); under 24 hours",
+        json_schema_extra=_meta(_RUNS),
+    )
+    alert_webhook: str | None = Field(
+        default=None,
+        description="When a task of the nightly fails for good: the failure is logged at ERROR and, when set, "
+        "POSTed as JSON (`{\"text\": ...}`, as Slack and Teams incoming webhooks take) to this URL",
+        json_schema_extra=_meta(_RUNS, strip=True, default_doc="empty (log only)"),
+    )
+
     # Local Airflow stack
     airflow_executor: str = Field(
         default="LocalExecutor",
@@ -804,6 +825,10 @@ class Settings(BaseSettings):
                 raise ConfigError(f"{name} must be at least 1, got {count}")
         if self.serve_max_age_days < 0:
             raise ConfigError(f"serve_max_age_days must be 0 or more, got {self.serve_max_age_days}")
+        if self.task_timeout_minutes < 1:
+            raise ConfigError(f"task_timeout_minutes must be at least 1, got {self.task_timeout_minutes}")
+        if not 1 <= self.run_timeout_hours < 24:
+            raise ConfigError(f"run_timeout_hours must be between 1 and 23, got {self.run_timeout_hours}")
         if self.recommend_batch_users < 1:
             raise ConfigError(f"recommend_batch_users must be at least 1, got {self.recommend_batch_users}")
         if self.validate_chunk_rows < 1:
@@ -935,6 +960,12 @@ def _only(names: tuple[str, ...], env: Mapping[str, str] | None) -> Settings:
 def publish_pool_from_env(env: Mapping[str, str] | None = None) -> str:
     """The Airflow pool the publish shards run in: ``RECSYS_PUBLISH_POOL`` or ``recsys_dynamodb``."""
     return _only(("publish_pool",), env).publish_pool
+
+
+def run_limits_from_env(env: Mapping[str, str] | None = None) -> tuple[int, int]:
+    """(task timeout in minutes, run timeout in hours): what the DAG file needs when it is parsed."""
+    found = _only(("task_timeout_minutes", "run_timeout_hours"), env)
+    return found.task_timeout_minutes, found.run_timeout_hours
 
 
 def home_from_env(env: Mapping[str, str] | None = None) -> Path:

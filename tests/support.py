@@ -321,3 +321,39 @@ def make_recs(n_users: int, seed: int = 0, n_items: int = 500, shuffle: bool = T
     if shuffle:
         table = table.take(pa.array(rng.permutation(table.num_rows)))
     return table
+
+
+class WebhookReceiver:
+    """A real HTTP endpoint on 127.0.0.1 that records the JSON bodies POSTed to it (an alert
+    webhook's stand-in); use as a context manager."""
+
+    def __init__(self) -> None:
+        import http.server
+        import json
+        import threading
+
+        received: list[dict[str, Any]] = []
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                received.append(json.loads(body))
+                self.send_response(200)
+                self.end_headers()
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.received = received
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def __enter__(self) -> WebhookReceiver:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+

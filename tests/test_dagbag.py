@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import subprocess
 import sys
 from pathlib import Path
@@ -30,9 +31,12 @@ def test_policy_for_every_dag(dagbag) -> None:  # type: ignore[no-untyped-def]
         assert dag.doc_md and len(dag.doc_md) > 200
         assert dag.tags and "recsys" in dag.tags
         assert dag.catchup is False
+        assert dag.dagrun_timeout is not None and dag.dagrun_timeout < dt.timedelta(days=1), dag_id
         for task in dag.tasks:
             assert task.retries >= 1, f"{dag_id}.{task.task_id} has no retries"
             assert task.owner == "recsys"
+            assert task.execution_timeout is not None, f"{dag_id}.{task.task_id} has no execution_timeout"
+            assert task.on_failure_callback, f"{dag_id}.{task.task_id} alerts nobody when it fails"
 
 
 def test_nightly_dag_shape(dagbag) -> None:  # type: ignore[no-untyped-def]

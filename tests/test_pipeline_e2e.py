@@ -18,7 +18,7 @@ import pytest
 from recsys.config import POPULAR_USER_ID, Settings
 from recsys.core.grid import tuning_candidates
 from recsys.io import lake
-from tests.support import ONE_MODEL, lists_of, scan
+from tests.support import ONE_MODEL, WebhookReceiver, lists_of, scan
 from tests.support import STORE_END as END
 
 pytestmark = pytest.mark.slow  # whole-DAG runs: make test, not make test-fast
@@ -120,8 +120,12 @@ def test_broken_batch_fails_before_anything_is_served(
     (bad / "next-day.csv").write_text("\n".join(rows) + "\n")
     os.symlink(Path(settings.source), bad / "history")
     monkeypatch.setenv("RECSYS_SOURCE", str(bad))
-    dag_run = run(Settings.from_env(), next_day)
+    with WebhookReceiver() as hook:
+        monkeypatch.setenv("RECSYS_ALERT_WEBHOOK", hook.url)
+        dag_run = run(Settings.from_env(), next_day)
     assert not str(dag_run.state).endswith("success")
+    # The failure callback told someone: validate, failed for good (bad input is not retried).
+    assert [m["text"] for m in hook.received if ".validate failed" in m["text"]], hook.received
     states = {ti.task_id: str(ti.state) for ti in dag_run.get_task_instances()}
     assert states["validate"].endswith("failed")
     assert not any(states[t].endswith("success") for t in ("aggregate", "train", "recommend", "plan_publish",
