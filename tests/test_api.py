@@ -570,13 +570,17 @@ def test_recsys_serve_command_answers_over_http(dynamodb_endpoint: str, served_t
         assert status == 400 and json.loads(answer)["error"] == "invalid_limit"
         for _ in range(10):  # spread over both workers; /metrics of either sums them all
             assert get("/v1/popular", keyed)[0] == 200
-        counts = {}
-        for _ in range(3):
-            status, answer = get("/metrics")
-            samples = [s for f in text_string_to_metric_families(answer.decode()) for s in f.samples
-                       if s.name == "recsys_serve_requests_total" and s.labels["route"] == "/v1/popular"]
-            counts[sum(s.value for s in samples)] = True
-        assert list(counts) == [10.0], counts
+        def popular_requests() -> float:
+            answer = get("/metrics")[1]
+            return sum(s.value for f in text_string_to_metric_families(answer.decode()) for s in f.samples
+                       if s.name == "recsys_serve_requests_total" and s.labels["route"] == "/v1/popular")
+
+        # A worker counts a request as its response goes out, so a scrape right after the last
+        # answer may not see it yet: wait for the count, then it must hold still at exactly 10.
+        deadline = time.monotonic() + 10
+        while popular_requests() < 10 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert [popular_requests() for _ in range(3)] == [10.0, 10.0, 10.0]
         assert list((tmp_path / "serve-metrics" / str(port)).glob("*.db")), "no multiprocess metric files"
     finally:
         process.send_signal(signal.SIGTERM)
