@@ -26,9 +26,6 @@ log = logging.getLogger(__name__)
 class Source(Protocol):
     """What extract and the 'latest' rule need of a source."""
 
-    def describe(self) -> str:
-        """Where the events come from, for messages."""
-
     def stage(self, day: dt.date, days: Iterable[dt.date]) -> str:
         """A folder, file or glob holding at least the events of ``days`` (for the run of ``day``)."""
 
@@ -41,9 +38,6 @@ class FileSource:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-
-    def describe(self) -> str:
-        return f"event source {self.settings.source}"
 
     def stage(self, day: dt.date, days: Iterable[dt.date]) -> str:
         return self.settings.source
@@ -60,9 +54,6 @@ class PostgresSource:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-
-    def describe(self) -> str:
-        return postgres.describe_source(self.settings)
 
     def stage(self, day: dt.date, days: Iterable[dt.date]) -> str:
         return str(postgres.stage_days(self.settings, day, days))
