@@ -263,3 +263,56 @@ def test_itemknn_scores_and_lists_equal_implicits_own_recommend(similarity: str)
                 assert ids[u, rank] == their_ids[u, rank], (u, rank)
                 compared += 1
     assert compared > 80
+
+
+def _two_block_history(users: int, seed: int) -> sp.csr_matrix:
+    """Users 0..users/2-1 touch 3 of items 0-4, the others 3 of items 5-9 (weights 1-5)."""
+    rng = np.random.default_rng(seed)
+    dense = np.zeros((users, 10), dtype=np.float32)
+    for u in range(users):
+        block = 0 if u < users // 2 else 5
+        dense[u, block + rng.choice(5, size=3, replace=False)] = rng.integers(1, 6, size=3)
+    return sp.csr_matrix(dense)
+
+
+def test_als_fold_in_of_its_training_rows_is_its_own_user_step() -> None:
+    """Fold-in solves each history row against the fixed item factors: for the training rows
+    that is the fit's user step, so the vectors are close to the fit's own (the fit moved its
+    item factors once more after its last user step) and rank the same items first."""
+    from recsys.core.model import fold_in, top_k_items
+
+    matrix = _two_block_history(60, seed=4)
+    params = ModelParams(factors=2, regularization=0.1, alpha=5.0, iterations=30)
+    model = train_model(matrix, params)
+    folded = fold_in(model, params, matrix)
+    assert folded.item_factors is model.item_factors and folded.user_factors.shape == model.user_factors.shape
+    fitted = model.user_factors @ model.item_factors.T
+    solved = folded.user_factors @ model.item_factors.T
+    assert np.corrcoef(fitted.ravel(), solved.ravel())[0, 1] > 0.99
+    own, _ = top_k_items(model.item_factors, model.user_factors, matrix, 2, None)
+    ids, _ = top_k_items(model.item_factors, folded.user_factors, matrix, 2, None)
+    assert (ids == own).mean() > 0.9
+
+
+def test_fold_in_scores_users_no_fit_has_seen() -> None:
+    """New shoppers, given only their histories, get unseen items of their block first from
+    every family; the item families score them exactly as training rows would be scored."""
+    from recsys.core.families import ItemModel
+    from recsys.core.model import fold_in, recommend_users
+
+    matrix = _two_block_history(60, seed=5)
+    strangers = sp.csr_matrix(np.array([[2, 3, 0, 0, 0, 0, 0, 0, 0, 0], [0, 0, 0, 0, 0, 0, 0, 4, 1, 0]],
+                                       dtype=np.float32))
+    families = [ModelParams(factors=2, regularization=0.1, alpha=5.0, iterations=30),
+                ModelParams(model="bpr", factors=4, regularization=0.01, learning_rate=0.05, iterations=200),
+                ModelParams(model="ease", ease_lambda=5.0), ModelParams(model="rp3beta", neighbours=5),
+                ModelParams(model="itemknn", similarity="cosine", neighbours=5)]
+    for params in families:
+        model = train_model(matrix, params)
+        folded = fold_in(model, params, strangers)
+        ids, _ = recommend_users(folded, np.arange(2), strangers, strangers, 2, None)
+        assert set(ids[0].tolist()) <= {2, 3, 4} and set(ids[1].tolist()) <= {5, 6, 9}, (params.model, ids)
+        if isinstance(model, ItemModel):
+            assert folded is model
+    with pytest.raises(ValueError, match="9 item columns, the als model 10"):
+        fold_in(train_model(matrix, families[0]), families[0], strangers[:, :9])

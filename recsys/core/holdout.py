@@ -13,7 +13,6 @@ import pyarrow.compute as pc
 import scipy.sparse as sp
 
 from recsys.config import Settings
-from recsys.core.families import ItemModel
 from recsys.core.grid import split_candidate
 from recsys.core.lists import ItemFilters, seen_matrix, serve_lists
 from recsys.core.metrics import evaluate_lists, intra_list_diversity_at_k, novelty_at_k
@@ -24,7 +23,7 @@ from recsys.core.model import (
     PairEvents,
     build_user_item_matrix,
     confidence_matrix,
-    fold_in_als,
+    fold_in,
     model_items,
     reindex_items,
     take_users,
@@ -195,17 +194,13 @@ def score_champion(settings: Settings, data: Holdout, champion: Champion) -> dic
 
     Every family is scored from the hold-out users' history over tonight's training days,
     built with the champion's own event weights and half-life, never from what it learnt
-    about them beyond those days:
-
-    - item models (EASE, RP3beta, item-kNN) multiply that history by their item matrix;
-    - ALS folds the history in: each user's vector is solved against its item factors
-      (:func:`recsys.core.model.fold_in_als`), so a user it was not trained on is scored too;
-    - BPR has no fold-in: a user it was trained on keeps its vector (looked up by user id),
-      and a user it does not know gets its item biases, i.e. its popularity.
+    about them beyond those days: the history is folded in (:func:`recsys.core.model.fold_in`:
+    item models multiply it by their item matrix, ALS and BPR solve each user's vector
+    against their item factors), so a user it was not trained on is scored too.
 
     Returns the :func:`evaluate_lists` metrics with ``items_mapped`` (tonight's training
-    items the champion knows) and ``users_from_popularity`` (BPR's unknown users). Raises
-    ChampionUnavailable when none of tonight's items is the champion's.
+    items the champion knows). Raises ChampionUnavailable when none of tonight's items is
+    the champion's.
     """
     items = data.events.item_ids
     index = pc.index_in(items, value_set=champion.item_ids)
@@ -220,24 +215,10 @@ def score_champion(settings: Settings, data: Holdout, champion: Champion) -> dic
                                 float(champion.params["half_life_days"])).matrix[data.rows]
     filters = ItemFilters(exclude=np.union1d(data.filters.exclude, np.flatnonzero(~known)).astype(np.int32),
                           categories=data.filters.categories)
-    model = reindex_items(champion.model, columns, their, len(items))
-    from_popularity = 0
-    if isinstance(model, Factors) and isinstance(champion.model, Factors):
-        if model.model == "als":
-            own = history @ sp.csr_matrix((np.ones(len(columns), dtype=np.float32), (columns, their)),
-                                          shape=(len(items), model_items(champion.model)))
-            users = fold_in_als(champion.model.item_factors, sp.csr_matrix(own), params)
-        else:
-            rows = pc.index_in(data.events.user_ids.take(pa.array(data.rows)), value_set=champion.user_ids)
-            found = np.asarray(pc.is_valid(rows).to_numpy(zero_copy_only=False), dtype=bool)
-            users = np.zeros((len(data.rows), model.item_factors.shape[1]), dtype=np.float32)
-            users[:, -1] = 1.0  # BPR's bias column: an unknown user gets the item biases
-            users[found] = champion.model.user_factors[pc.filter(rows, pa.array(found)).to_numpy()]
-            from_popularity = int(np.count_nonzero(~found))
-        served: Model = Factors(users, model.item_factors, model.model)
-        ids, _ = serve_lists(settings, served, np.arange(len(data.rows)), None, data.seen, filters)
-    else:
-        assert isinstance(model, ItemModel)
-        ids, _ = serve_lists(settings, model, np.arange(len(data.rows)), history, data.seen, filters)
-    return {**evaluate_holdout_lists(settings, data, ids),
-            "items_mapped": int(known.sum()), "users_from_popularity": from_popularity}
+    # The champion's own item space: tonight's columns it knows, in its order (the others have no vector).
+    own = sp.csr_matrix(history @ sp.csr_matrix((np.ones(len(columns), dtype=np.float32), (columns, their)),
+                                                shape=(len(items), model_items(champion.model))))
+    folded = fold_in(champion.model, params, own)
+    model = reindex_items(folded, columns, their, len(items))
+    ids, _ = serve_lists(settings, model, np.arange(len(data.rows)), history, data.seen, filters)
+    return {**evaluate_holdout_lists(settings, data, ids), "items_mapped": int(known.sum())}

@@ -462,6 +462,42 @@ def fold_in_als(item_factors: np.ndarray, history: sp.csr_matrix, params: ModelP
     return users.astype(np.float32, copy=False)
 
 
+def fold_in(model: Model, params: ModelParams, history: sp.csr_matrix) -> Model:
+    """The model that scores the rows of ``history`` (users x the model's items, confidences
+    as :func:`confidence_matrix` builds them), whether it was trained on those users or not:
+    row r of the result's users is the r-th history row, for :func:`recommend_users` with
+    ``rows = arange(len(history))`` and ``matrix = history``.
+
+    - Item models (EASE, RP3beta, item-kNN) score a history row by itself: returned as they
+      are, and a folded-in user gets exactly the scores a training row would.
+    - ALS: each user's vector is its exact user step against the fixed item factors
+      (:func:`fold_in_als`), what a full fit's last sweep gives (close, not equal: the fit's
+      item factors moved after its last user step).
+    - BPR has no closed-form user step (a least-squares solve against its embeddings ranked
+      worse than its own users did on a two-block test): a user is the mean embedding of
+      the items in their history, scaled to the mean length of the trained user vectors so
+      the item biases (its last column, kept at 1 for the user) weigh as in the fit.
+
+    Raises ValueError when ``history`` has not the model's items as columns.
+    """
+    if history.shape[1] != model_items(model):
+        raise ValueError(f"fold-in: the history has {history.shape[1]} item columns, the {model.model} model "
+                         f"{model_items(model)}; map the history to the model's items first")
+    if isinstance(model, ItemModel):
+        return model
+    if model.model == "als":
+        return Factors(fold_in_als(model.item_factors, history, params), model.item_factors, "als")
+    touched = binary(history)
+    counts = np.maximum(np.asarray(touched.sum(axis=1)).ravel(), 1.0)
+    users = np.asarray(touched @ model.item_embeddings, dtype=np.float32) / counts[:, None].astype(np.float32)
+    trained = np.linalg.norm(model.user_factors[:, :-1], axis=1).mean() if len(model.user_factors) else 0.0
+    folded = np.linalg.norm(users, axis=1)
+    if trained > 0 and folded[folded > 0].size:
+        users *= np.float32(trained / folded[folded > 0].mean())
+    with_bias = np.hstack([users, np.ones((users.shape[0], 1), dtype=np.float32)])
+    return Factors(with_bias, model.item_factors, model.model)
+
+
 def reindex_items(model: Model, columns: np.ndarray, their: np.ndarray, n_items: int) -> Model:
     """The model in another item space of ``n_items`` columns, where column ``columns[j]`` is
     the model's item ``their[j]``; an item it does not know gets a zero vector (factor models)
