@@ -5,8 +5,10 @@ Turns one day of storefront events into a fresh top-20 list for every user in Dy
 
 `extract` → `validate` (Great Expectations) → `aggregate` (DuckDB, `sql/*.sql`) →
 `index_events` (the window's events indexed by user and item, built once for every model task) →
-`tune` (one mapped task per candidate — ALS or BPR, event weights, recency half-life — scored on
-the held-out newest days) →
+`screen` (one mapped task per candidate — a model family and its parameters, event weights,
+recency half-life — fit and scored cheaply on a sample of the users) → `promote` (successive
+halving: the best few that fit `RECSYS_TUNE_BUDGET_SECONDS`) → `tune` (one mapped task per
+promoted candidate, scored on the held-out newest days) →
 `train` (the best candidate, gated against popularity, retrained on the whole window) → `recommend` →
 `plan_publish` (skips backfill runs and dates older than the one served, unless the
 `force_publish` Param is set; else splits the users into `publish_shards` ranges) →
@@ -98,6 +100,20 @@ def recsys_nightly() -> None:
         return run_stage(stage)
 
     @task
+    def screen(candidate: dict[str, Any]) -> dict[str, Any]:
+        from recsys.runtime import run_stage
+        from recsys.stages.tune import screen as stage
+
+        return run_stage(stage, candidate)
+
+    @task
+    def promote(screened: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        from recsys.runtime import mapped_results, run_stage
+        from recsys.stages.tune import promote as stage
+
+        return run_stage(stage, mapped_results(screened))
+
+    @task
     def tune(candidate: dict[str, Any]) -> dict[str, Any]:
         from recsys.runtime import run_stage
         from recsys.stages.tune import tune as stage
@@ -149,7 +165,8 @@ def recsys_nightly() -> None:
     # Airflow types a task call as taking its function's parameters, not the XComArgs that
     # stand for them at DAG-parse time: the ignores below are that gap, not a real mismatch.
     indexed = index_events(aggregate(validate(extract())))  # type: ignore[arg-type]
-    results = tune.expand(candidate=candidates(indexed))  # type: ignore[arg-type]
+    screened = screen.expand(candidate=candidates(indexed))  # type: ignore[arg-type]
+    results = tune.expand(candidate=promote(screened))  # type: ignore[arg-type]
     shards = plan_publish(recommend(train(results)))  # type: ignore[arg-type]
     verify(finish_publish(shards, publish_shard.expand(shard=shards)))  # type: ignore[arg-type]
 

@@ -448,6 +448,25 @@ class Settings(BaseSettings):
             "Equal candidates are tried once.",
         ),
     )
+    tune_budget_seconds: Int = Field(
+        default=600,
+        description="Seconds of candidate work tuning may spend (screening plus full evaluations, summed over the "
+        "tune tasks); 0 = no budget: every candidate gets a full evaluation and nothing is screened",
+        json_schema_extra=_meta(
+            _MODEL,
+            doc="With a budget, every candidate is first screened: fit and scored on a seeded "
+            "1/`RECSYS_TUNE_HALVING` of the training and hold-out users. The best 1/`RECSYS_TUNE_HALVING` "
+            "of them, in screening order, get a full evaluation while their estimated cost (screening seconds "
+            "times the users ratio) fits what the screening left of the budget; the best one always does. "
+            "The others are cut early: the report lists them with their screening figures and why.",
+        ),
+    )
+    tune_halving: Int = Field(
+        default=3,
+        description="Successive halving's eta: the screening sample is 1/eta of the users and the best 1/eta of the "
+        "candidates are promoted to a full evaluation",
+        json_schema_extra=_meta(_MODEL),
+    )
     weighting: str = Field(
         default="log",
         description="How weighted events become ALS confidence outside the grid: `log` (alpha * log1p) or "
@@ -788,6 +807,10 @@ class Settings(BaseSettings):
             raise ConfigError(f"holdout_max_users must be 0 (every warm user) or more, got {self.holdout_max_users}")
         if self.k < 1:
             raise ConfigError(f"k must be at least 1, got {self.k}")
+        if self.tune_budget_seconds < 0:
+            raise ConfigError(f"tune_budget_seconds must be 0 (no budget) or more, got {self.tune_budget_seconds}")
+        if self.tune_halving < 2:
+            raise ConfigError(f"tune_halving must be at least 2 (the screening keeps 1/eta), got {self.tune_halving}")
         if self.ease_max_items < 0:
             raise ConfigError(f"ease_max_items must be 0 (EASE never fits) or more, got {self.ease_max_items}")
         grids = parse_grids(self.tuning_grid)

@@ -61,3 +61,39 @@ def test_tuning_candidates_are_the_grid_product_over_settings(tmp_path) -> None:
         Settings.from_env({"RECSYS_TUNING_GRID": "model=svd"})
     with pytest.raises(ConfigError, match="weights must be one of"):
         Settings.from_env({"RECSYS_TUNING_GRID": "weights=heavy"})
+
+
+def _screened(ndcgs: list[float], seconds: float = 2.0) -> list[dict]:  # type: ignore[type-arg]
+    return [{"params": {"model": "als", "factors": i}, "metrics": {"ndcg_at_k": n}, "seconds": seconds}
+            for i, n in enumerate(ndcgs)]
+
+
+def test_promotion_keeps_the_best_third_that_fits_the_budget() -> None:
+    from recsys.core.grid import promote_candidates
+
+    screened = _screened([0.10, 0.30, 0.20, 0.25, 0.05, 0.30, 0.15])
+    # 7 candidates, eta 3: 3 slots; ties keep grid order; the budget (100 s, 14 spent) fits them all.
+    promoted, cut = promote_candidates(screened, 100, 3, 3.0)
+    assert [p["factors"] for p in promoted] == [1, 5, 3]
+    assert sorted(c["params"]["factors"] for c in cut) == [0, 2, 4, 6]
+    assert all("screening rank" in c["cut"] and "only the best 3 (1/3)" in c["cut"] for c in cut)
+    # 26 s budget: 12 s left after 14 s of screening, each full run about 6 s: two fit, the third is cut for it.
+    promoted, cut = promote_candidates(screened, 26, 3, 3.0)
+    assert [p["factors"] for p in promoted] == [1, 5]
+    over = [c for c in cut if c["params"]["factors"] == 3]
+    assert len(over) == 1 and "does not fit the 0 s left of RECSYS_TUNE_BUDGET_SECONDS" in over[0]["cut"]
+    # A budget the screening alone used up: the best still goes on (a night needs a winner).
+    promoted, cut = promote_candidates(screened, 1, 3, 3.0)
+    assert [p["factors"] for p in promoted] == [1] and len(cut) == 6
+
+
+def test_promotion_never_promotes_a_candidate_that_stepped_aside() -> None:
+    from recsys.core.grid import promote_candidates
+
+    screened = _screened([0.2, 0.1])
+    screened.append({"params": {"model": "ease"}, "metrics": {"ndcg_at_k": 0.0, "skipped": "too many items"},
+                     "seconds": 0.0})
+    promoted, cut = promote_candidates(screened, 100, 2, 2.0)
+    assert promoted == [{"model": "als", "factors": 0}]
+    assert [c["params"] for c in cut] == [{"model": "als", "factors": 1}, {"model": "ease"}]
+    assert "cut" not in cut[1] and cut[1]["metrics"]["skipped"] == "too many items"

@@ -14,6 +14,8 @@ PACKAGE = REPO / "recsys"
 # Task ids whose module is not named after them: the tasks that share a stage module.
 SHARED_MODULES = {
     "candidates": "tune",
+    "screen": "tune",
+    "promote": "tune",
     "plan_publish": "publish",
     "publish_shard": "publish",
     "finish_publish": "publish",
@@ -116,7 +118,8 @@ def dag_tasks() -> dict[str, str]:
 def test_every_task_calls_the_function_of_its_name_in_the_stage_module_named_after_it() -> None:
     tasks = dag_tasks()
     assert set(tasks) == {
-        "extract", "validate", "aggregate", "index_events", "candidates", "tune", "train", "recommend",
+        "extract", "validate", "aggregate", "index_events", "candidates", "screen", "promote", "tune", "train",
+        "recommend",
         "plan_publish", "publish_shard", "finish_publish", "verify",
     }
     for task_id, target in tasks.items():

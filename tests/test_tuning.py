@@ -4,6 +4,7 @@ from index_events' event ages, and the hold-out every family is scored on."""
 from __future__ import annotations
 
 import datetime as dt
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -186,3 +187,61 @@ def test_an_item_family_wins_is_trained_and_served_and_a_skipped_one_never_wins(
     assert len({r["user_id"] for r in similar}) == model.n_items and len(similar) == model.n_items * settings.k
     with pytest.raises(ValueError, match="every candidate stepped aside"):
         train(settings, END, results[:1])
+
+
+def test_screening_scores_a_share_of_the_users_with_their_own_truth(settings: Settings) -> None:
+    from recsys.core.holdout import screen_holdout
+    from recsys.core.model import confidence_matrix
+
+    data = load_holdout(settings, END)
+    cheap = screen_holdout(data, 1 / 3, seed=1)
+    assert len(cheap.rows) == int(np.ceil(len(data.rows) / 3))
+    assert abs(cheap.events.shape[0] - data.events.shape[0] / 3) <= 2 and cheap.events.shape[1] == data.events.shape[1]
+    # Each screened user is the same user, with the same history, truth and seen items.
+    users = cheap.events.user_ids.take(pa.array(cheap.rows))
+    where = pc_index(data.events.user_ids, users)
+    picked = np.searchsorted(data.rows, where)
+    assert np.array_equal(data.rows[picked], where)
+    full = confidence_matrix(data.events, settings.event_weights, 0.0).matrix
+    sub = confidence_matrix(cheap.events, settings.event_weights, 0.0).matrix
+    assert (sub[cheap.rows] != full[where]).nnz == 0
+    assert (cheap.truth != data.truth[picked]).nnz == 0 and (cheap.seen != data.seen[picked]).nnz == 0
+    assert screen_holdout(data, 1 / 3, seed=1).events.user_ids.equals(cheap.events.user_ids)  # seeded
+
+
+def pc_index(values: pa.Array, of: pa.Array) -> np.ndarray:
+    import pyarrow.compute as pc
+
+    return np.asarray(pc.index_in(of, value_set=values).to_numpy(zero_copy_only=False), dtype=np.int64)
+
+
+def test_the_budget_cuts_candidates_and_the_report_lists_them(settings: Settings) -> None:
+    """screen → promote → tune → train as the DAG chains them: with a budget, every candidate
+    is screened, the best third goes on, the rest are cut early and listed with why; the
+    winner is a fully evaluated one."""
+    from recsys.core.grid import tuning_candidates
+    from recsys.io.report import report_uri
+    from recsys.stages.tune import promote, screen, tune
+
+    grid = "model=als;factors=8,16;alpha=2,10 | model=rp3beta;neighbours=50 | model=itemknn;neighbours=20,50"
+    # This small store's lists do not beat popularity: the gate is opened, the promotion is what is tested.
+    budgeted = settings.with_overrides({"tuning_grid": grid, "tune_budget_seconds": 3600, "tune_halving": 3,
+                                        "gate_min_lift": -1.0})
+    found = tuning_candidates(budgeted)
+    screened = [screen(budgeted, END, c) for c in found]
+    assert all(r["metrics"]["users_evaluated"] < len(load_holdout(settings, END).rows) / 2 for r in screened)
+    promoted = promote(budgeted, END, screened)
+    assert len(promoted) == 3 == int(np.ceil(len(found) / 3))
+    best = max(screened, key=lambda r: r["metrics"]["ndcg_at_k"])
+    assert promoted[0] == best["params"]
+    train(budgeted, END, [tune(budgeted, END, c) for c in promoted])
+    metrics = lake.read_json(lake.partition_dir(settings.lake, "models", END) / "metrics.json")
+    cut = [g for g in metrics["grid"] if g.get("cut")]
+    assert len(cut) == len(found) - 3 and all("screening rank" in g["cut"] for g in cut)
+    assert metrics["grid"][0]["params"] in promoted and "cut" not in metrics["grid"][0]
+    assert metrics["tuning"]["budget_seconds"] == 3600 and metrics["tuning"]["screening_seconds"] > 0
+    page = Path(report_uri(settings, END)).read_text()
+    assert f"{len(found) - 3} were cut early" in page and page.count("cut early (screening rank") == len(found) - 3
+    # Without a budget nothing is screened and every candidate goes on.
+    free = budgeted.with_overrides({"tune_budget_seconds": 0})
+    assert promote(free, END, [screen(free, END, c) for c in found]) == found

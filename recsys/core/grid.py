@@ -81,3 +81,40 @@ def tuning_candidates(settings: Settings) -> list[dict[str, Any]]:
             if candidate not in candidates:
                 candidates.append(candidate)
     return candidates
+
+
+def promote_candidates(
+    screened: list[dict[str, Any]], budget_seconds: float, eta: int, cost_ratio: float
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Successive halving's promotion, under a budget: which screened candidates get a full
+    evaluation.
+
+    ``screened``: {"params", "metrics", "seconds"} per candidate, scored on the screening
+    sample (``metrics["skipped"]`` when it stepped aside). The best ``ceil(n / eta)`` by
+    screening NDCG@k (ties: grid order) are promoted in that order while their estimated full
+    cost (``seconds * cost_ratio``) fits what the screening left of ``budget_seconds``; the
+    best is promoted whatever it costs (a night needs a winner). Returns (the promoted
+    candidates' params, best first; the others, each with ``cut`` saying why).
+    """
+    import math
+
+    fit = [(i, r) for i, r in enumerate(screened) if not r["metrics"].get("skipped")]
+    ranked = sorted(fit, key=lambda pair: (-pair[1]["metrics"]["ndcg_at_k"], pair[0]))
+    slots = math.ceil(len(ranked) / eta) if ranked else 0
+    left = budget_seconds - sum(float(r.get("seconds") or 0.0) for r in screened)
+    promoted: list[dict[str, Any]] = []
+    cut: list[dict[str, Any]] = []
+    for place, (_, result) in enumerate(ranked, start=1):
+        cost = float(result.get("seconds") or 0.0) * cost_ratio
+        if place > slots:
+            reason = f"screening rank {place} of {len(ranked)}: only the best {slots} (1/{eta}) go on"
+        elif promoted and cost > left:
+            reason = (f"screening rank {place} of {len(ranked)}, but its full evaluation (about {cost:.0f} s) "
+                      f"does not fit the {max(left, 0.0):.0f} s left of RECSYS_TUNE_BUDGET_SECONDS")
+        else:
+            promoted.append(result["params"])
+            left -= cost
+            continue
+        cut.append({**result, "cut": reason})
+    cut.extend(r for r in screened if r["metrics"].get("skipped"))
+    return promoted, cut

@@ -119,6 +119,23 @@ def tuning_users(settings: Settings, events: PairEvents, rows: np.ndarray) -> tu
     return take_users(events, keep), np.searchsorted(keep, rows)
 
 
+def screen_holdout(data: Holdout, share: float, seed: int) -> Holdout:
+    """The hold-out of a cheap evaluation (tuning's screening): a seeded ``share`` of the
+    evaluated users, with their truth and seen items, and the same share of the other
+    training users, so a candidate's fit and scoring cost about ``share`` of a full one.
+    Filters, popularity and the item space are the full hold-out's; at least one evaluated
+    user is kept."""
+    n_rows = len(data.rows)
+    picked = sample_rows(np.arange(n_rows), max(1, int(np.ceil(n_rows * share))), seed)
+    evaluated = data.rows[picked]
+    others = np.setdiff1d(np.arange(data.events.shape[0]), data.rows, assume_unique=True)
+    kept_others = sample_rows(others, int(np.ceil(len(others) * share)), seed + 1)
+    keep = np.union1d(evaluated, kept_others)
+    return Holdout(events=take_users(data.events, keep), rows=np.searchsorted(keep, evaluated),
+                   truth=data.truth[picked], seen=data.seen[picked], filters=data.filters,
+                   popularity=data.popularity, cold_users=data.cold_users, warm_users=data.warm_users)
+
+
 def evaluate_holdout_lists(settings: Settings, data: Holdout, ids: np.ndarray) -> dict[str, Any]:
     """The :func:`evaluate_lists` metrics of the hold-out users' lists (training item columns),
     with novelty (popularity: the share of the training users who touched each item) and

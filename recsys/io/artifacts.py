@@ -101,6 +101,12 @@ def read_champion(settings: Settings) -> dict[str, Any] | None:
     return lake.read_lake_json(settings.lake, datasets.CHAMPION)
 
 
+def read_promotion(settings: Settings, day: dt.date) -> dict[str, Any] | None:
+    """What ``promote`` wrote for ``day`` (``lake/tuning/dt=D/promotion.json``), or None."""
+    found = lake.read_lake_json(settings.lake, f"{lake.partition_key(datasets.TUNING, day)}/{datasets.PROMOTION}")
+    return dict(found) if found is not None else None
+
+
 def load_champion(settings: Settings, record: dict[str, Any]) -> Champion:
     """The model ``record`` (``champion.json``) names, from ``models/dt=<its run date>/``.
 

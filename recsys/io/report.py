@@ -65,7 +65,9 @@ def write_report(
     grid = metrics.get("grid", [])
     grid_rows = "".join(
         f"<tr><td>{i + 1}</td><td><code>{html.escape(params_text(g['params'], settings.event_weights))}</code>"
-        + (f"<br>skipped: {html.escape(g['skipped'])}" if g.get("skipped") else "") + "</td>"
+        + (f"<br>skipped: {html.escape(g['skipped'])}" if g.get("skipped") else "")
+        + (f"<br>cut early ({html.escape(g['cut'])}); figures of the screening sample" if g.get("cut") else "")
+        + "</td>"
         + "".join(f"<td>{g[m]:.4f}</td>" if m in g else "<td>—</td>" for m in METRICS)
         + (f"<td>{g['seconds']:.1f}</td>" if g.get("seconds") is not None else "<td>—</td>") + "</tr>"
         for i, g in enumerate(grid)
@@ -92,6 +94,7 @@ Candidates were fit on the training part: {metrics.get('train_users', 0):,} user
 {_champion_text(champion, gate, settings)}.</p>
 {_churn_text(metrics.get("churn"), k)}
 <h2>Tuning candidates (best first)</h2>
+{_tuning_text(metrics.get("tuning"), grid)}
 {_bar_chart([g['ndcg_at_k'] for g in grid], [str(i + 1) for i in range(len(grid))], f"NDCG@{k} per candidate", metrics['popularity']['ndcg_at_k'])}
 <table><tr><th>#</th><th>candidate</th><th>NDCG@{k}</th><th>MAP@{k}</th><th>precision@{k}</th><th>recall@{k}</th>
 <th>coverage</th><th>novelty@{k}</th><th>diversity@{k}</th><th>seconds</th></tr>{grid_rows}</table>
@@ -121,6 +124,17 @@ def _champion_text(champion: dict[str, Any], gate: dict[str, Any], settings: Set
     return (f"and ≥ {required:.4f}: the served champion {name}, {basis}, − {settings.gate_max_drop:.0%} "
             f"(re-scored on tonight's hold-out: {champion['ndcg_at_k']:.4f}; {when_served}; its window held "
             f"{champion.get('holdout_days_trained_on', 0)} of tonight's hold-out days)")
+
+
+def _tuning_text(tuning: dict[str, Any] | None, grid: list[dict[str, Any]]) -> str:
+    """How the budget was spent: screening, promotion, and how many were cut early."""
+    if not tuning or not tuning.get("budget_seconds"):
+        return "<p>Every candidate had a full evaluation (no RECSYS_TUNE_BUDGET_SECONDS).</p>"
+    cut = sum(1 for g in grid if g.get("cut"))
+    return (f"<p>Every candidate was screened on 1/{tuning['halving']} of the users "
+            f"({tuning['screening_seconds']:.0f} s in all); the best went on to a full evaluation within the "
+            f"{tuning['budget_seconds']} s budget (RECSYS_TUNE_BUDGET_SECONDS). {cut} were cut early: their figures "
+            f"are the screening sample's, listed after the fully evaluated ones.</p>")
 
 
 def _churn_text(churn: dict[str, Any] | None, k: int) -> str:

@@ -37,6 +37,7 @@ from recsys.io.artifacts import (
     load_holdout,
     load_window_events,
     read_champion,
+    read_promotion,
     save_model,
 )
 from recsys.io.report import write_report
@@ -61,6 +62,7 @@ def train(settings: Settings, day: dt.date, results: list[dict[str, Any]] | None
 
     started = time.perf_counter()
     data = load_holdout(settings, day)
+    promotion = read_promotion(settings, day) if results else None
     if not results:
         candidate = make_candidate(settings)
         results = [{"params": candidate, "metrics": score_candidate(settings, data, candidate),
@@ -74,10 +76,9 @@ def train(settings: Settings, day: dt.date, results: list[dict[str, Any]] | None
     metrics = {
         "model": ranked[0]["metrics"],
         "popularity": score_popularity(settings, data),
-        "grid": [{"params": r["params"], **{m: r["metrics"][m] for m in GRID_METRICS if m in r["metrics"]},
-                  "seconds": r.get("seconds"),
-                  **({"skipped": r["metrics"]["skipped"]} if r["metrics"].get("skipped") else {})}
-                 for r in ranked],
+        "grid": [grid_entry(r) for r in ranked] + [grid_entry(r) for r in (promotion or {}).get("cut", [])],
+        **({"tuning": {k: promotion[k] for k in ("budget_seconds", "halving", "screening_seconds")}}
+           if promotion else {}),
         "holdout_users_cold": data.cold_users,
         "holdout_users_warm": data.warm_users,
         "train_users": data.events.shape[0],  # of the candidates' fits (RECSYS_TUNE_MAX_USERS)
@@ -129,6 +130,17 @@ def train(settings: Settings, day: dt.date, results: list[dict[str, Any]] | None
     report = write_report(settings, day, metrics, model_version=version, gate_error=None)
     log.info("train: model %s written in %.1f s; report: %s", version, seconds, report)
     return {"model_version": version, "ndcg_at_k": model_ndcg, "popularity_ndcg_at_k": pop_ndcg}
+
+
+def grid_entry(result: dict[str, Any]) -> dict[str, Any]:
+    """One candidate as metrics.json and the report list it: params, metrics, seconds, and
+    ``skipped`` (stepped aside) or ``cut`` (cut early by the screening: its figures are the
+    screening sample's)."""
+    metrics = result["metrics"]
+    return {"params": result["params"], **{m: metrics[m] for m in GRID_METRICS if m in metrics},
+            "seconds": result.get("seconds"),
+            **({"skipped": metrics["skipped"]} if metrics.get("skipped") else {}),
+            **({"cut": result["cut"]} if result.get("cut") else {})}
 
 
 def rescore_champion(settings: Settings, day: dt.date, data: Holdout) -> dict[str, Any] | None:
