@@ -301,14 +301,11 @@ def child_raw_implicit(out: Path, models: str, events_dir: str, catalog: str, k:
 
     winner = lake.read_json(Path(models) / "params.json")
     params = ModelParams(**winner["model"])
-    if params.model not in ("als", "bpr"):
-        log.error("the raw implicit baseline compares factor models only; tonight's winner is %s", params.model)
-        return 1
     events = load_pair_events(Path(events_dir), "")
     full = confidence_matrix(events, dict(winner["event_weights"]), float(winner["half_life_days"]))
     if params.model == "als":
         fit_on = scale_confidence(full.matrix, params.alpha, params.weighting)
-    else:
+    else:  # BPR and the item families see which pairs exist
         fit_on = full.matrix.copy()
         fit_on.data = np.ones_like(fit_on.data, dtype=np.float32)
     # What recommend leaves out: the same seen matrix it builds (exclude_seen), rows and columns as the model's.
@@ -321,12 +318,20 @@ def child_raw_implicit(out: Path, models: str, events_dir: str, catalog: str, k:
     exclude = np.asarray(pc.drop_null(index).to_numpy(), dtype=np.int32)
 
     def raw() -> tuple[float, float]:
+        if params.model in ("ease", "rp3beta"):
+            return raw_item_model(params, fit_on, seen, exclude, k, batch)
         with threadpool_limits(1, "blas"):
             started = time.perf_counter()
-            if params.model == "als":
+            if params.model == "itemknn":
+                from implicit import nearest_neighbours
+
+                kinds = {"cosine": nearest_neighbours.CosineRecommender, "bm25": nearest_neighbours.BM25Recommender,
+                         "tfidf": nearest_neighbours.TFIDFRecommender}
+                model: Any = kinds[params.similarity](K=params.neighbours)
+            elif params.model == "als":
                 from implicit.cpu.als import AlternatingLeastSquares
 
-                model: Any = AlternatingLeastSquares(
+                model = AlternatingLeastSquares(
                     factors=params.factors, regularization=params.regularization, alpha=1.0,
                     iterations=params.iterations, random_state=params.random_state, calculate_training_loss=False,
                 )
@@ -345,10 +350,10 @@ def child_raw_implicit(out: Path, models: str, events_dir: str, catalog: str, k:
     def project() -> tuple[float, float]:
         """The project's own calls on the same matrix: train_model, then recommend_users batch by batch."""
         started = time.perf_counter()
-        factors = train_model(full.matrix, params)
+        fitted_model = train_model(full.matrix, params)
         fitted = time.perf_counter()
         for first in range(0, full.shape[0], batch):
-            recommend_users(factors, np.arange(first, min(first + batch, full.shape[0])), None,
+            recommend_users(fitted_model, np.arange(first, min(first + batch, full.shape[0])), full.matrix,
                             seen[first:first + batch], k, exclude)
         return fitted - started, time.perf_counter() - fitted
 
@@ -367,6 +372,45 @@ def child_raw_implicit(out: Path, models: str, events_dir: str, catalog: str, k:
         "interleaved": runs, "best": best, "peak_kib": rss_kib("VmHWM"),
     }))
     return 0
+
+
+def raw_item_model(params: Any, binary: Any, seen: Any, exclude: Any, k: int, batch: int) -> tuple[float, float]:
+    """EASE or RP3beta the plain numpy/scipy way a notebook writes them (no library has them):
+    the fit from its paper's formula on the binary matrix, then for each batch of users the
+    dense scores ``X[batch] @ B``, seen and excluded items set to -inf, argpartition and a
+    sort of the top k. Returns (fit seconds, recommend seconds)."""
+    import numpy as np
+    import scipy.sparse as sp
+
+    started = time.perf_counter()
+    x = sp.csr_matrix(binary, dtype=np.float32)
+    if params.model == "ease":
+        gram = (x.T @ x).toarray().astype(np.float64)
+        gram[np.diag_indices_from(gram)] += params.ease_lambda
+        inverse = np.linalg.inv(gram)
+        weights: Any = (-inverse / np.diag(inverse)[None, :]).astype(np.float32)
+        weights[np.diag_indices_from(weights)] = 0.0
+    else:
+        user_item = sp.diags(1.0 / np.maximum(np.asarray(x.sum(axis=1)).ravel(), 1)) @ x
+        item_user = sp.diags(1.0 / np.maximum(np.asarray(x.sum(axis=0)).ravel(), 1)) @ x.T.tocsr()
+        walk = (item_user.power(params.rp3_alpha) @ user_item.power(params.rp3_alpha)).toarray()
+        popularity = np.asarray(x.sum(axis=0)).ravel().astype(np.float64)
+        walk /= np.power(np.maximum(popularity, 1), params.rp3_beta)[None, :]
+        np.fill_diagonal(walk, 0.0)
+        keep = np.argpartition(-walk, min(params.neighbours, walk.shape[1] - 1), axis=1)[:, :params.neighbours]
+        rows = np.repeat(np.arange(walk.shape[0]), keep.shape[1])
+        weights = sp.csr_matrix((walk[rows, keep.ravel()], (rows, keep.ravel())), shape=walk.shape, dtype=np.float32)
+    fitted = time.perf_counter()
+    for first in range(0, x.shape[0], batch):
+        block = x[first:first + batch]
+        scores = block @ weights
+        scores = np.asarray(scores.toarray() if sp.issparse(scores) else scores, dtype=np.float32)
+        mask = seen[first:first + batch].tocoo()
+        scores[mask.row, mask.col] = -np.inf
+        scores[:, exclude] = -np.inf
+        top = np.argpartition(-scores, k, axis=1)[:, :k]
+        np.take_along_axis(top, np.argsort(-np.take_along_axis(scores, top, axis=1), axis=1), axis=1)
+    return fitted - started, time.perf_counter() - fitted
 
 
 def child_plain_publish(out: Path, endpoint: str, recommendations: str) -> int:
