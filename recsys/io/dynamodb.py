@@ -143,7 +143,7 @@ def ensure_table(client: Any, table: str, *, create: bool = True) -> None:
                 f"{endpoint_of(client)}) and RECSYS_CREATE_TABLE is false, so publish does not create it. "
                 f"Create it with the CloudFormation template {CLOUDFORMATION_TEMPLATE} (aws cloudformation deploy "
                 f"--template-file {CLOUDFORMATION_TEMPLATE} --stack-name recsys --parameter-overrides "
-                f"TableName={table} BucketName=... --capabilities CAPABILITY_NAMED_IAM), point RECSYS_TABLE / "
+                f"TableName={table} BucketName=... --capabilities CAPABILITY_IAM), point RECSYS_TABLE / "
                 f"RECSYS_AWS_CONN_ID at the table it made, or set RECSYS_CREATE_TABLE=true"
             ) from None
         try:
