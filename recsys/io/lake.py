@@ -145,8 +145,9 @@ def _is_missing(exc: Exception) -> bool:
 def _s3_error(exc: Exception, action: str, lake: str | Path, relpath: str) -> LakeError:
     return LakeError(
         f"S3 {action} of {str(lake).rstrip('/')}/{relpath} failed: {exc}. Check the bucket exists, "
-        "RECSYS_S3_ENDPOINT (for MinIO or another S3-compatible server) and that the AWS credentials "
-        "allow s3:GetObject, s3:PutObject, s3:ListBucket and s3:DeleteObject on it"
+        "RECSYS_S3_ENDPOINT (for MinIO or another S3-compatible server; the endpoint_url of the aws Airflow "
+        "connection wins over it) and that the AWS credentials allow s3:GetObject, s3:PutObject, "
+        "s3:ListBucket and s3:DeleteObject on it"
     )
 
 
