@@ -604,6 +604,25 @@ class Settings(BaseSettings):
         description="The DynamoDB serving table",
         json_schema_extra=_meta(_PUBLISH),
     )
+    aws_conn_id: str | None = Field(
+        default=None,
+        description="The Airflow connection (type `aws`) the workers reach DynamoDB and an S3 lake through: "
+        "credentials, `role_arn`, and `region_name` and `endpoint_url` from its extras, which then win over "
+        "`RECSYS_AWS_REGION`, `RECSYS_DYNAMODB_ENDPOINT` and `RECSYS_S3_ENDPOINT`. A connection named here "
+        "must exist. The storefront (`recsys serve`, `recsys lookup`) never uses it",
+        json_schema_extra=_meta(
+            _PUBLISH,
+            strip=True,
+            default_doc="`aws_default` when that connection is defined, else none (the standard AWS chain)",
+        ),
+    )
+    create_table: bool = Field(
+        default=True,
+        description="Publish creates the serving table (on-demand, TTL on `expires_at`) when it is missing; "
+        "`false` when infrastructure code (`deploy/cloudformation/recsys.yaml`) makes it: a missing table "
+        "then fails the publish",
+        json_schema_extra=_meta(_PUBLISH, strip=True, default_doc="`true`"),
+    )
     ttl_days: Int = Field(
         default=14,
         description="Days until an item that is not refreshed expires (`expires_at`)",
@@ -1007,6 +1026,12 @@ def aws_region_from_env(env: Mapping[str, str] | None = None) -> str:
     DynamoDB (:attr:`Settings.aws_region`) and of an S3 lake (:func:`recsys.io.lake.s3_client`).
     """
     return _only(("aws_region",), env).aws_region
+
+
+def aws_conn_id_from_env(env: Mapping[str, str] | None = None) -> str | None:
+    """``RECSYS_AWS_CONN_ID``: the Airflow connection AWS clients are built from, or None for
+    ``aws_default`` when it is defined (see :mod:`recsys.io.aws`)."""
+    return _only(("aws_conn_id",), env).aws_conn_id
 
 
 def sql_dir_from_env(env: Mapping[str, str] | None = None) -> Path:

@@ -1,4 +1,4 @@
-"""Shared fixtures: Airflow's test home (imported first) and a private DynamoDB Local.
+"""Shared fixtures: Airflow's test home (imported first), a private DynamoDB Local and moto S3 server.
 
 DynamoDB Local is never skipped: when java or npm is missing the fixture errors with the
 fix in its message, so a green run always means the real server was exercised.
@@ -11,6 +11,9 @@ from __future__ import annotations
 from tests.fixtures_airflow import airflow_env  # noqa: F401  (re-exported as a fixture)
 # isort: on
 
+import subprocess
+import sys
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -73,6 +76,42 @@ def dynamodb_client(dynamodb_endpoint: str) -> Any:
         aws_access_key_id="local",
         aws_secret_access_key="local",
     )
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """URL of a moto S3 server started for this test session (in memory, free port): the real HTTP
+    protocol of S3, so boto3 talks to it exactly as it would to AWS or MinIO. Tests use buckets
+    of their own."""
+    import urllib.request
+
+    moto_server = str(Path(sys.executable).with_name("moto_server"))
+    log_path = tmp_path_factory.mktemp("moto") / "moto.log"
+    for _ in range(3):  # the free port can be taken between choosing it and moto binding it
+        port = dynamodb_local.free_port()
+        endpoint = f"http://127.0.0.1:{port}"
+        with open(log_path, "ab") as log_file:
+            process = subprocess.Popen([moto_server, "-H", "127.0.0.1", "-p", str(port)],
+                                       stdout=log_file, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and process.poll() is None:
+            try:
+                urllib.request.urlopen(f"{endpoint}/moto-api/", timeout=1)
+                break
+            except OSError:
+                time.sleep(0.2)
+        else:
+            process.kill()
+            process.wait()
+            continue
+        try:
+            yield endpoint
+        finally:
+            process.terminate()
+            process.wait(timeout=10)
+        return
+    raise RuntimeError(f"moto_server did not start (pip install 'moto[server]'); see {log_path}: "
+                       f"{log_path.read_text()[-2000:]}")
 
 
 # --------------------------------------------------------------------------- the small store of the whole-DAG tests

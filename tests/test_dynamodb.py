@@ -19,7 +19,7 @@ import pytest
 from recsys.config import POPULAR_USER_ID, Settings
 from recsys.dev import dynamodb_local
 from recsys.io import dynamodb
-from recsys.io.dynamodb import PublicationError, TableSchemaError
+from recsys.io.dynamodb import PublicationError, TableMissingError, TableSchemaError
 from recsys.serving.reader import get_recommendations
 from tests.support import ThrottlingDynamoDB, every_other_user, make_recs, scan
 
@@ -123,6 +123,41 @@ def test_ensure_table_rejects_another_key_schema_and_leaves_it_alone(
     message = str(raised.value)
     assert name in message and f"[{shown}]" in message and "user_id (HASH, S)" in message
     assert dynamodb_client.describe_table(TableName=name)["Table"]["KeySchema"][0]["AttributeName"] == keys[0][0]
+
+
+def test_without_create_table_a_missing_table_fails_naming_it_where_and_the_template(
+    dynamodb_endpoint: str, dynamodb_client: Any
+) -> None:
+    name = new_table()
+    client = dynamodb.make_client(Settings.from_env({"RECSYS_DYNAMODB_ENDPOINT": dynamodb_endpoint,
+                                                     "RECSYS_AWS_REGION": "eu-west-1"}))
+    with pytest.raises(TableMissingError) as raised:
+        dynamodb.ensure_table(client, name, create=False)
+    message = str(raised.value)
+    assert f"DynamoDB table {name} does not exist" in message
+    assert f"region eu-west-1, endpoint {dynamodb_endpoint}" in message
+    assert "RECSYS_CREATE_TABLE is false" in message and "deploy/cloudformation/recsys.yaml" in message
+    with pytest.raises(dynamodb_client.exceptions.ResourceNotFoundException):
+        dynamodb_client.describe_table(TableName=name)
+    # An existing table is used as it is.
+    dynamodb.ensure_table(client, name)
+    dynamodb.ensure_table(client, name, create=False)
+
+
+def test_plan_publish_with_create_table_false_refuses_to_create_the_table(
+    dynamodb_endpoint: str, dynamodb_client: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from recsys.stages.publish import plan_publish
+
+    monkeypatch.delenv("AIRFLOW_CONN_AWS_DEFAULT", raising=False)
+    name = new_table()
+    settings = Settings.from_env({"RECSYS_DYNAMODB_ENDPOINT": dynamodb_endpoint, "RECSYS_TABLE": name,
+                                  "RECSYS_CREATE_TABLE": "false", "RECSYS_HOME": str(tmp_path)})
+    assert settings.create_table is False
+    with pytest.raises(TableMissingError, match=f"DynamoDB table {name} does not exist"):
+        plan_publish(settings, dt.date(2026, 6, 1))
+    with pytest.raises(dynamodb_client.exceptions.ResourceNotFoundException):
+        dynamodb_client.describe_table(TableName=name)
 
 
 # --------------------------------------------------------------------------- items (pure)

@@ -1,6 +1,6 @@
 """The S3 lake (``RECSYS_LAKE=s3://bucket/prefix``) against a local S3-compatible server.
 
-The server is moto's (``moto_server``), started once for the module on a free port: the
+The server is moto's (``s3_endpoint`` in conftest.py), started once for the session on a free port: the
 real HTTP protocol of S3, so boto3 talks to it exactly as it would to AWS or MinIO.
 """
 
@@ -8,11 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-import subprocess
-import sys
-import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,47 +18,12 @@ import pytest
 
 from recsys import datasets
 from recsys.config import Settings
-from recsys.dev import dynamodb_local
 from recsys.io import lake
 from tests.support import STORE_END as END
 from tests.support import scan
 
 DAY = dt.date(2026, 3, 1)
 CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
-
-
-@pytest.fixture(scope="module")
-def s3_endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """URL of a moto S3 server started for this module (in memory, free port)."""
-    import urllib.request
-
-    moto_server = str(Path(sys.executable).with_name("moto_server"))
-    log_path = tmp_path_factory.mktemp("moto") / "moto.log"
-    for _ in range(3):  # the free port can be taken between choosing it and moto binding it
-        port = dynamodb_local.free_port()
-        endpoint = f"http://127.0.0.1:{port}"
-        with open(log_path, "ab") as log_file:
-            process = subprocess.Popen([moto_server, "-H", "127.0.0.1", "-p", str(port)],
-                                       stdout=log_file, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline and process.poll() is None:
-            try:
-                urllib.request.urlopen(f"{endpoint}/moto-api/", timeout=1)
-                break
-            except OSError:
-                time.sleep(0.2)
-        else:
-            process.kill()
-            process.wait()
-            continue
-        try:
-            yield endpoint
-        finally:
-            process.terminate()
-            process.wait(timeout=10)
-        return
-    raise RuntimeError(f"moto_server did not start (pip install 'moto[server]'); see {log_path}: "
-                       f"{log_path.read_text()[-2000:]}")
 
 
 @pytest.fixture

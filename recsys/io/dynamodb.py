@@ -22,23 +22,25 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-import os
 import random
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from typing import Any
-from urllib.parse import urlsplit
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from recsys.config import POPULAR_USER_ID, Settings
+from recsys.io import aws
 
 log = logging.getLogger(__name__)
 
 KEY = "user_id"
+# The table's keys as CreateTable takes them (and deploy/cloudformation/recsys.yaml declares them).
+KEY_SCHEMA = [{"AttributeName": KEY, "KeyType": "HASH"}]
+ATTRIBUTE_DEFINITIONS = [{"AttributeName": KEY, "AttributeType": "S"}]
 TTL_ATTRIBUTE = "expires_at"
 BATCH_WRITE_SIZE = 25  # DynamoDB's BatchWriteItem limit
 BATCH_GET_SIZE = 100  # DynamoDB's BatchGetItem limit
@@ -46,10 +48,11 @@ MAX_KEY_BYTES = 2048  # DynamoDB's partition key limit
 RETRYABLE_CODES = frozenset(
     {"ProvisionedThroughputExceededException", "ThrottlingException", "RequestLimitExceeded", "InternalServerError"}
 )
-LOCAL_HOSTS = frozenset({"localhost", "127.0.0.1", "::1", "0.0.0.0"})
 USERS_PER_CHUNK = 10_000  # users turned into Python objects at a time while building items
 
 META_KEY = "__meta__"  # reserved: what the table serves; never a user
+# The infrastructure code that makes the table (and the lake bucket and IAM policies) in production.
+CLOUDFORMATION_TEMPLATE = "deploy/cloudformation/recsys.yaml"
 
 Item = dict[str, Any]
 
@@ -66,22 +69,27 @@ class TableSchemaError(RuntimeError):
     """An existing table does not have the key schema recsys writes."""
 
 
+class TableMissingError(LookupError):
+    """The serving table does not exist and recsys is not to create it (``RECSYS_CREATE_TABLE=false``)."""
+
+
 # --------------------------------------------------------------------------- client + table
 
 
-def make_client(settings: Settings, *, timeout: float | None = None) -> Any:
-    """A boto3 DynamoDB client for ``settings.dynamodb_endpoint`` (None = real AWS).
+def make_client(settings: Settings, *, timeout: float | None = None, through_airflow: bool = True) -> Any:
+    """A boto3 DynamoDB client, built by :func:`recsys.io.aws.make_client`.
 
-    For a local endpoint without AWS credentials in the environment it uses dummy
-    credentials (DynamoDB Local runs with ``-sharedDb``, so any key sees the same tables).
+    Through the Airflow connection ``settings.aws_conn_id`` (or ``aws_default`` when it is
+    defined) unless ``through_airflow`` is False (the storefront: ``recsys serve``, ``recsys
+    lookup``); otherwise ``settings.dynamodb_endpoint`` (None = real AWS) and the standard
+    credential chain, with dummy credentials for a local endpoint when the environment has none.
     ``timeout`` sets connect and read timeouts in seconds (e.g. for the storefront path).
-    Client-side parameter validation is off (see below); the server still validates.
+    Client-side parameter validation is off (see below); the server still validates. Raises
+    AwsConnectionError when ``settings.aws_conn_id`` names a connection that is not defined.
     """
-    import boto3
     from botocore.config import Config
 
     config_args: dict[str, Any] = {
-        "region_name": settings.aws_region,
         # botocore's client-side walk over every nested AttributeValue costs about two thirds
         # of the CPU of a BatchWriteItem call; requests are built here and DynamoDB validates
         # them anyway (a bad one fails with ValidationException).
@@ -92,16 +100,11 @@ def make_client(settings: Settings, *, timeout: float | None = None) -> Any:
     if timeout is not None:
         config_args["connect_timeout"] = timeout
         config_args["read_timeout"] = timeout
-    client_args: dict[str, Any] = {"config": Config(**config_args)}
-    endpoint = settings.dynamodb_endpoint
-    if endpoint is not None:
-        client_args["endpoint_url"] = endpoint
-        has_env_credentials = bool(os.environ.get("AWS_ACCESS_KEY_ID") and os.environ.get("AWS_SECRET_ACCESS_KEY"))
-        if urlsplit(endpoint).hostname in LOCAL_HOSTS and not has_env_credentials:
-            client_args["aws_access_key_id"] = "local"
-            client_args["aws_secret_access_key"] = "local"
-    # A session of its own: boto3's default session is not safe to share across threads.
-    return boto3.session.Session().client("dynamodb", **client_args)
+    access = aws.resolve(
+        "dynamodb", conn_id=settings.aws_conn_id, region=settings.aws_region,
+        endpoint=settings.dynamodb_endpoint, through_airflow=through_airflow,
+    )
+    return aws.make_client("dynamodb", access, Config(**config_args))
 
 
 def _error_code(exc: BaseException) -> str:
@@ -122,20 +125,32 @@ def _is_connection_error(exc: BaseException) -> bool:
     return isinstance(exc, (BotoConnectionError, HTTPClientError))
 
 
-def ensure_table(client: Any, table: str) -> None:
+def ensure_table(client: Any, table: str, *, create: bool = True) -> None:
     """Create ``table`` (key user_id S, on-demand) when missing and enable TTL on expires_at.
 
     Idempotent and safe to run from several tasks at once. Never deletes or changes an
     existing table's keys: raises TableSchemaError when its key schema is not user_id (S, HASH).
+    With ``create`` False (``RECSYS_CREATE_TABLE=false``: infrastructure code makes the table)
+    a missing table raises TableMissingError naming the table, where it was looked for and
+    the template that creates it.
     """
     try:
         description = client.describe_table(TableName=table)["Table"]
     except client.exceptions.ResourceNotFoundException:
+        if not create:
+            raise TableMissingError(
+                f"DynamoDB table {table} does not exist (region {client.meta.region_name}, endpoint "
+                f"{endpoint_of(client)}) and RECSYS_CREATE_TABLE is false, so publish does not create it. "
+                f"Create it with the CloudFormation template {CLOUDFORMATION_TEMPLATE} (aws cloudformation deploy "
+                f"--template-file {CLOUDFORMATION_TEMPLATE} --stack-name recsys --parameter-overrides "
+                f"TableName={table} BucketName=... --capabilities CAPABILITY_IAM), point RECSYS_TABLE / "
+                f"RECSYS_AWS_CONN_ID at the table it made, or set RECSYS_CREATE_TABLE=true"
+            ) from None
         try:
             client.create_table(
                 TableName=table,
-                AttributeDefinitions=[{"AttributeName": KEY, "AttributeType": "S"}],
-                KeySchema=[{"AttributeName": KEY, "KeyType": "HASH"}],
+                AttributeDefinitions=ATTRIBUTE_DEFINITIONS,
+                KeySchema=KEY_SCHEMA,
                 BillingMode="PAY_PER_REQUEST",
             )
             log.info("created DynamoDB table %s (key %s S, on-demand)", table, KEY)

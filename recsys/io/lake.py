@@ -19,8 +19,9 @@ Workers share nothing but the bucket: each keeps a working copy under
 ``$RECSYS_HOME/lake-mirror/<bucket>/<prefix>/<dataset>/dt=D/<version>/``, downloaded by
 :func:`fetch_partition` when the manifest names a version it does not have, and the
 writer keeps what it uploaded, so the next stage on the same machine downloads nothing.
-Credentials come from the standard AWS chain; ``RECSYS_S3_ENDPOINT`` points at an
-S3-compatible server (MinIO, moto).
+Clients come from :mod:`recsys.io.aws`: through the Airflow connection ``RECSYS_AWS_CONN_ID``
+(or ``aws_default``) when there is one, else the standard AWS chain; ``RECSYS_S3_ENDPOINT``
+points at an S3-compatible server (MinIO, moto) when no connection names an endpoint.
 """
 
 from __future__ import annotations
@@ -41,8 +42,9 @@ from typing import Any, cast
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from recsys.config import aws_region_from_env, home_from_env, s3_endpoint_from_env
+from recsys.config import aws_conn_id_from_env, aws_region_from_env, home_from_env, s3_endpoint_from_env
 from recsys.datasets import DATA_FILE, MANIFEST
+from recsys.io import aws
 
 log = logging.getLogger(__name__)
 
@@ -115,20 +117,24 @@ def mirror_root(lake: str | Path) -> Path:
 # --------------------------------------------------------------------------- S3 plumbing
 
 
-@lru_cache(maxsize=4)
-def _client(endpoint: str | None, region: str) -> Any:
-    import boto3
+@lru_cache(maxsize=8)
+def _client(access: aws.Access) -> Any:
     from botocore.config import Config
 
     config = Config(s3={"addressing_style": "path"}, retries={"max_attempts": 5, "mode": "standard"})
-    return boto3.session.Session().client("s3", endpoint_url=endpoint, region_name=region, config=config)
+    return aws.make_client("s3", access, config)
 
 
 def s3_client() -> Any:
-    """A boto3 S3 client: ``RECSYS_S3_ENDPOINT`` when set, region from RECSYS_AWS_REGION or
-    AWS_DEFAULT_REGION, credentials from the standard AWS chain."""
+    """A boto3 S3 client (built by :func:`recsys.io.aws.make_client`): through the Airflow
+    connection ``RECSYS_AWS_CONN_ID`` (or ``aws_default`` when it is defined), whose extras'
+    region and endpoint win; else ``RECSYS_S3_ENDPOINT`` when set, region from RECSYS_AWS_REGION
+    or AWS_DEFAULT_REGION, credentials from the standard AWS chain. One client per connection
+    and endpoint, kept for the process (a changed connection gets a new one)."""
 
-    return _client(s3_endpoint_from_env(), aws_region_from_env())
+    access = aws.resolve("s3", conn_id=aws_conn_id_from_env(), region=aws_region_from_env(),
+                         endpoint=s3_endpoint_from_env())
+    return _client(access)
 
 
 def _is_missing(exc: Exception) -> bool:
@@ -139,8 +145,9 @@ def _is_missing(exc: Exception) -> bool:
 def _s3_error(exc: Exception, action: str, lake: str | Path, relpath: str) -> LakeError:
     return LakeError(
         f"S3 {action} of {str(lake).rstrip('/')}/{relpath} failed: {exc}. Check the bucket exists, "
-        "RECSYS_S3_ENDPOINT (for MinIO or another S3-compatible server) and that the AWS credentials "
-        "allow s3:GetObject, s3:PutObject, s3:ListBucket and s3:DeleteObject on it"
+        "RECSYS_S3_ENDPOINT (for MinIO or another S3-compatible server; the endpoint_url of the aws Airflow "
+        "connection wins over it) and that the AWS credentials allow s3:GetObject, s3:PutObject, "
+        "s3:ListBucket and s3:DeleteObject on it"
     )
 
 

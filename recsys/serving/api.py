@@ -384,7 +384,8 @@ def _answer(result: dict[str, Any], subject: str) -> JSONResponse:
 def create_app(settings: Settings, *, timeout: float = DEFAULT_SERVE_TIMEOUT, client: Any | None = None) -> FastAPI:
     """The API for ``settings.table``; DynamoDB reads give up after ``timeout`` seconds.
 
-    ``client`` defaults to ``make_client(settings, timeout=timeout)``, built here, once. Raises
+    ``client`` defaults to ``make_client(settings, timeout=timeout, through_airflow=False)``, built
+    here, once (no Airflow connection: the storefront runs without Airflow). Raises
     ConfigError when ``settings.serve_api_keys`` names a key file that cannot be read.
     """
     from fastapi import APIRouter, Depends, FastAPI, Path, Query
@@ -394,7 +395,8 @@ def create_app(settings: Settings, *, timeout: float = DEFAULT_SERVE_TIMEOUT, cl
     keys = load_api_keys(settings.serve_api_keys)
     metrics = Metrics()
     if client is None:
-        client = dynamodb.make_client(settings, timeout=timeout)
+        # The storefront never asks Airflow for a connection: standard AWS chain, RECSYS_* endpoint.
+        client = dynamodb.make_client(settings, timeout=timeout, through_airflow=False)
     reader = Reader(client, settings.table, timeout, metrics)
     max_age = settings.serve_max_age_days
 

@@ -23,7 +23,8 @@ def plan_publish(
     Backfill runs never publish. A run whose date is older than the date the table serves
     (a late retry, a rerun of an old date) is skipped unless ``force``: the storefront never
     goes back to older lists by accident. Both return [] (the shard tasks are then skipped).
-    Otherwise creates the table when missing and returns one small dict per shard
+    Otherwise creates the table when missing (unless ``settings.create_table`` is False: then
+    TableMissingError) and returns one small dict per shard
     (``settings.publish_shards`` contiguous ranges of the sorted user ids, see
     :func:`recsys.io.dynamodb.shard_ranges`) carrying what every shard writes alike: model
     version, generated_at and expires_at, fixed here so a retried shard writes the same items.
@@ -33,7 +34,7 @@ def plan_publish(
         log.info("publish: %s is a backfill run; lake partitions rebuilt, nothing published", day)
         return []
     client = dynamodb.make_client(settings)
-    dynamodb.ensure_table(client, settings.table)
+    dynamodb.ensure_table(client, settings.table, create=settings.create_table)
     served = dynamodb.read_served(client, settings.table)
     if served and served["run_date"] > day.isoformat() and not force:
         log.warning(
