@@ -248,7 +248,7 @@ def http_sender(
 def direct_sender(endpoint: str, users: int) -> Callable[[random.Random], Callable[[], bool]]:
     """Per client: the same GetItem the server does for a known user, straight through boto3."""
     settings = Settings.from_env({"RECSYS_DYNAMODB_ENDPOINT": endpoint, "RECSYS_TABLE": TABLE})
-    boto = make_client(settings, timeout=2.0)
+    boto = make_client(settings, timeout=2.0, through_airflow=False)  # the storefront's client
     known = user_ids(users)
 
     def client(rng: random.Random) -> Callable[[], bool]:
