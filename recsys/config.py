@@ -438,7 +438,8 @@ class Settings(BaseSettings):
             _MODEL,
             param={},
             keep_empty=True,
-            doc="One mapped `tune` task per candidate. `name=v1,v2;name=v1` is a cartesian product (unnamed "
+            doc="One mapped `screen` task per candidate (then `tune` for the promoted ones). "
+            "`name=v1,v2;name=v1` is a cartesian product (unnamed "
             "fields keep the settings outside the grid), `grid | grid` the union of two. Names: `model` (`als`, "
             "`bpr`, `ease`, `rp3beta`, `itemknn`), `factors`, `regularization`, `alpha`, `iterations`, "
             "`weighting` (`log`, `bm25`), "
