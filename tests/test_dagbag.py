@@ -41,7 +41,7 @@ def test_policy_for_every_dag(dagbag) -> None:  # type: ignore[no-untyped-def]
 
 def test_nightly_dag_shape(dagbag) -> None:  # type: ignore[no-untyped-def]
     dag = dagbag.get_dag("recsys_nightly")
-    order = ["extract", "validate", "aggregate", "index_events", "candidates", "tune", "train", "recommend", "plan_publish", "publish_shard"]
+    order = ["wait_for_data", "extract", "validate", "aggregate", "index_events", "candidates", "tune", "train", "recommend", "plan_publish", "publish_shard"]
     for upstream, downstream in zip(order, order[1:]):
         assert dag.get_task(downstream).upstream_task_ids == {upstream}
     # __meta__ is written only after the plan and every shard; verify reads what that reports.
