@@ -19,6 +19,7 @@ from recsys.config import Settings
 from recsys.io.source import check_day
 from recsys.io.sources.files import day_is_complete
 from recsys.io.wait import COMPLETE, TIMED_OUT, UNREADABLE, DayLandedTrigger
+from tests.support import SENSOR_DAG
 
 UTC = dt.UTC
 DAY = dt.date(2026, 6, 1)
@@ -181,18 +182,6 @@ def test_postgres_completeness_is_its_newest_event_ts(
 
 
 # --------------------------------------------------------------------------- the sensor through dag.test()
-
-
-SENSOR_DAG = """
-import datetime as dt
-
-from airflow.sdk import DAG
-
-from recsys.stages.wait_for_data import WaitForData
-
-with DAG("wait_for_data_test", schedule=None, start_date=dt.datetime(2026, 1, 1, tzinfo=dt.UTC)):
-    WaitForData(task_id="wait_for_data")
-"""
 
 
 @pytest.fixture
