@@ -123,9 +123,8 @@ def test_backfill_through_the_rest_api_rebuilds_the_lake_and_leaves_the_served_t
                            (config.home / "logs").glob(f"dag_id={DAG_ID}/run_id={run_id}/task_id=plan_publish/**/*.log"))
             assert "is a backfill run; lake partitions rebuilt, nothing published" in logs
             # Past days have landed: wait_for_data checked once and did not defer.
-            waited = api.get(f"/api/v2/dags/{DAG_ID}/dagRuns/{run_id}/taskInstances/wait_for_data/xcomEntries/return_value")
-            value = json.loads(waited["value"]) if isinstance(waited["value"], str) else waited["value"]
-            assert value["deferred"] is False, value
+            waited = _returned(api, f"/api/v2/dags/{DAG_ID}/dagRuns/{run_id}/taskInstances/wait_for_data")
+            assert waited["deferred"] is False, waited
         assert scan(dynamodb_client, settings.table, with_meta=True) == served  # nothing served changed
         wait_for("the backfill to complete", lambda: api.get(f"/api/v2/backfills/{backfill['id']}")["completed_at"], 60)
 
@@ -158,11 +157,16 @@ def test_the_triggerer_waits_for_a_day_that_lands_late_and_the_run_goes_on(
         (source / "events-2.csv").write_text(header + "u3,i3,View,2026-06-01T23:55:00Z\n")
         wait_for("the run to finish", lambda: api.get(f"/api/v2/dags/{dag_id}/dagRuns/{run_id}")["state"] in TERMINAL, 120)
         assert api.get(task)["state"] == "success"
-        xcom = api.get(f"{task}/xcomEntries/return_value")
-        value = json.loads(xcom["value"]) if isinstance(xcom["value"], str) else xcom["value"]
+        value = _returned(api, task)
         assert value["deferred"] is True and "2026-06-01T23:55:00+00:00" in value["evidence"], value
         logs = "".join(p.read_text(errors="replace") for p in (config.home / "logs").rglob("*.log"))
         assert "the newest event is at 2026-06-01T21:14:00+00:00, not yet complete" in logs
+
+
+def _returned(api: ApiClient, task: str) -> Any:
+    """What the task instance at ``task`` (its API path) returned: its return_value XCom, decoded."""
+    value = api.get(f"{task}/xcomEntries/return_value")["value"]
+    return json.loads(value) if isinstance(value, str) else value
 
 
 def _get_or_none(api: ApiClient, path: str) -> Any:
