@@ -4,10 +4,10 @@ A source hands extract the days it needs as files DuckDB reads (:meth:`Source.st
 reports its newest event (:meth:`Source.newest_event`) and an exporter's done marker
 (:meth:`Source.done_marker`), from which :func:`check_day` (is the run date complete?
 ``wait_for_data`` asks) and :func:`newest_complete_day` (``recsys run --date latest``) apply the
-one rule of a complete day, :func:`recsys.io.sources.files.day_is_complete`. :func:`open_source` picks the kind from
-``RECSYS_SOURCE``: a folder or glob of files (:mod:`recsys.io.sources.files`), or ``postgres://CONN_ID``
-(:mod:`recsys.io.sources.postgres`, staged as Parquet). Another kind (an S3 export, a warehouse) is one more
-class with these three methods.
+one rule of a complete day, :func:`recsys.io.sources.files.day_is_complete`.
+:func:`open_source` picks the kind from ``RECSYS_SOURCE``: a folder or glob of files
+(:mod:`recsys.io.sources.files`), or ``postgres://CONN_ID`` (:mod:`recsys.io.sources.postgres`, staged
+as Parquet). Another kind (an S3 export, a warehouse) is one more class with these three methods.
 """
 
 from __future__ import annotations
@@ -91,9 +91,9 @@ def newest_complete_day(settings: Settings) -> dt.date:
     day = latest_complete_day(newest.ts, newest.day_before_has_events, settings.complete_after)
     if day != newest.ts.date():
         log.warning(
-            "the source's newest event is at %02d:%02d UTC on %s, before RECSYS_COMPLETE_AFTER, so that day has "
-            "not fully landed: "
-            "'latest' is %s (pass --date %s to run the partial day anyway)",
+            "the source's newest event is at %02d:%02d UTC on %s, before RECSYS_COMPLETE_AFTER, so that day "
+            "has not fully landed: 'latest' is %s (RECSYS_COMPLETE_AFTER=00:00 recsys run --date %s runs the "
+            "partial day anyway)",
             newest.ts.hour, newest.ts.minute, newest.ts.date(), day, newest.ts.date(),
         )
     return day

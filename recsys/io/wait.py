@@ -39,7 +39,7 @@ def not_landed_message(settings: Settings, status: DayStatus, waited: float, tim
         f"{format_duration(waited)} (RECSYS_WAIT_TIMEOUT={format_duration(timeout)}): "
         f"{status.describe()}, and {describe_rule(settings, status.day)}. Check that the day's export or "
         "replication has run; set RECSYS_WAIT_TIMEOUT to wait longer or RECSYS_COMPLETE_AFTER to accept an "
-        "earlier last event, or mark wait_for_data successful to run the day as it is"
+        "earlier last event (00:00 takes the day as it is), or mark wait_for_data successful to run it as it is"
     )
 
 
