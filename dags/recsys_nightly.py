@@ -3,6 +3,10 @@
 
 Turns one day of storefront events into a fresh top-20 list for every user in DynamoDB.
 
+`wait_for_data` (waits, in the triggerer and without a worker slot, until the run date has fully
+landed in the source: an event at or after `RECSYS_COMPLETE_AFTER` (23:00 UTC) of that day or a
+later one, or the exporter's `RECSYS_DONE_MARKER`; checks every `RECSYS_WAIT_POKE_SECONDS`, fails
+after `RECSYS_WAIT_TIMEOUT`, 6 h; a complete day goes straight on) →
 `extract` → `validate` (Great Expectations) → `aggregate` (DuckDB, `sql/*.sql`) →
 `index_events` (the window's events indexed by user and item, built once for every model task) →
 `screen` (one mapped task per candidate — a model family and its parameters, event weights,
@@ -18,7 +22,8 @@ promoted candidate, scored on the held-out newest days) →
 
 Each task reads and writes only its own lake partition `dt=<run date>`, so a rerun of a
 date replaces that date and nothing else. The run date is the data interval start; a manual
-run without a logical date processes the day before it was triggered, or the `run_date` Param.
+run without a logical date, or a run scheduled on `RECSYS_SOURCE_ASSET` (the exporter's Asset,
+instead of 00:00 UTC), processes the day before it was triggered, or the `run_date` Param.
 Settings come from `RECSYS_*` variables; the Params below override them for one run.
 """
 
@@ -27,12 +32,14 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
-from airflow.sdk import CronDataIntervalTimetable, Param, dag, task
+from airflow.sdk import Asset, CronDataIntervalTimetable, Param, dag, task
 
-from recsys.config import dag_params, publish_pool_from_env, run_limits_from_env
+from recsys.config import dag_params, publish_pool_from_env, run_limits_from_env, source_asset_from_env
 from recsys.io.alerts import FailureAlert
+from recsys.stages.wait_for_data import WaitForData
 
 TASK_TIMEOUT_MINUTES, RUN_TIMEOUT_HOURS = run_limits_from_env()
+SOURCE_ASSET = source_asset_from_env()
 DEFAULT_ARGS = {
     "owner": "recsys",
     "retries": 2,
@@ -49,7 +56,8 @@ DEFAULT_ARGS = {
     dag_id="recsys_nightly",
     # Nightly at 00:00 UTC, for the day that just ended: the data interval [D, D+1) makes the
     # logical date D (a plain cron string would give a zero-length interval at D+1 00:00).
-    schedule=CronDataIntervalTimetable("0 0 * * *", timezone="UTC"),
+    # Or on the exporter's Asset: such a run has no logical date and processes the day before it.
+    schedule=Asset(SOURCE_ASSET) if SOURCE_ASSET else CronDataIntervalTimetable("0 0 * * *", timezone="UTC"),
     start_date=dt.datetime(2026, 1, 1, tzinfo=dt.UTC),
     catchup=False,
     max_active_runs=1,
@@ -164,7 +172,10 @@ def recsys_nightly() -> None:
 
     # Airflow types a task call as taking its function's parameters, not the XComArgs that
     # stand for them at DAG-parse time: the ignores below are that gap, not a real mismatch.
-    indexed = index_events(aggregate(validate(extract())))  # type: ignore[arg-type]
+    extracted = extract()
+    # The sensor defers to a trigger while it waits; its class lives in recsys/stages/wait_for_data.py.
+    WaitForData(task_id="wait_for_data") >> extracted
+    indexed = index_events(aggregate(validate(extracted)))  # type: ignore[arg-type]
     screened = screen.expand(candidate=candidates(indexed))  # type: ignore[arg-type]
     results = tune.expand(candidate=promote(screened))  # type: ignore[arg-type]
     shards = plan_publish(recommend(train(results)))  # type: ignore[arg-type]

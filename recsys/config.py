@@ -17,6 +17,7 @@ Imported by the DAG file when it is parsed: only pydantic here, nothing heavy.
 from __future__ import annotations
 
 import copy
+import datetime as dt
 import os
 import re
 from collections.abc import Callable, Mapping
@@ -232,6 +233,33 @@ def _airflow_number(value: Any) -> Any:
         raise ConfigError(f"RECSYS_AIRFLOW_WORKERS, _WORKER_CONCURRENCY and _PORT must be integers: {exc}") from None
 
 
+def _clock_time(value: Any) -> Any:
+    """``HH:MM`` (UTC) -> a time; RECSYS_COMPLETE_AFTER."""
+    if not isinstance(value, str):
+        return value
+    try:
+        return dt.time.fromisoformat(value.strip())
+    except ValueError:
+        raise ConfigError(
+            f"RECSYS_COMPLETE_AFTER: expected a UTC time of day as HH:MM (e.g. 23:00), got {value!r}"
+        ) from None
+
+
+DURATION = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([smh]?)\s*", re.IGNORECASE)
+
+
+def parse_duration(text: str, variable: str) -> float:
+    """``6h``, ``90m``, ``30s`` or a plain number of seconds -> seconds; raises ConfigError naming the variable."""
+    match = DURATION.fullmatch(text)
+    if not match:
+        raise ConfigError(f"{variable}: expected a duration such as 6h, 90m, 30s or a number of seconds, got {text!r}")
+    return float(match.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600}[match.group(2).lower()]
+
+
+def _wait_timeout(value: Any) -> Any:
+    return parse_duration(value, "RECSYS_WAIT_TIMEOUT") if isinstance(value, str) else value
+
+
 def _resolved(path: Path) -> Path:
     return path.expanduser().resolve()
 
@@ -285,6 +313,7 @@ _DUCKDB = "DuckDB"
 _SERVE = "Storefront API (recsys serve)"
 _STACK = "Local Airflow stack (recsys airflow)"
 _RUNS = "Runs: timeouts and alerts"
+_WAIT = "Waiting for the day's events (wait_for_data)"
 _DEVELOPER = "Developer paths"
 
 
@@ -588,6 +617,41 @@ class Settings(BaseSettings):
         json_schema_extra=_meta(_CHECKS),
     )
 
+    # Waiting for the day's events
+    complete_after: Annotated[dt.time, BeforeValidator(_clock_time)] = Field(
+        default=dt.time(23, 0),
+        description="A day has fully landed once the source holds an event at or after this UTC time of that day "
+        "(or an event of a later day); `wait_for_data` waits for it, `recsys run --date latest` picks the newest "
+        "such day",
+        json_schema_extra=_meta(_WAIT, default_doc="`23:00`"),
+    )
+    done_marker: str | None = Field(
+        default=None,
+        description="File sources: a file the exporter writes when a day is complete, relative to the source "
+        "folder; `{date}` stands for the day (`dt={date}.done`, `dt={date}/_SUCCESS`). A marker without `{date}` "
+        "(`_SUCCESS`) counts for a day when it was written after that day ended. Either rule makes a day complete",
+        json_schema_extra=_meta(_WAIT, strip=True, default_doc="none (the events decide)"),
+    )
+    wait_poke_seconds: Int = Field(
+        default=300,
+        description="Seconds between two checks of the source while `wait_for_data` waits (in the triggerer, "
+        "holding no worker slot)",
+        json_schema_extra=_meta(_WAIT),
+    )
+    wait_timeout: Annotated[float, BeforeValidator(_wait_timeout)] = Field(
+        default=6 * 3600.0,
+        description="How long `wait_for_data` waits for the run date to land before the run fails (and the "
+        "failure alert fires): `6h`, `90m`, `30s` or seconds; `0` checks once",
+        json_schema_extra=_meta(_WAIT, default_doc="`6h`"),
+    )
+    source_asset: str | None = Field(
+        default=None,
+        description="An Asset URI (the outlet of the DAG that exports the events): the nightly is then scheduled "
+        "on that Asset's events instead of at 00:00 UTC, for the day before the event, and still checks the day "
+        "is complete",
+        json_schema_extra=_meta(_WAIT, strip=True, default_doc="none (daily at 00:00 UTC)"),
+    )
+
     # DynamoDB and publishing
     dynamodb_endpoint: Annotated[str | None, BeforeValidator(_endpoint)] = Field(
         default=DEFAULT_ENDPOINT,
@@ -873,6 +937,10 @@ class Settings(BaseSettings):
             raise ConfigError(f"task_timeout_minutes must be at least 1, got {self.task_timeout_minutes}")
         if not 1 <= self.run_timeout_hours < 24:
             raise ConfigError(f"run_timeout_hours must be between 1 and 23, got {self.run_timeout_hours}")
+        if self.wait_poke_seconds < 1:
+            raise ConfigError(f"RECSYS_WAIT_POKE_SECONDS must be at least 1, got {self.wait_poke_seconds}")
+        if self.wait_timeout < 0:
+            raise ConfigError(f"RECSYS_WAIT_TIMEOUT must be 0 (check once) or more, got {self.wait_timeout}")
         if self.recommend_batch_users < 1:
             raise ConfigError(f"recommend_batch_users must be at least 1, got {self.recommend_batch_users}")
         if self.validate_chunk_rows < 1:
@@ -1010,6 +1078,11 @@ def run_limits_from_env(env: Mapping[str, str] | None = None) -> tuple[int, int]
     """(task timeout in minutes, run timeout in hours): what the DAG file needs when it is parsed."""
     found = _only(("task_timeout_minutes", "run_timeout_hours"), env)
     return found.task_timeout_minutes, found.run_timeout_hours
+
+
+def source_asset_from_env(env: Mapping[str, str] | None = None) -> str | None:
+    """``RECSYS_SOURCE_ASSET``: the Asset URI the nightly is scheduled on, or None for the 00:00 UTC cron."""
+    return _only(("source_asset",), env).source_asset
 
 
 def home_from_env(env: Mapping[str, str] | None = None) -> Path:

@@ -23,7 +23,8 @@ def resolve_run_date(context: Mapping[str, Any]) -> dt.date:
     In order: the ``run_date`` Param; the logical date (scheduled runs and backfills, whose
     data interval starts there, and manual runs given one); for a manual or API run without a
     logical date, the data interval Airflow inferred (the day before it was triggered), or
-    failing that the day before it was triggered (the latest complete day).
+    failing that the day before it was triggered (the latest complete day): so too a run
+    scheduled on ``RECSYS_SOURCE_ASSET``, whose export lands after the day it holds has ended.
     """
     params = context.get("params") or {}
     if params.get("run_date"):

@@ -357,3 +357,18 @@ class WebhookReceiver:
         self.server.shutdown()
         self.server.server_close()
 
+
+
+# --------------------------------------------------------------------------- wait_for_data alone
+
+# A DAG of the nightly's first task alone, for tests of the sensor through dag.test() and a real triggerer.
+SENSOR_DAG = """
+import datetime as dt
+
+from airflow.sdk import DAG
+
+from recsys.stages.wait_for_data import WaitForData
+
+with DAG("wait_for_data_test", schedule=None, start_date=dt.datetime(2026, 1, 1, tzinfo=dt.UTC)):
+    WaitForData(task_id="wait_for_data")
+"""

@@ -32,7 +32,7 @@ from recsys.dev.airflow_stack import (
 from recsys.dev.dynamodb_local import free_port
 from recsys.io import lake
 from tests.services import create_database, drop_database, redis_url
-from tests.support import ONE_MODEL, scan
+from tests.support import ONE_MODEL, SENSOR_DAG, scan
 from tests.support import STORE_END as END
 
 pytestmark = pytest.mark.slow
@@ -122,8 +122,51 @@ def test_backfill_through_the_rest_api_rebuilds_the_lake_and_leaves_the_served_t
             logs = "".join(p.read_text(errors="replace") for p in
                            (config.home / "logs").glob(f"dag_id={DAG_ID}/run_id={run_id}/task_id=plan_publish/**/*.log"))
             assert "is a backfill run; lake partitions rebuilt, nothing published" in logs
+            # Past days have landed: wait_for_data checked once and did not defer.
+            waited = _returned(api, f"/api/v2/dags/{DAG_ID}/dagRuns/{run_id}/taskInstances/wait_for_data")
+            assert waited["deferred"] is False, waited
         assert scan(dynamodb_client, settings.table, with_meta=True) == served  # nothing served changed
         wait_for("the backfill to complete", lambda: api.get(f"/api/v2/backfills/{backfill['id']}")["completed_at"], 60)
+
+
+def test_the_triggerer_waits_for_a_day_that_lands_late_and_the_run_goes_on(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The sensor defers to the real triggerer (the trigger serialized through the metadata DB),
+    which sees the day land and hands the task back to a worker."""
+    day = dt.date(2026, 6, 1)
+    dags, source = tmp_path / "dags", tmp_path / "landing"
+    dags.mkdir()
+    source.mkdir()
+    (dags / "wait_for_data_test.py").write_text(SENSOR_DAG)
+    header = "user_id,item_id,event_type,event_ts\n"
+    (source / "events-1.csv").write_text(header + "u1,i1,View,2026-05-31T23:40:00Z\nu2,i2,View,2026-06-01T21:14:00Z\n")
+    for key, value in {"RECSYS_HOME": str(tmp_path / "home"), "RECSYS_SOURCE": str(source),
+                       "RECSYS_WAIT_POKE_SECONDS": "2", "RECSYS_WAIT_TIMEOUT": "10m"}.items():
+        monkeypatch.setenv(key, value)
+    extra_env = {"AIRFLOW__CORE__DAGS_FOLDER": str(dags), "AIRFLOW__SCHEDULER__USE_JOB_SCHEDULE": "False"}
+    with airflow_stack(tmp_path, monkeypatch, extra_env=extra_env) as (config, api):
+        dag_id = "wait_for_data_test"
+        wait_for("the dag-processor to parse the DAG", lambda: _get_or_none(api, f"/api/v2/dags/{dag_id}"), 180)
+        api.patch(f"/api/v2/dags/{dag_id}", {"is_paused": False})
+        run_id = api.post(f"/api/v2/dags/{dag_id}/dagRuns", {"logical_date": f"{day.isoformat()}T00:00:00Z"})["dag_run_id"]
+        task = f"/api/v2/dags/{dag_id}/dagRuns/{run_id}/taskInstances/wait_for_data"
+        wait_for("the sensor to defer", lambda: api.get(task)["state"] == "deferred", 240, every=1)
+        time.sleep(3)  # a poke or two in the triggerer finds the day incomplete
+        assert api.get(task)["state"] == "deferred"
+        (source / "events-2.csv").write_text(header + "u3,i3,View,2026-06-01T23:55:00Z\n")
+        wait_for("the run to finish", lambda: api.get(f"/api/v2/dags/{dag_id}/dagRuns/{run_id}")["state"] in TERMINAL, 120)
+        assert api.get(task)["state"] == "success"
+        value = _returned(api, task)
+        assert value["deferred"] is True and "2026-06-01T23:55:00+00:00" in value["evidence"], value
+        logs = "".join(p.read_text(errors="replace") for p in (config.home / "logs").rglob("*.log"))
+        assert "the newest event is at 2026-06-01T21:14:00+00:00, not yet complete" in logs
+
+
+def _returned(api: ApiClient, task: str) -> Any:
+    """What the task instance at ``task`` (its API path) returned: its return_value XCom, decoded."""
+    value = api.get(f"{task}/xcomEntries/return_value")["value"]
+    return json.loads(value) if isinstance(value, str) else value
 
 
 def _get_or_none(api: ApiClient, path: str) -> Any:

@@ -21,7 +21,7 @@ before and after); a slightly dirty case must publish without the bad rows.
 | truncated Parquet file        | fails in extract              | -                                       |
 | CSV with a broken quote       | fails in extract              | -                                       |
 | empty file beside a good one  | publishes                     | the empty file skipped with a warning   |
-| the day's only file is empty  | fails in extract              | -                                       |
+| the day's only file is empty  | wait_for_data waits, fails    | - (the day has not landed)              |
 | 5% of the usual volume        | fails in validate             | -                                       |
 | 95% of the day is one user    | publishes                     | bot_user: all of that user's rows       |
 """
@@ -119,6 +119,9 @@ def history(
         "RECSYS_DYNAMODB_ENDPOINT": dynamodb_endpoint,
         "RECSYS_TABLE": f"bad_{uuid.uuid4().hex[:8]}",
         "RECSYS_VERIFY_SAMPLE": "100",
+        # Every case's day has landed (an event after 23:00); should one not, fail fast instead of waiting 6 h.
+        "RECSYS_WAIT_TIMEOUT": "10s",
+        "RECSYS_WAIT_POKE_SECONDS": "2",
     }
     with pytest.MonkeyPatch.context() as mp:
         for key, value in env.items():
@@ -262,7 +265,8 @@ def test_truncated_parquet_fails_in_extract_naming_the_file(history: History, ni
 
 def test_a_day_with_5_percent_of_its_volume_fails_in_validate(history: History, night: Any) -> None:
     events = next_day_events(history)
-    out = night({DAY_FILE: events.slice(0, events.num_rows // 20)})
+    # The day's last 5% of events: it has landed (they run to 23:59), with a twentieth of its volume.
+    out = night({DAY_FILE: events.slice(events.num_rows - events.num_rows // 20)})
     assert_stopped_cleanly(out, "validate")
     assert out.quarantine() == {}
     assert f"dt={NEXT} (from {DAY_FILE}): volume anomaly: {events.num_rows // 20:,} rows kept, 0.06x the mean" in out.log

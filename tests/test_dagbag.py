@@ -41,8 +41,8 @@ def test_policy_for_every_dag(dagbag) -> None:  # type: ignore[no-untyped-def]
 
 def test_nightly_dag_shape(dagbag) -> None:  # type: ignore[no-untyped-def]
     dag = dagbag.get_dag("recsys_nightly")
-    order = ["extract", "validate", "aggregate", "index_events", "candidates", "screen", "promote", "tune", "train",
-             "recommend", "plan_publish", "publish_shard"]
+    order = ["wait_for_data", "extract", "validate", "aggregate", "index_events", "candidates", "screen", "promote",
+             "tune", "train", "recommend", "plan_publish", "publish_shard"]
     for upstream, downstream in zip(order, order[1:]):
         assert dag.get_task(downstream).upstream_task_ids == {upstream}
     # __meta__ is written only after the plan and every shard; verify reads what that reports.
@@ -73,3 +73,17 @@ def test_parsing_imports_nothing_heavy() -> None:
         [sys.executable, "-c", code, str(DAGS / "recsys_nightly.py")], capture_output=True, text=True, check=True
     ).stdout.split("\n")
     assert out[0] == "", f"heavy modules imported at parse time: {out[0]}"
+
+
+
+def test_the_nightly_is_scheduled_on_the_source_asset_when_one_is_set(
+    airflow_env: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """RECSYS_SOURCE_ASSET swaps the 00:00 UTC cron for the exporter's Asset; wait_for_data still runs first."""
+    from airflow.dag_processing.dagbag import DagBag
+
+    monkeypatch.setenv("RECSYS_SOURCE_ASSET", "s3://store-exports/events")
+    dag = DagBag(dag_folder=str(DAGS)).get_dag("recsys_nightly")
+    assert type(dag.timetable).__name__ == "AssetTriggeredTimetable"
+    assert dag.timetable.asset_condition.uri == "s3://store-exports/events"
+    assert dag.get_task("extract").upstream_task_ids == {"wait_for_data"}

@@ -36,6 +36,9 @@ def test_nightly_run_serves_every_user_and_reruns_identically(
     settings = recsys_env
     dag_run = run(settings, END)
     assert str(dag_run.state).endswith("success")
+    # The store's last day has landed (events up to 23:59): wait_for_data checked once and went on.
+    (wait,) = [ti for ti in dag_run.get_task_instances() if ti.task_id == "wait_for_data"]
+    assert wait.xcom_pull(task_ids="wait_for_data")["deferred"] is False
     shards = sorted(ti.map_index for ti in dag_run.get_task_instances() if ti.task_id == "publish_shard")
     assert shards == list(range(settings.publish_shards)) == [0, 1, 2, 3]
 

@@ -25,5 +25,8 @@ def test_resolve_run_date_in_every_kind_of_run() -> None:
     assert resolve_run_date({"data_interval_start": day_before, "logical_date": midnight}) == dt.date(2026, 3, 4)
     # Without a logical date, the interval Airflow inferred: the day before the trigger.
     assert resolve_run_date({"logical_date": None, "data_interval_start": day_before, "dag_run": manual}) == dt.date(2026, 3, 3)
+    # Scheduled on RECSYS_SOURCE_ASSET: no logical date or interval; the export landed at 00:40, for the 3rd.
+    landed = _Run("asset_triggered", dt.datetime(2026, 3, 4, 0, 40, tzinfo=dt.UTC))
+    assert resolve_run_date({"logical_date": None, "data_interval_start": None, "dag_run": landed}) == dt.date(2026, 3, 3)
     assert is_backfill({"dag_run": _Run("backfill", midnight)})
     assert not is_backfill({"dag_run": manual})

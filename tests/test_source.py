@@ -143,7 +143,7 @@ def test_event_type_spellings_map_to_the_configured_names(tmp_path: Path) -> Non
 def test_latest_complete_day_rule(newest_ts: dt.datetime, day_before_has_events: bool, expected: dt.date) -> None:
     from recsys.io.sources.files import latest_complete_day
 
-    assert latest_complete_day(newest_ts, day_before_has_events) == expected
+    assert latest_complete_day(newest_ts, day_before_has_events, dt.time(23)) == expected
 
 
 @pytest.mark.parametrize(

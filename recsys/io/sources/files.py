@@ -112,8 +112,6 @@ CSV_DELIMITERS = (",", ";", "\t", "|")
 # DuckDB reject types that mean a quote was opened and never closed: the lines after it are
 # swallowed into one field, so the file as a whole cannot be trusted.
 CSV_QUOTE_ERRORS = ("UNQUOTED VALUE",)
-# A day whose newest event is earlier than this hour (UTC) has not fully landed.
-LATEST_COMPLETE_HOUR = 23
 _HEAD_BYTES = 65_536
 
 
@@ -133,19 +131,47 @@ class NewestEvent(NamedTuple):
     day_before_has_events: bool  # whether the UTC day before that event's day has any events
 
 
-def latest_complete_day(newest_ts: dt.datetime, day_before_has_events: bool) -> dt.date:
-    """The newest UTC day of a source that has fully landed: the one rule for every kind of source.
+def day_is_complete(day: dt.date, newest_ts: dt.datetime, complete_after: dt.time) -> bool:
+    """Whether ``day`` has fully landed in a source whose newest event is at ``newest_ts``: the one rule
+    for every kind of source.
 
-    That is the day of the newest event when that event is at LATEST_COMPLETE_HOUR (23:00 UTC)
-    or later; otherwise the newest day is still arriving (or the log was cut off mid-day, as an
-    export often is), and the day before it is the latest complete one if it has events (a
-    source of one partial day has nothing better to offer than that day). A naive
-    ``newest_ts`` is UTC.
+    True when that event is at ``complete_after`` (``RECSYS_COMPLETE_AFTER``, 23:00 UTC) of ``day`` or
+    later, which an event of a later day is too. Exports and replicas deliver events in time order,
+    so an event that late means the day's earlier ones are in. A naive ``newest_ts`` is UTC.
+    """
+    return as_utc(newest_ts) >= dt.datetime.combine(day, complete_after, tzinfo=dt.UTC)
+
+
+def latest_complete_day(newest_ts: dt.datetime, day_before_has_events: bool, complete_after: dt.time) -> dt.date:
+    """The newest UTC day of a source that has fully landed (:func:`day_is_complete`).
+
+    That is the day of the newest event when it is complete; otherwise the newest day is still
+    arriving (or the log was cut off mid-day, as an export often is), and the day before it is the
+    latest complete one if it has events (a source of one partial day has nothing better to offer
+    than that day). A naive ``newest_ts`` is UTC.
     """
     newest = as_utc(newest_ts)
-    if newest.hour < LATEST_COMPLETE_HOUR and day_before_has_events:
+    if not day_is_complete(newest.date(), newest, complete_after) and day_before_has_events:
         return newest.date() - dt.timedelta(days=1)
     return newest.date()
+
+
+def find_done_marker(source: str | Path, marker: str, day: dt.date) -> Path | None:
+    """The exporter's marker that says ``day`` is complete (``RECSYS_DONE_MARKER``), or None.
+
+    ``marker`` is relative to the source folder (to the folder of a single source file);
+    ``{date}`` in it stands for the day. A marker without ``{date}`` (a ``_SUCCESS`` rewritten by
+    every export) counts only when it was written after ``day`` ended (UTC).
+    """
+    root = Path(source)
+    path = (root.parent if root.is_file() else root) / marker.replace("{date}", day.isoformat())
+    try:
+        written = dt.datetime.fromtimestamp(path.stat().st_mtime, dt.UTC)
+    except FileNotFoundError:
+        return None
+    if "{date}" in marker or written >= dt.datetime.combine(day + dt.timedelta(days=1), dt.time(), tzinfo=dt.UTC):
+        return path
+    return None
 
 
 @dataclass(frozen=True)
