@@ -492,6 +492,18 @@ class Settings(BaseSettings):
             "The others are cut early: the report lists them with their screening figures and why.",
         ),
     )
+    tune_blend_weights: str = Field(
+        default="0.25,0.5,0.75",
+        description="Blends tried after tuning: the best candidate and the best of another family, their per-user "
+        "standardised scores mixed with these weights of the first (empty: no blends)",
+        json_schema_extra=_meta(
+            _MODEL,
+            keep_empty=True,
+            doc="Both parts are fit once on the training days and every weight is scored on the hold-out like a "
+            "candidate; a blend that beats every single candidate is trained and served (its `item#` lists are "
+            "its first part's).",
+        ),
+    )
     tune_halving: Int = Field(
         default=3,
         description="Successive halving's eta: the screening sample is 1/eta of the users and the best 1/eta of the "
@@ -826,6 +838,15 @@ class Settings(BaseSettings):
         return None
 
     @property
+    def blend_weights(self) -> tuple[float, ...]:
+        """``tune_blend_weights`` as numbers (empty: no blends). Raises ConfigError on a word that is not one."""
+        try:
+            return tuple(float(w) for w in self.tune_blend_weights.split(",") if w.strip())
+        except ValueError:
+            raise ConfigError(f"tune_blend_weights must be comma-separated numbers like 0.25,0.5,0.75, got "
+                              f"{self.tune_blend_weights!r}") from None
+
+    @property
     def airflow_home(self) -> Path:
         return self.home / "airflow"
 
@@ -894,6 +915,9 @@ class Settings(BaseSettings):
             raise ConfigError(f"k must be at least 1, got {self.k}")
         if self.tune_budget_seconds < 0:
             raise ConfigError(f"tune_budget_seconds must be 0 (no budget) or more, got {self.tune_budget_seconds}")
+        if any(not 0 < w < 1 for w in self.blend_weights):
+            raise ConfigError(f"tune_blend_weights must be numbers between 0 and 1 (exclusive), got "
+                              f"{self.tune_blend_weights!r}")
         if self.tune_halving < 2:
             raise ConfigError(f"tune_halving must be at least 2 (the screening keeps 1/eta), got {self.tune_halving}")
         if self.ease_max_items < 0:

@@ -106,10 +106,11 @@ def test_a_variable_sets_its_field(env: dict[str, str], field: str, value: Any) 
 def test_empty_variables_are_unset(tmp_path: Path) -> None:
     every = {variable: "" for name in Settings.model_fields for variable in variables_of(name)}
     s = Settings.from_env({**every, "RECSYS_HOME": str(tmp_path)})
-    # Only the two variables where empty means something differ from the defaults.
+    # Only the variables where empty means something differ from the defaults.
     defaults = Settings.from_env({"RECSYS_HOME": str(tmp_path)})
-    assert (s.tuning_grid, s.dynamodb_endpoint) == ("", None)
-    restored = {"tuning_grid": defaults.tuning_grid, "dynamodb_endpoint": defaults.dynamodb_endpoint}
+    assert (s.tuning_grid, s.dynamodb_endpoint, s.tune_blend_weights, s.blend_weights) == ("", None, "", ())
+    restored = {"tuning_grid": defaults.tuning_grid, "dynamodb_endpoint": defaults.dynamodb_endpoint,
+                "tune_blend_weights": defaults.tune_blend_weights}
     assert s.with_overrides(restored) == defaults
 
 
@@ -166,6 +167,12 @@ def test_the_one_value_helpers_read_only_their_own_variables() -> None:
         ({"RECSYS_TUNING_GRID": "neighbours=0"}, "tuning grid key neighbours: values must be at least 1, got [0]"),
         ({"RECSYS_TUNING_GRID": "rp3_beta=-0.5"}, "tuning grid key rp3_beta: values must be 0 or more, got [-0.5]"),
         ({"RECSYS_EASE_MAX_ITEMS": "-1"}, "ease_max_items must be 0 (EASE never fits) or more, got -1"),
+        ({"RECSYS_TUNE_BLEND_WEIGHTS": "0.5,1"},
+         "tune_blend_weights must be numbers between 0 and 1 (exclusive), got '0.5,1'"),
+        ({"RECSYS_TUNE_BLEND_WEIGHTS": "half"},
+         "tune_blend_weights must be comma-separated numbers like 0.25,0.5,0.75, got 'half'"),
+        ({"RECSYS_TUNE_HALVING": "1"}, "tune_halving must be at least 2 (the screening keeps 1/eta), got 1"),
+        ({"RECSYS_TUNE_BUDGET_SECONDS": "-1"}, "tune_budget_seconds must be 0 (no budget) or more, got -1"),
         ({"RECSYS_TUNING_GRID": "weighting=tfidf"}, "weighting must be one of ('log', 'bm25'), got 'tfidf'"),
         ({"RECSYS_TUNING_GRID": "half_life=-1"}, "tuning grid key half_life: values must be 0 or more, got [-1.0]"),
         ({"RECSYS_TUNING_GRID": "weight.Teleport=2"},

@@ -316,3 +316,56 @@ def test_fold_in_scores_users_no_fit_has_seen() -> None:
             assert folded is model
     with pytest.raises(ValueError, match="9 item columns, the als model 10"):
         fold_in(train_model(matrix, families[0]), families[0], strangers[:, :9])
+
+
+def test_a_blend_ranks_by_the_weighted_standardised_scores_of_its_parts() -> None:
+    """Scores a thousand times apart in scale count by their standardised values: the blend's
+    lists are the top-k of w * z(first) + (1 - w) * z(second), computed here by hand."""
+    from recsys.core.model import Blend, Factors, needs_history, recommend_users, standardise_rows
+
+    rng = np.random.default_rng(3)
+    users, items = 5, 8
+    first = Factors(rng.standard_normal((users, 3)).astype(np.float32), rng.standard_normal((items, 3)).astype(np.float32))
+    second = Factors(1000 * rng.standard_normal((users, 2)).astype(np.float32),
+                     rng.standard_normal((items, 2)).astype(np.float32))
+    none = sp.csr_matrix((users, items), dtype=np.float32)
+    for weight in (0.2, 0.5, 0.9):
+        blend = Blend(first, second, weight, ModelParams(), ModelParams())
+        ids, scores = recommend_users(blend, np.arange(users), None, none, 3, None)
+        z = lambda s: (s - s.mean(axis=1, keepdims=True)) / s.std(axis=1, keepdims=True)  # noqa: E731
+        expected = weight * z(first.user_factors @ first.item_factors.T) + (1 - weight) * z(
+            second.user_factors @ second.item_factors.T)
+        assert ids.tolist() == np.argsort(-expected, axis=1, kind="stable")[:, :3].tolist()
+        assert np.allclose(scores, np.sort(expected, axis=1)[:, ::-1][:, :3], atol=1e-5)
+    assert not needs_history(blend)
+    flat = standardise_rows(np.ones((2, 4), dtype=np.float32))
+    assert np.array_equal(flat, np.zeros((2, 4)))  # a constant row has no spread: all 0, never NaN
+
+
+def test_a_blend_trains_saves_folds_in_and_lists_similar_items_of_its_first_part(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from recsys.core.families import ItemModel
+    from recsys.core.model import Blend, fold_in, needs_history, recommend_users, reindex_items, similar_items
+    from recsys.io.artifacts import load_model, save_model
+
+    matrix = _two_block_history(60, seed=6)
+    parts = (ModelParams(model="rp3beta", neighbours=5).as_dict(),
+             ModelParams(factors=2, regularization=0.1, alpha=5.0, iterations=30).as_dict())
+    params = ModelParams(model="blend", blend_weight=0.6, parts=parts)
+    blend = train_model(matrix, params)
+    assert isinstance(blend, Blend) and isinstance(blend.first, ItemModel) and blend.second.model == "als"
+    assert needs_history(blend) and blend.weight == 0.6
+    save_model(blend, tmp_path / "model.npz")
+    again = load_model(tmp_path / "model.npz")
+    assert isinstance(again, Blend) and again.first_params == blend.first_params and again.weight == 0.6
+    rows = np.arange(60)
+    assert np.array_equal(recommend_users(again, rows, matrix, matrix, 3, None)[0],
+                          recommend_users(blend, rows, matrix, matrix, 3, None)[0])
+    assert np.array_equal(similar_items(blend, 3, None)[0], similar_items(blend.first, 3, None)[0])
+    strangers = sp.csr_matrix(np.array([[2, 3, 0, 0, 0, 0, 0, 0, 0, 0]], dtype=np.float32))
+    folded = fold_in(blend, params, strangers)
+    ids, _ = recommend_users(folded, np.arange(1), strangers, strangers, 2, None)
+    assert set(ids[0].tolist()) <= {2, 3, 4}
+    moved = reindex_items(blend, np.array([1, 0]), np.array([0, 1]), 2)
+    assert isinstance(moved, Blend) and moved.second.item_factors.shape == (2, 2)
+    with pytest.raises(ValueError, match="a blend has two parts"):
+        train_model(matrix, ModelParams(model="blend", parts=parts[:1]))

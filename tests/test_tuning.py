@@ -226,7 +226,7 @@ def test_the_budget_cuts_candidates_and_the_report_lists_them(settings: Settings
     grid = "model=als;factors=8,16;alpha=2,10 | model=rp3beta;neighbours=50 | model=itemknn;neighbours=20,50"
     # This small store's lists do not beat popularity: the gate is opened, the promotion is what is tested.
     budgeted = settings.with_overrides({"tuning_grid": grid, "tune_budget_seconds": 3600, "tune_halving": 3,
-                                        "gate_min_lift": -1.0})
+                                        "gate_min_lift": -1.0, "tune_blend_weights": ""})
     found = tuning_candidates(budgeted)
     screened = [screen(budgeted, END, c) for c in found]
     assert all(r["metrics"]["users_evaluated"] < len(load_holdout(settings, END).rows) / 2 for r in screened)
@@ -245,3 +245,53 @@ def test_the_budget_cuts_candidates_and_the_report_lists_them(settings: Settings
     # Without a budget nothing is screened and every candidate goes on.
     free = budgeted.with_overrides({"tune_budget_seconds": 0})
     assert promote(free, END, [screen(free, END, c) for c in found]) == found
+
+
+def test_a_blend_of_the_two_best_families_is_scored_trained_and_served(settings: Settings) -> None:
+    """After tuning, the best candidate and the best of another family are blended at each
+    weight and scored like candidates; a winning blend is trained on the window, saved,
+    reloaded and served by recommend, with its first part's item# lists."""
+    from recsys.core.holdout import blend_parts, score_blends
+    from recsys.io.artifacts import load_model
+    from recsys.io.report import params_text
+
+    data = load_holdout(settings, END)
+    candidates = [make_candidate(settings, c) for c in ({"model": "rp3beta", "neighbours": 50},
+                                                        {"model": "als", "factors": 8},
+                                                        {"model": "rp3beta", "neighbours": 20})]
+    results = [{"params": c, "metrics": score_candidate(settings, data, c), "seconds": 1.0} for c in candidates]
+    first, second = blend_parts(results)  # type: ignore[misc]
+    assert {first["model"], second["model"]} == {"rp3beta", "als"}
+    blends = score_blends(settings, data, first, second, (0.3, 0.7))
+    assert [b["params"]["blend_weight"] for b in blends] == [0.3, 0.7]
+    assert blends[0]["params"]["event_weights"] == candidates[1]["event_weights"]  # ALS reads the weights
+    assert all(b["metrics"]["users_evaluated"] == results[0]["metrics"]["users_evaluated"] for b in blends)
+    assert blends[0]["metrics"]["ndcg_at_k"] != blends[1]["metrics"]["ndcg_at_k"]
+    assert params_text(blends[0]["params"]).startswith("blend 0.3 x (model=")
+
+    lenient = settings.with_overrides({"gate_min_lift": -1.0, "tune_blend_weights": "0.3,0.7"})
+    forced = [{**r, "metrics": {**r["metrics"], "ndcg_at_k": 0.0}} for r in results]  # any blend wins
+    train(lenient, END, forced)
+    models = lake.partition_dir(settings.lake, "models", END)
+    metrics = lake.read_json(models / "metrics.json")
+    assert metrics["grid"][0]["params"]["model"] == "blend" and sum(
+        g["params"]["model"] == "blend" for g in metrics["grid"]) == 2
+    model = load_model(models / "model.npz")
+    from recsys.core.model import Blend
+
+    assert isinstance(model, Blend) and {model.first.model, model.second.model} == {"rp3beta", "als"}
+    assert lake.read_json(models / "params.json")["model"]["model"] == "blend"
+    out = recommend(lenient, END)
+    assert out["users"] > 1_000 and out["short_lists"] == 0
+
+
+def test_blend_parts_need_two_families() -> None:
+    from recsys.core.holdout import blend_parts
+
+    one = [{"params": {"model": "als"}, "metrics": {"ndcg_at_k": 0.2}},
+           {"params": {"model": "als"}, "metrics": {"ndcg_at_k": 0.1}},
+           {"params": {"model": "ease"}, "metrics": {"ndcg_at_k": 0.3}, "cut": "screening rank 3"},
+           {"params": {"model": "rp3beta"}, "metrics": {"ndcg_at_k": 0.0, "skipped": "no"}}]
+    assert blend_parts(one) is None  # the other families were cut or stepped aside
+    two = [*one, {"params": {"model": "itemknn"}, "metrics": {"ndcg_at_k": 0.05}}]
+    assert blend_parts(two) == ({"model": "als"}, {"model": "itemknn"})

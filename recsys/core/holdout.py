@@ -4,6 +4,7 @@ of popularity or of the served champion on it."""
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,6 +18,7 @@ from recsys.core.grid import split_candidate
 from recsys.core.lists import ItemFilters, seen_matrix, serve_lists
 from recsys.core.metrics import evaluate_lists, intra_list_diversity_at_k, novelty_at_k
 from recsys.core.model import (
+    Blend,
     Factors,
     Model,
     ModelParams,
@@ -164,6 +166,55 @@ def score_candidate(settings: Settings, data: Holdout, candidate: dict[str, Any]
     model = train_model(matrix, params)
     ids, _ = serve_lists(settings, model, data.rows, matrix, data.seen, data.filters)
     return evaluate_holdout_lists(settings, data, ids)
+
+
+def blend_parts(results: list[dict[str, Any]]) -> tuple[dict[str, Any], dict[str, Any]] | None:
+    """The two candidates tonight's blends mix: the best fully evaluated one and the best fully
+    evaluated one of another family, or None when the results hold one family only."""
+    full = [r for r in results if not r["metrics"].get("skipped") and not r.get("cut")]
+    ranked = sorted(full, key=lambda r: -r["metrics"]["ndcg_at_k"])
+    if not ranked:
+        return None
+    first = ranked[0]
+    second = next((r for r in ranked[1:] if r["params"]["model"] != first["params"]["model"]), None)
+    return (first["params"], second["params"]) if second is not None else None
+
+
+def blend_candidate(first: dict[str, Any], second: dict[str, Any], weight: float) -> dict[str, Any]:
+    """The candidate of the blend ``weight`` x first + (1 - weight) x second. Its matrix is built
+    with the event weights and half-life of the part that reads them (ALS: the other families
+    see which pairs exist, the same pairs whatever the weights), else the first's."""
+    reads_weights = next((part for part in (first, second) if part["model"] == "als"), first)
+    parts = [split_candidate(part)[0].as_dict() for part in (first, second)]
+    return {"model": "blend", "blend_weight": float(weight), "parts": parts,
+            "event_weights": dict(reads_weights["event_weights"]),
+            "half_life_days": float(reads_weights["half_life_days"])}
+
+
+def score_blends(settings: Settings, data: Holdout, first: dict[str, Any], second: dict[str, Any],
+                 weights: tuple[float, ...]) -> list[dict[str, Any]]:
+    """Each blend of the two candidates (:func:`blend_candidate`, one per weight) scored on the
+    hold-out like a candidate: both parts are fit once, on the training days' matrix, and
+    every weight mixes their standardised scores. Returns {"params", "metrics", "seconds"} per
+    weight (seconds: the fits shared out, plus its own scoring)."""
+    started = time.perf_counter()
+    base = blend_candidate(first, second, weights[0])
+    params, event_weights, half_life = split_candidate(base)
+    matrix = confidence_matrix(data.events, event_weights, half_life).matrix
+    fitted = train_model(matrix, params)
+    assert isinstance(fitted, Blend)
+    fit_seconds = (time.perf_counter() - started) / len(weights)
+    results = []
+    for weight in weights:
+        scoring = time.perf_counter()
+        model = Blend(fitted.first, fitted.second, weight, fitted.first_params, fitted.second_params)
+        ids, _ = serve_lists(settings, model, data.rows, matrix, data.seen, data.filters)
+        metrics = evaluate_holdout_lists(settings, data, ids)
+        results.append({"params": blend_candidate(first, second, weight), "metrics": metrics,
+                        "seconds": round(fit_seconds + time.perf_counter() - scoring, 2)})
+        log.info("blend %.2f x %s + %.2f x %s: ndcg@%d=%.4f", weight, first["model"], 1 - weight, second["model"],
+                 settings.k, metrics["ndcg_at_k"])
+    return results
 
 
 def steps_aside(settings: Settings, family: str, items: int) -> str | None:

@@ -48,6 +48,7 @@ FAMILY_FIELDS: dict[str, tuple[str, ...]] = {
     "ease": ("ease_lambda",),
     "rp3beta": ("rp3_alpha", "rp3_beta", "neighbours"),
     "itemknn": ("similarity", "neighbours"),
+    "blend": ("blend_weight", "parts"),
 }
 
 
@@ -68,6 +69,8 @@ class ModelParams:
     rp3_beta: float = 0.5  # RP3beta: exponent of the popularity each item's column is divided by
     neighbours: int = 200  # RP3beta, item-kNN: the non-zeros kept per item row
     similarity: str = "bm25"  # item-kNN: implicit's "cosine", "bm25" or "tfidf" recommender
+    blend_weight: float = 0.5  # blend: the first part's share of the standardised scores
+    parts: tuple[dict[str, Any], ...] = ()  # blend: the two parts' ModelParams.as_dict()
 
     def as_dict(self) -> dict[str, Any]:
         """The family and the fields that matter to it (FAMILY_FIELDS; an unknown family keeps all)."""
@@ -91,8 +94,65 @@ class Factors:
         return self.item_factors[:, :-1] if self.model == "bpr" else self.item_factors
 
 
+@dataclass
+class Blend:
+    """Two fitted models of different families whose scores are mixed per user:
+    ``weight * z(first) + (1 - weight) * z(second)``, where ``z`` standardises a user's scores
+    over the items (mean 0, standard deviation 1), so neither family's scale decides. The
+    item-to-item lists (``item#``) are the first part's."""
+
+    first: Model
+    second: Model
+    weight: float
+    first_params: ModelParams
+    second_params: ModelParams
+    model: str = "blend"
+
+
 # What train_model returns and recommend_users / similar_items serve.
-Model = Factors | ItemModel
+Model = Factors | ItemModel | Blend
+
+
+def needs_history(model: Model) -> bool:
+    """True when the model scores users from their history rows (an item model, or a blend
+    with one): its callers pass the users x items matrix."""
+    if isinstance(model, Blend):
+        return needs_history(model.first) or needs_history(model.second)
+    return isinstance(model, ItemModel)
+
+
+def standardise_rows(scores: np.ndarray) -> np.ndarray:
+    """Each row minus its mean, divided by its standard deviation (a constant row becomes 0),
+    in place; returns it."""
+    scores -= scores.mean(axis=1, keepdims=True)
+    spread = scores.std(axis=1, keepdims=True)
+    scores /= np.where(spread > 0, spread, 1.0).astype(scores.dtype)
+    return scores
+
+
+def _row_scorer(model: Model, rows: np.ndarray, matrix: sp.csr_matrix | None) -> Callable[[int, int], np.ndarray]:
+    """``score(start, stop)``: the dense float32 scores (a new array) of the users at
+    ``rows[start:stop]``, for any family."""
+    if isinstance(model, ItemModel):
+        if matrix is None:
+            raise ValueError(f"{model.model} scores users from their history rows: pass the users x items matrix")
+        history = matrix[rows]
+        item_model = model
+        return lambda start, stop: item_model.score(history[start:stop])
+    if isinstance(model, Factors):
+        users = model.user_factors[rows]
+        items_t = np.ascontiguousarray(model.item_factors, dtype=np.float32).T
+        return lambda start, stop: np.ascontiguousarray(users[start:stop], dtype=np.float32) @ items_t
+    first, second = _row_scorer(model.first, rows, matrix), _row_scorer(model.second, rows, matrix)
+    weight = model.weight
+
+    def mixed(start: int, stop: int) -> np.ndarray:
+        scores = standardise_rows(first(start, stop))
+        scores *= np.float32(weight)
+        scores += np.float32(1.0 - weight) * standardise_rows(second(start, stop))
+        return scores
+
+    return mixed
 
 
 @dataclass
@@ -383,6 +443,11 @@ def train_model(matrix: sp.csr_matrix, params: ModelParams) -> Model:
 
     started = time.perf_counter()
     model: Model
+    if params.model == "blend":
+        if len(params.parts) != 2:
+            raise ValueError(f"a blend has two parts, got {len(params.parts)}")
+        first, second = (ModelParams(**dict(part)) for part in params.parts)
+        return Blend(train_model(matrix, first), train_model(matrix, second), params.blend_weight, first, second)
     if params.model == "ease":  # one Cholesky inversion: BLAS threads are all it spends
         model = ItemModel(fit_ease(matrix, params.ease_lambda), "ease")
     elif params.model == "rp3beta":
@@ -473,6 +538,7 @@ def fold_in(model: Model, params: ModelParams, history: sp.csr_matrix) -> Model:
     - ALS: each user's vector is its exact user step against the fixed item factors
       (:func:`fold_in_als`), what a full fit's last sweep gives (close, not equal: the fit's
       item factors moved after its last user step).
+    - a blend folds in each of its parts.
     - BPR has no closed-form user step (a least-squares solve against its embeddings ranked
       worse than its own users did on a two-block test): a user is the mean embedding of
       the items in their history, scaled to the mean length of the trained user vectors so
@@ -485,6 +551,10 @@ def fold_in(model: Model, params: ModelParams, history: sp.csr_matrix) -> Model:
                          f"{model_items(model)}; map the history to the model's items first")
     if isinstance(model, ItemModel):
         return model
+    if isinstance(model, Blend):
+        return Blend(fold_in(model.first, model.first_params, history),
+                     fold_in(model.second, model.second_params, history), model.weight, model.first_params,
+                     model.second_params)
     if model.model == "als":
         return Factors(fold_in_als(model.item_factors, history, params), model.item_factors, "als")
     touched = binary(history)
@@ -503,6 +573,10 @@ def reindex_items(model: Model, columns: np.ndarray, their: np.ndarray, n_items:
     the model's item ``their[j]``; an item it does not know gets a zero vector (factor models)
     or a zero row and column (item models), so the caller excludes those items. User factors
     are kept as they are."""
+    if isinstance(model, Blend):
+        return Blend(reindex_items(model.first, columns, their, n_items),
+                     reindex_items(model.second, columns, their, n_items), model.weight, model.first_params,
+                     model.second_params)
     if isinstance(model, Factors):
         items = np.zeros((n_items, model.item_factors.shape[1]), dtype=np.float32)
         items[columns] = model.item_factors[their]
@@ -626,6 +700,8 @@ def top_k_scores(
 
 def model_items(model: Model) -> int:
     """The number of items (columns) a model scores."""
+    if isinstance(model, Blend):
+        return model_items(model.first)
     return model.n_items if isinstance(model, ItemModel) else int(model.item_factors.shape[0])
 
 
@@ -643,7 +719,9 @@ def recommend_users(
     the model's columns, trained on or not: fold-in). Raises ValueError when an item model
     gets no matrix."""
     started = time.perf_counter()
-    if isinstance(model, ItemModel):
+    if isinstance(model, Blend):
+        ids, scores = _top_k(_row_scorer(model, rows, matrix), len(rows), model_items(model), seen, k, exclude_items)
+    elif isinstance(model, ItemModel):
         if matrix is None:
             raise ValueError(f"{model.model} scores users from their history rows: pass the users x items matrix")
         history = matrix[rows]
@@ -712,7 +790,10 @@ def cap_per_category(
 def similar_items(model: Model, k: int, exclude_items: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
     """Item-to-item top-k, never the item itself nor an excluded item. Factor models: cosine of
     the item vectors (``Factors.item_embeddings``); item models: the rows of their neighbour
-    matrix (EASE: columns of B), only the items a row links (a shorter list is padded)."""
+    matrix (EASE: columns of B), only the items a row links (a shorter list is padded); a
+    blend: its first part's."""
+    if isinstance(model, Blend):
+        return similar_items(model.first, k, exclude_items)
     if isinstance(model, Factors):
         vectors = model.item_embeddings
         norms = np.linalg.norm(vectors, axis=1, keepdims=True)

@@ -4,6 +4,7 @@ hold-out (``npz``), the model, and the champion record."""
 from __future__ import annotations
 
 import datetime as dt
+import json
 import logging
 import zipfile
 from collections.abc import Mapping
@@ -20,7 +21,7 @@ from recsys.config import Settings
 from recsys.core.families import ItemModel
 from recsys.core.holdout import Champion, ChampionUnavailable, Holdout
 from recsys.core.lists import ItemFilters
-from recsys.core.model import Factors, Model, PairEvents, model_items
+from recsys.core.model import Blend, Factors, Model, ModelParams, PairEvents, model_items
 from recsys.io import lake
 
 log = logging.getLogger(__name__)
@@ -141,23 +142,41 @@ def load_champion(settings: Settings, record: dict[str, Any]) -> Champion:
 
 
 def save_model(model: Model, path: Path) -> None:
-    """Save a model as ``.npz`` with its family: factors (``user_factors``, ``item_factors``), or
-    an item model's matrix, dense (EASE's B, float32) or as CSR arrays (``item_matrix_*``)."""
-    family = np.array(model.model)
+    """Save a model as ``.npz`` with its family: factors (``user_factors``, ``item_factors``), an
+    item model's matrix, dense (EASE's B, float32) or as CSR arrays (``item_matrix_*``), or a
+    blend's two parts under ``first.`` and ``second.`` with its weight and their parameters."""
+    np.savez(path, **_model_arrays(model, ""))  # type: ignore[arg-type]  # the **dict against allow_pickle
+
+
+def _model_arrays(model: Model, prefix: str) -> dict[str, np.ndarray]:
+    arrays: dict[str, np.ndarray] = {f"{prefix}model": np.array(model.model)}
+    if isinstance(model, Blend):
+        arrays[f"{prefix}blend_weight"] = np.array(model.weight)
+        arrays[f"{prefix}blend_params"] = np.array(json.dumps([model.first_params.as_dict(),
+                                                               model.second_params.as_dict()]))
+        return {**arrays, **_model_arrays(model.first, f"{prefix}first."),
+                **_model_arrays(model.second, f"{prefix}second.")}
     if isinstance(model, Factors):
-        np.savez(path, user_factors=model.user_factors, item_factors=model.item_factors, model=family)
-    elif isinstance(model.item_matrix, np.ndarray):
-        np.savez(path, item_matrix=model.item_matrix.astype(np.float32, copy=False), model=family)
-    else:  # the **dict against allow_pickle (see save_pair_events)
-        np.savez(path, **_csr_arrays("item_matrix", model.item_matrix), model=family)  # type: ignore[arg-type]
+        return {**arrays, f"{prefix}user_factors": model.user_factors, f"{prefix}item_factors": model.item_factors}
+    if isinstance(model.item_matrix, np.ndarray):
+        return {**arrays, f"{prefix}item_matrix": model.item_matrix.astype(np.float32, copy=False)}
+    return {**arrays, **_csr_arrays(f"{prefix}item_matrix", model.item_matrix)}
 
 
 def load_model(path: Path) -> Model:
     """The model saved by :func:`save_model` (a file without a family is ALS)."""
     with np.load(path, allow_pickle=False) as saved:
-        model = str(saved["model"]) if "model" in saved.files else "als"
-        if "item_matrix" in saved.files:
-            return ItemModel(saved["item_matrix"], model)
-        if "item_matrix_indptr" in saved.files:
-            return ItemModel(_csr_from(saved, "item_matrix"), model)
-        return Factors(saved["user_factors"], saved["item_factors"], model)
+        return _model_from(saved, "")
+
+
+def _model_from(saved: Any, prefix: str) -> Model:
+    model = str(saved[f"{prefix}model"]) if f"{prefix}model" in saved.files else "als"
+    if model == "blend":
+        first, second = (ModelParams(**params) for params in json.loads(str(saved[f"{prefix}blend_params"])))
+        return Blend(_model_from(saved, f"{prefix}first."), _model_from(saved, f"{prefix}second."),
+                     float(saved[f"{prefix}blend_weight"]), first, second)
+    if f"{prefix}item_matrix" in saved.files:
+        return ItemModel(saved[f"{prefix}item_matrix"], model)
+    if f"{prefix}item_matrix_indptr" in saved.files:
+        return ItemModel(_csr_from(saved, f"{prefix}item_matrix"), model)
+    return Factors(saved[f"{prefix}user_factors"], saved[f"{prefix}item_factors"], model)

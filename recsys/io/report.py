@@ -159,11 +159,17 @@ def _lift(model: float | None, baseline: float | None) -> str:
 
 
 def params_text(params: dict[str, Any], configured: dict[str, float] | None = None) -> str:
-    """``model=als, factors=64, …, weights=configured, half_life=0``: a candidate in one line.
+    """``model=als, factors=64, …, weights=configured, half_life=0``: a candidate in one line
+    (a blend: ``blend 0.5 x (model=rp3beta, …) + 0.5 x (model=als, …), weights=…``).
 
     Event weights read ``configured`` (RECSYS_EVENT_WEIGHTS), ``uniform`` (every type 1), or
     ``View:1 Purchase:20 …``; random_state is left out.
     """
+    if params.get("model") == "blend" and len(params.get("parts") or ()) == 2:
+        weight, (first, second) = float(params["blend_weight"]), params["parts"]
+        rest = {k: v for k, v in params.items() if k in ("event_weights", "half_life_days")}
+        return (f"blend {weight:g} x ({params_text(first)}) + {1 - weight:g} x ({params_text(second)})"
+                + (f", {params_text(rest, configured)}" if rest else ""))
     order = ("model", "factors", "regularization", "alpha", "weighting", "learning_rate", "iterations",
              "ease_lambda", "rp3_alpha", "rp3_beta", "similarity", "neighbours")
     parts = []

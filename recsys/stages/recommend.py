@@ -14,7 +14,6 @@ import pyarrow.parquet as pq
 
 from recsys import datasets
 from recsys.config import Settings
-from recsys.core.families import ItemModel
 from recsys.core.lists import (
     ItemFilters,
     lists_table,
@@ -22,7 +21,7 @@ from recsys.core.lists import (
     seen_matrix,
     serve_lists,
 )
-from recsys.core.model import confidence_matrix, model_items, similar_items
+from recsys.core.model import confidence_matrix, model_items, needs_history, similar_items
 from recsys.io import lake
 from recsys.io.artifacts import load_model, load_window_events
 from recsys.io.sources.files import read_catalog
@@ -64,7 +63,7 @@ def recommend(settings: Settings, day: dt.date) -> dict[str, Any]:
     seen = seen_matrix(settings, events)
     # An item model scores each user's history: the matrix it was trained on, rebuilt the same way.
     history = (confidence_matrix(events, params["event_weights"], params["half_life_days"]).matrix
-               if isinstance(model, ItemModel) else None)
+               if needs_history(model) else None)
     del events
     filters = ItemFilters.from_catalog(read_catalog(settings.catalog), items)
     batch = settings.recommend_batch_users

@@ -16,20 +16,29 @@ import pyarrow.parquet as pq
 
 from recsys import datasets
 from recsys.config import Settings
-from recsys.core.families import ItemModel
 from recsys.core.gate import QualityGateError, check_gate
 from recsys.core.grid import make_candidate, split_candidate
 from recsys.core.holdout import (
     ChampionUnavailable,
     Holdout,
+    blend_parts,
     sample_rows,
+    score_blends,
     score_candidate,
     score_champion,
     score_popularity,
 )
 from recsys.core.lists import ItemFilters, seen_matrix, serve_lists
 from recsys.core.metrics import jaccard_at_k
-from recsys.core.model import Model, PairEvents, UserItemMatrix, confidence_matrix, fingerprint, train_model
+from recsys.core.model import (
+    Model,
+    PairEvents,
+    UserItemMatrix,
+    confidence_matrix,
+    fingerprint,
+    needs_history,
+    train_model,
+)
 from recsys.core.window import Window
 from recsys.io import lake
 from recsys.io.artifacts import (
@@ -50,7 +59,8 @@ GRID_METRICS = ("ndcg_at_k", "map_at_k", "precision_at_k", "recall_at_k", "catal
 
 
 def train(settings: Settings, day: dt.date, results: list[dict[str, Any]] | None = None) -> dict[str, Any]:
-    """Pick the best candidate on NDCG@k (never one that stepped aside), gate it against
+    """Pick the best candidate on NDCG@k (never one that stepped aside; blends of the best two
+    families join the results first, :func:`recsys.core.holdout.score_blends`), gate it against
     popularity, train it (its family, event weights and half-life) on the whole window and
     write ``lake/models/dt=D/`` (model.npz, users/items.parquet, params.json, metrics.json
     with every candidate).
@@ -67,6 +77,9 @@ def train(settings: Settings, day: dt.date, results: list[dict[str, Any]] | None
         candidate = make_candidate(settings)
         results = [{"params": candidate, "metrics": score_candidate(settings, data, candidate),
                     "seconds": round(time.perf_counter() - started, 2)}]
+    pair = blend_parts(results) if settings.blend_weights else None
+    if pair is not None:
+        results = [*results, *score_blends(settings, data, *pair, settings.blend_weights)]
     ranked = sorted(results, key=lambda r: (bool(r["metrics"].get("skipped")), -r["metrics"]["ndcg_at_k"]))
     if ranked[0]["metrics"].get("skipped"):
         raise ValueError(f"every candidate stepped aside ({ranked[0]['metrics']['skipped']}): add a family that can "
@@ -208,7 +221,7 @@ def night_to_night_churn(
                       pc.fill_null(column, 0).to_numpy(zero_copy_only=False), unknown)
     previous[row.astype(np.int64), before["rank"].to_numpy().astype(np.int64) - 1] = column
     filters = ItemFilters.from_catalog(read_catalog(settings.catalog), full.item_ids)
-    ids, _ = serve_lists(settings, model, rows, full.matrix if isinstance(model, ItemModel) else None,
+    ids, _ = serve_lists(settings, model, rows, full.matrix if needs_history(model) else None,
                          seen_matrix(settings, events)[rows], filters)
     compared = int(np.count_nonzero((ids >= 0).any(axis=1) & (previous >= 0).any(axis=1)))
     churn = {"previous_run_date": earlier[-1].isoformat(), "jaccard_at_k": jaccard_at_k(ids, previous, settings.k),
