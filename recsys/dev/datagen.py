@@ -11,7 +11,12 @@ recommender needs to prove itself on:
 * long-tailed user activity, events grouped into sessions spread over the days;
 * planted taste: each user prefers one or two categories and keeps returning to a
   personal pool of items in them, so the items a user touches in the last days can be
-  predicted from the earlier days far better than by a global popularity list.
+  predicted from the earlier days far better than by a global popularity list;
+* item-to-item structure, as in a real shop's log: within a session a shopper often goes
+  on to an item co-viewed with the one before (a variant of the same product line, or a
+  complement from another category), which a low-rank taste model does not capture and an
+  item-to-item model does;
+* a little drift: some shoppers take up a new category partway through the period.
 
 Everything is drawn from one ``numpy.random.default_rng(seed)`` stream in a fixed order,
 so the same arguments give the same tables. The work is vectorised: there are loops per
@@ -50,7 +55,7 @@ CATEGORY_NAMES: tuple[str, ...] = (
 )
 
 INACTIVE_SHARE = 0.03
-ZIPF_EXPONENT = 1.1  # within-category popularity: rank r gets weight 1 / r**s
+ZIPF_EXPONENT = 1.2  # within-category popularity: rank r gets weight 1 / r**s
 POOL_SIZE_RANGE = (20, 60)
 POOL_POPULARITY_EXPONENT = 0.5
 # Where a view's item comes from. Pool + category keep ~85% of a user's events in their
@@ -58,6 +63,13 @@ POOL_POPULARITY_EXPONENT = 0.5
 SOURCE_SHARES = {"pool": 0.70, "category": 0.12, "explore": 0.18}
 EXPLORE_UNIFORM_SHARE = 0.3  # part of exploration that ignores popularity (reaches the tail)
 MEAN_EVENTS_PER_SESSION = 4.0
+# Co-viewed items: a view that follows another of the same user within CO_VIEW_GAP_SECONDS is,
+# with this probability, one of that item's co-viewed items instead of an independent pick.
+CO_VIEW_SHARE = 0.4
+CO_VIEW_GAP_SECONDS = 30 * 60
+LINE_NEIGHBOURS = 3  # co-viewed variants: the items next to it in its product line (its category's rank order)
+COMPLEMENTS = 1  # co-viewed complements: popular items of one other category
+DRIFT_SHARE = 0.25  # shoppers who take up a new category at a random time of the period
 MEAN_SESSION_SECONDS = 15 * 60.0
 MEAN_FUNNEL_DELAY_SECONDS = 90.0
 # Shoppers come in the evening more than at night (UTC treated as the store's local time).
@@ -259,8 +271,11 @@ def generate_events(
     pool_ptr, pool_item, pool_cum = _personal_pools(rng, catalog, prefs, pref_weight)
 
     view_user = np.repeat(np.arange(users, dtype=np.int64), views_per_user)
-    view_item = _draw_view_items(rng, catalog, view_user, prefs, pref_weight, pool_ptr, pool_item, pool_cum)
     view_ts = _draw_view_times(rng, view_user, views_per_user, days, first_date)
+    drifted = _drift(rng, catalog.category_weight, prefs, view_user, view_ts, first_date, days)
+    view_item = _draw_view_items(rng, catalog, view_user, prefs, pref_weight, pool_ptr, pool_item, pool_cum,
+                                 drifted)
+    view_item = _co_view(rng, co_viewed_items(rng, catalog), view_user, view_item, view_ts)
 
     # The funnel: each later stage picks distinct events of the stage before and follows
     # them on the same user and item after a short delay.
@@ -408,8 +423,10 @@ def _draw_view_items(
     pool_ptr: np.ndarray,
     pool_item: np.ndarray,
     pool_cum: np.ndarray,
+    drifted: np.ndarray,
 ) -> np.ndarray:
-    """The item of each view: from the user's pool, their categories, or exploration."""
+    """The item of each view: from the user's pool, their categories (``drifted``: the category
+    a view's category pick goes to instead, -1 for none), or exploration."""
     n = view_user.size
     shares = np.array(list(SOURCE_SHARES.values()))
     source = np.searchsorted(np.cumsum(shares), rng.random(n) * shares.sum(), side="right")
@@ -423,7 +440,7 @@ def _draw_view_items(
     from_cat = source == 1
     users_c = view_user[from_cat]
     slot = (rng.random(users_c.size) >= pref_weight[users_c, 0]).astype(np.int64)
-    category = prefs[users_c, slot]
+    category = np.where(drifted[from_cat] >= 0, drifted[from_cat], prefs[users_c, slot])
     by_category = np.argsort(catalog.category, kind="stable")
     cat_ptr = np.concatenate(([0], np.cumsum(np.bincount(catalog.category, minlength=catalog.category_weight.size))))
     cat_cum = _segment_cumsum(
@@ -437,6 +454,72 @@ def _draw_view_items(
     mix = (1 - EXPLORE_UNIFORM_SHARE) * catalog.popularity + EXPLORE_UNIFORM_SHARE / n_items
     item[explore] = np.minimum(np.searchsorted(np.cumsum(mix), rng.random(int(explore.sum())) * mix.sum()), n_items - 1)
     return item
+
+
+def co_viewed_items(rng: np.random.Generator, catalog: Catalog) -> np.ndarray:
+    """Each item's co-viewed items, (items, LINE_NEIGHBOURS + COMPLEMENTS): the items around it
+    in its product line (its category in popularity order: the two before it and the one after,
+    reflected at the ends of the line) and popular items of one other category, its category's complement (drawn by
+    that category's popularity). An item alone in its category lists itself as its variants."""
+    items, categories = catalog.category.size, catalog.category_weight.size
+    order = np.lexsort((-catalog.within_category, catalog.category))  # by category, then popularity
+    sizes = np.bincount(catalog.category, minlength=categories)
+    starts = np.concatenate(([0], np.cumsum(sizes)[:-1]))
+    position = np.empty(items, dtype=np.int64)
+    position[order] = np.arange(items) - np.repeat(starts, sizes)
+    cat = catalog.category
+    neighbours = np.empty((items, LINE_NEIGHBOURS + COMPLEMENTS), dtype=np.int64)
+    for column, step in enumerate((-1, -2, 1)[:LINE_NEIGHBOURS]):
+        # At either end of a line the step is reflected (never a wrap from the head to the tail).
+        moved = position + step
+        moved = np.where((moved < 0) | (moved >= sizes[cat]), position - step, moved)
+        neighbours[:, column] = order[starts[cat] + np.clip(moved, 0, sizes[cat] - 1)]
+    complement_of = (np.arange(categories) + 1 + rng.integers(0, max(categories - 1, 1), size=categories)) % categories
+    by_category = np.argsort(catalog.category, kind="stable")
+    cat_ptr = np.concatenate(([0], np.cumsum(sizes)))
+    cat_cum = _segment_cumsum(catalog.within_category[by_category], catalog.category[by_category], categories)
+    for column in range(LINE_NEIGHBOURS, LINE_NEIGHBOURS + COMPLEMENTS):
+        neighbours[:, column] = by_category[_pick_in_segments(rng, cat_cum, cat_ptr, complement_of[cat])]
+    return neighbours
+
+
+def _co_view(
+    rng: np.random.Generator, neighbours: np.ndarray, view_user: np.ndarray, view_item: np.ndarray,
+    view_ts: np.ndarray,
+) -> np.ndarray:
+    """The views with co-viewing: a view that follows one of the same user within
+    CO_VIEW_GAP_SECONDS becomes, with probability CO_VIEW_SHARE, a co-viewed item of the item
+    drawn for the view before it (one step from the independent picks, so no long chains)."""
+    order = np.lexsort((view_ts, view_user))
+    user, item, ts = view_user[order], view_item[order], view_ts[order]
+    follows = np.zeros(user.size, dtype=bool)
+    follows[1:] = (user[1:] == user[:-1]) & (ts[1:] - ts[:-1] <= CO_VIEW_GAP_SECONDS * US_PER_SECOND)
+    switch = follows & (rng.random(user.size) < CO_VIEW_SHARE)
+    previous = np.concatenate(([0], item[:-1]))
+    picked = item.copy()
+    column = rng.integers(0, neighbours.shape[1], size=int(switch.sum()))
+    picked[switch] = neighbours[previous[switch], column]
+    out = np.empty_like(view_item)
+    out[order] = picked
+    return out
+
+
+def _drift(
+    rng: np.random.Generator, category_weight: np.ndarray, prefs: np.ndarray, view_user: np.ndarray,
+    view_ts: np.ndarray, first_date: dt.date, days: int,
+) -> np.ndarray:
+    """Per view, the category a drifting shopper has taken up by then, or -1: DRIFT_SHARE of the
+    users get a new category (by appeal, not one of theirs) from a random moment of the period;
+    from then on their category picks go to it (with two categories or fewer nobody drifts)."""
+    users, categories = prefs.shape[0], category_weight.size
+    drifting = np.asarray(rng.random(users) < DRIFT_SHARE, dtype=bool)
+    keys = np.log(category_weight)[None, :] + rng.gumbel(size=(users, categories))
+    if categories > 2:
+        np.put_along_axis(keys, prefs, -np.inf, axis=1)  # a category they do not already like
+    new = np.argmax(keys, axis=1)
+    start = _epoch_us(first_date) + np.asarray(rng.random(users) * days * US_PER_DAY, dtype=np.int64)
+    taken_up = drifting[view_user] & (view_ts >= start[view_user]) & (categories > 2)
+    return np.asarray(np.where(taken_up, new[view_user], -1), dtype=np.int64)
 
 
 def _draw_view_times(
