@@ -18,6 +18,10 @@ Each task reads and writes only its own lake partition `dt=<run date>`, so a rer
 date replaces that date and nothing else. The run date is the data interval start; a manual
 run without a logical date processes the day before it was triggered, or the `run_date` Param.
 Settings come from `RECSYS_*` variables; the Params below override them for one run.
+
+A task that fails for good, and a quality gate that refuses tonight's model, send an alert
+(the log, and e-mail, Slack or a webhook as configured: `RECSYS_ALERT_*`); with
+`RECSYS_PUBLISH_DEADLINE` set, so does a run whose lists are not published by then (UTC).
 """
 
 from __future__ import annotations
@@ -26,18 +30,34 @@ import datetime as dt
 from typing import Any
 
 from airflow.sdk import CronDataIntervalTimetable, Param, dag, task
+from airflow.sdk.definitions.callback import SyncCallback
+from airflow.sdk.definitions.deadline import DeadlineAlert, DeadlineReference
 
-from recsys.config import dag_params, publish_pool_from_env, run_limits_from_env
-from recsys.io.alerts import FailureAlert
+from recsys.alerts import FailureAlert, notify_missed_deadline
+from recsys.config import (
+    dag_params,
+    publish_deadline_from_env,
+    publish_pool_from_env,
+    run_limits_from_env,
+)
 
 TASK_TIMEOUT_MINUTES, RUN_TIMEOUT_HOURS = run_limits_from_env()
+# RECSYS_PUBLISH_DEADLINE (HH:MM UTC): an alert when the lists of run date D are not served by
+# then on D+1 (the logical date is D 00:00); a run that succeeds in time clears its deadline.
+PUBLISH_DEADLINE = publish_deadline_from_env()
+DEADLINE = (
+    DeadlineAlert(reference=DeadlineReference.DAGRUN_LOGICAL_DATE, interval=PUBLISH_DEADLINE,
+                  callback=SyncCallback(notify_missed_deadline), name="lists published")
+    if PUBLISH_DEADLINE is not None
+    else None
+)
 DEFAULT_ARGS = {
     "owner": "recsys",
     "retries": 2,
     "retry_delay": dt.timedelta(minutes=2),
     "retry_exponential_backoff": True,
     # A hung call fails its task (and is retried) instead of holding the night; a task that
-    # fails for good is logged and sent to RECSYS_ALERT_WEBHOOK.
+    # fails for good is alerted (recsys.alerts: log, e-mail, Slack, webhook).
     "execution_timeout": dt.timedelta(minutes=TASK_TIMEOUT_MINUTES),
     "on_failure_callback": FailureAlert(),
 }
@@ -53,6 +73,7 @@ DEFAULT_ARGS = {
     max_active_runs=1,
     # One run at a time: a run that hangs must end before the next night's is due.
     dagrun_timeout=dt.timedelta(hours=RUN_TIMEOUT_HOURS),
+    deadline=DEADLINE,
     default_args=DEFAULT_ARGS,
     tags=["recsys", "recommendations", "dynamodb"],
     doc_md=__doc__,
