@@ -12,7 +12,9 @@ the held-out newest days) →
 `force_publish` Param is set; else splits the users into `publish_shards` ranges) →
 `publish_shard` (one mapped task per shard, in the Airflow pool `recsys_dynamodb` or
 `RECSYS_PUBLISH_POOL`, which bounds how many write to DynamoDB at once) →
-`finish_publish` (marks the run served in `__meta__` once every shard succeeded) → `verify`.
+`finish_publish` (marks the run served in `__meta__` once every shard succeeded; updates the Asset
+`dynamodb://<region>/<table>` with the run date and model version in the event's extra) → `verify`.
+`recommend` updates the Asset of the lake's `recommendations` dataset the same way.
 
 Each task reads and writes only its own lake partition `dt=<run date>`, so a rerun of a
 date replaces that date and nothing else. The run date is the data interval start; a manual
@@ -29,12 +31,13 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
-from airflow.sdk import CronDataIntervalTimetable, Param, dag, task
+from airflow.sdk import Asset, CronDataIntervalTimetable, Param, dag, task
 from airflow.sdk.definitions.callback import SyncCallback
 from airflow.sdk.definitions.deadline import DeadlineAlert, DeadlineReference
 
 from recsys.alerts import FailureAlert, notify_missed_deadline
 from recsys.config import (
+    asset_uris_from_env,
     dag_params,
     publish_deadline_from_env,
     publish_pool_from_env,
@@ -42,6 +45,10 @@ from recsys.config import (
 )
 
 TASK_TIMEOUT_MINUTES, RUN_TIMEOUT_HOURS = run_limits_from_env()
+# What downstream DAGs can be scheduled on: the serving table, updated by finish_publish once a
+# run's lists are served, and the lake's recommendations, a partition of which recommend writes.
+SERVING_TABLE_URI, RECOMMENDATIONS_URI = asset_uris_from_env()
+SERVING_TABLE, RECOMMENDATIONS = Asset(SERVING_TABLE_URI), Asset(RECOMMENDATIONS_URI)
 # RECSYS_PUBLISH_DEADLINE (HH:MM UTC): an alert when the lists of run date D are not served by
 # then on D+1 (the logical date is D 00:00); a run that succeeds in time clears its deadline.
 PUBLISH_DEADLINE = publish_deadline_from_env()
@@ -132,12 +139,14 @@ def recsys_nightly() -> None:
 
         return run_stage(stage, mapped_results(results))
 
-    @task
+    @task(outlets=[RECOMMENDATIONS])
     def recommend(trained: dict[str, Any]) -> dict[str, Any]:
-        from recsys.runtime import run_stage
+        from recsys.runtime import record_asset_event, run_stage
         from recsys.stages.recommend import recommend as stage
 
-        return run_stage(stage)
+        recommended = run_stage(stage)
+        record_asset_event(RECOMMENDATIONS, recommended, ("run_date", "model_version", "partition"))
+        return recommended
 
     @task
     def plan_publish(recommended: dict[str, Any]) -> list[dict[str, Any]]:
@@ -153,12 +162,14 @@ def recsys_nightly() -> None:
 
         return run_stage(stage, shard)
 
-    @task
+    @task(outlets=[SERVING_TABLE])
     def finish_publish(shards: list[dict[str, Any]], results: list[dict[str, Any]]) -> dict[str, Any]:
-        from recsys.runtime import mapped_results, run_stage
+        from recsys.runtime import mapped_results, record_asset_event, run_stage
         from recsys.stages.publish import finish_publish as stage
 
-        return run_stage(stage, list(shards), mapped_results(results))
+        published = run_stage(stage, list(shards), mapped_results(results))
+        record_asset_event(SERVING_TABLE, published, ("run_date", "model_version"))
+        return published
 
     @task
     def verify(published: dict[str, Any]) -> dict[str, Any]:

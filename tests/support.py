@@ -398,3 +398,18 @@ class SmtpReceiver:
 
     def __exit__(self, *exc: object) -> None:
         self.controller.stop()
+
+
+def asset_events(uri: str) -> list[dict[str, Any]]:
+    """The ``extra`` of every event of the Asset ``uri`` in the Airflow metadata DB, oldest first,
+    with the DAG and task that emitted it (``source``)."""
+    from airflow.models.asset import AssetEvent, AssetModel
+    from airflow.utils.session import create_session
+    from sqlalchemy import select
+
+    with create_session() as session:
+        events = session.scalars(
+            select(AssetEvent).join(AssetModel, AssetEvent.asset_id == AssetModel.id)
+            .where(AssetModel.uri == uri).order_by(AssetEvent.timestamp, AssetEvent.id)
+        ).all()
+        return [{**(event.extra or {}), "source": f"{event.source_dag_id}.{event.source_task_id}"} for event in events]
