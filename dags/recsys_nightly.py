@@ -18,13 +18,19 @@ promoted candidate, scored on the held-out newest days) →
 `force_publish` Param is set; else splits the users into `publish_shards` ranges) →
 `publish_shard` (one mapped task per shard, in the Airflow pool `recsys_dynamodb` or
 `RECSYS_PUBLISH_POOL`, which bounds how many write to DynamoDB at once) →
-`finish_publish` (marks the run served in `__meta__` once every shard succeeded) → `verify`.
+`finish_publish` (marks the run served in `__meta__` once every shard succeeded; updates the Asset
+`dynamodb://<region>/<table>` with the run date and model version in the event's extra) → `verify`.
+`recommend` updates the Asset of the lake's `recommendations` dataset the same way.
 
 Each task reads and writes only its own lake partition `dt=<run date>`, so a rerun of a
 date replaces that date and nothing else. The run date is the data interval start; a manual
 run without a logical date, or a run scheduled on `RECSYS_SOURCE_ASSET` (the exporter's Asset,
 instead of 00:00 UTC), processes the day before it was triggered, or the `run_date` Param.
 Settings come from `RECSYS_*` variables; the Params below override them for one run.
+
+A task that fails for good, and a quality gate that refuses tonight's model, send an alert
+(the log, and e-mail, Slack or a webhook as configured: `RECSYS_ALERT_*`); with
+`RECSYS_PUBLISH_DEADLINE` set, so does a run whose lists are not published by then (UTC).
 """
 
 from __future__ import annotations
@@ -33,20 +39,43 @@ import datetime as dt
 from typing import Any
 
 from airflow.sdk import Asset, CronDataIntervalTimetable, Param, dag, task
+from airflow.sdk.definitions.callback import SyncCallback
+from airflow.sdk.definitions.deadline import DeadlineAlert, DeadlineReference
 
-from recsys.config import dag_params, publish_pool_from_env, run_limits_from_env, source_asset_from_env
-from recsys.io.alerts import FailureAlert
+from recsys.alerts import FailureAlert, notify_missed_deadline
+from recsys.config import (
+    asset_uris_from_env,
+    dag_params,
+    publish_deadline_from_env,
+    publish_pool_from_env,
+    run_limits_from_env,
+    source_asset_from_env,
+)
 from recsys.stages.wait_for_data import WaitForData
 
 TASK_TIMEOUT_MINUTES, RUN_TIMEOUT_HOURS = run_limits_from_env()
 SOURCE_ASSET = source_asset_from_env()
+# What downstream DAGs can be scheduled on: the serving table, updated by finish_publish once a
+# run's lists are served, and the lake's recommendations, a partition of which recommend writes.
+SERVING_TABLE_URI, RECOMMENDATIONS_URI = asset_uris_from_env()
+SERVING_TABLE, RECOMMENDATIONS = Asset(SERVING_TABLE_URI), Asset(RECOMMENDATIONS_URI)
+# RECSYS_PUBLISH_DEADLINE (HH:MM UTC): an alert when the lists of run date D are not served by
+# then on D+1 (the logical date is D 00:00); a run that succeeds in time clears its deadline. A
+# run scheduled on RECSYS_SOURCE_ASSET has no logical date, so no deadline applies to it.
+PUBLISH_DEADLINE = publish_deadline_from_env()
+DEADLINE = (
+    DeadlineAlert(reference=DeadlineReference.DAGRUN_LOGICAL_DATE, interval=PUBLISH_DEADLINE,
+                  callback=SyncCallback(notify_missed_deadline), name="lists published")
+    if PUBLISH_DEADLINE is not None
+    else None
+)
 DEFAULT_ARGS = {
     "owner": "recsys",
     "retries": 2,
     "retry_delay": dt.timedelta(minutes=2),
     "retry_exponential_backoff": True,
     # A hung call fails its task (and is retried) instead of holding the night; a task that
-    # fails for good is logged and sent to RECSYS_ALERT_WEBHOOK.
+    # fails for good is alerted (recsys.alerts: log, e-mail, Slack, webhook).
     "execution_timeout": dt.timedelta(minutes=TASK_TIMEOUT_MINUTES),
     "on_failure_callback": FailureAlert(),
 }
@@ -63,6 +92,7 @@ DEFAULT_ARGS = {
     max_active_runs=1,
     # One run at a time: a run that hangs must end before the next night's is due.
     dagrun_timeout=dt.timedelta(hours=RUN_TIMEOUT_HOURS),
+    deadline=DEADLINE,
     default_args=DEFAULT_ARGS,
     tags=["recsys", "recommendations", "dynamodb"],
     doc_md=__doc__,
@@ -135,12 +165,14 @@ def recsys_nightly() -> None:
 
         return run_stage(stage, mapped_results(results))
 
-    @task
+    @task(outlets=[RECOMMENDATIONS])
     def recommend(trained: dict[str, Any]) -> dict[str, Any]:
-        from recsys.runtime import run_stage
+        from recsys.runtime import record_asset_event, run_stage
         from recsys.stages.recommend import recommend as stage
 
-        return run_stage(stage)
+        recommended = run_stage(stage)
+        record_asset_event(RECOMMENDATIONS, recommended, ("run_date", "model_version", "partition"))
+        return recommended
 
     @task
     def plan_publish(recommended: dict[str, Any]) -> list[dict[str, Any]]:
@@ -156,12 +188,14 @@ def recsys_nightly() -> None:
 
         return run_stage(stage, shard)
 
-    @task
+    @task(outlets=[SERVING_TABLE])
     def finish_publish(shards: list[dict[str, Any]], results: list[dict[str, Any]]) -> dict[str, Any]:
-        from recsys.runtime import mapped_results, run_stage
+        from recsys.runtime import mapped_results, record_asset_event, run_stage
         from recsys.stages.publish import finish_publish as stage
 
-        return run_stage(stage, list(shards), mapped_results(results))
+        published = run_stage(stage, list(shards), mapped_results(results))
+        record_asset_event(SERVING_TABLE, published, ("run_date", "model_version"))
+        return published
 
     @task
     def verify(published: dict[str, Any]) -> dict[str, Any]:

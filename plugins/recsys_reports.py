@@ -1,9 +1,9 @@
 """Airflow UI plugin: the nightly model reports of recsys, one click from the Airflow UI.
 
-A FastAPI app mounted on the api-server at ``/recsys`` serves the reports that the train
-task writes to ``lake/reports/dt=D/report.html`` (a local lake or S3, read through
-:mod:`recsys.io.lake`); an external view adds "Recsys reports" to
-the navigation and a "Model report" tab to the DAG's page.
+A FastAPI app mounted on the api-server at ``/recsys``, behind the api-server's login (read
+access to the recsys_nightly DAG), serves the reports that the train task writes to
+``lake/reports/dt=D/report.html`` (a local lake or S3, read through :mod:`recsys.io.lake`); an
+external view adds "Recsys reports" to the navigation and a "Model report" tab to the DAG's page.
 """
 
 from __future__ import annotations
@@ -11,15 +11,24 @@ from __future__ import annotations
 import datetime as dt
 import html
 
+from airflow.api_fastapi.core_api.security import requires_access_dag
 from airflow.plugins_manager import AirflowPlugin
-from fastapi import FastAPI, HTTPException
+from fastapi import Depends, FastAPI, HTTPException
 from fastapi.responses import FileResponse, HTMLResponse
 
 from recsys import datasets
 from recsys.config import Settings
 from recsys.io import lake
 
-app = FastAPI(title="recsys reports", description="Nightly model reports of the recsys_nightly DAG")
+# Every route needs a user the api-server's auth manager knows (a JWT, as the Authorization
+# bearer or the UI's session cookie) who may read the recsys_nightly DAG: 401 without a token,
+# 403 with an invalid one or without that permission. The reports show the model's figures and
+# the lake's layout, which are not for anyone who can reach the api-server's port.
+app = FastAPI(
+    title="recsys reports",
+    description="Nightly model reports of the recsys_nightly DAG",
+    dependencies=[Depends(requires_access_dag("GET", param_dag_id="recsys_nightly"))],
+)
 
 
 def _lake() -> str:

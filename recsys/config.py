@@ -40,6 +40,8 @@ from pydantic_settings import (
     SettingsConfigDict,
 )
 
+from recsys import datasets
+
 DEFAULT_EVENT_WEIGHTS: dict[str, float] = {
     "View": 1.0,
     "AddToCart": 4.0,
@@ -76,6 +78,7 @@ MODELS = ("als", "bpr", "ease", "rp3beta", "itemknn")
 WEIGHTINGS = ("log", "bm25")
 SIMILARITIES = ("cosine", "bm25", "tfidf")  # item-kNN: implicit's item-item recommenders
 # DuckDB's memory_limit: a number and a unit (DuckDB spills to temp_directory beyond it).
+DEADLINE = re.compile(r"([01]\d|2[0-3]):[0-5]\d")  # RECSYS_PUBLISH_DEADLINE, HH:MM
 MEMORY_LIMIT = re.compile(r"\d+(\.\d+)?\s*(B|KB|MB|GB|TB|KiB|MiB|GiB|TiB)", re.IGNORECASE)
 DEFAULT_PUBLISH_POOL = "recsys_dynamodb"
 DEFAULT_SOURCE_CONN_ID = "recsys_source"
@@ -781,9 +784,33 @@ class Settings(BaseSettings):
     )
     alert_webhook: str | None = Field(
         default=None,
-        description="When a task of the nightly fails for good: the failure is logged at ERROR and, when set, "
-        "POSTed as JSON (`{\"text\": ...}`, as Slack and Teams incoming webhooks take) to this URL",
+        description="Where alerts (a task of the nightly failed for good, the quality gate refused the model, "
+        "the publish deadline passed) are POSTed as JSON (`{\"text\": ...}`, as Slack and Teams incoming "
+        "webhooks take); every alert is logged at ERROR in any case",
         json_schema_extra=_meta(_RUNS, strip=True, default_doc="empty (log only)"),
+    )
+    alert_smtp_conn_id: str | None = Field(
+        default=None,
+        description="The Airflow connection (type `smtp`) that failure, quality-gate and deadline alerts are "
+        "e-mailed through, to `RECSYS_ALERT_EMAIL_TO`; its extra `from_email` is the sender",
+        json_schema_extra=_meta(_RUNS, strip=True, default_doc="empty (no e-mail)"),
+    )
+    alert_email_to: Annotated[tuple[str, ...], BeforeValidator(_comma_list)] = Field(
+        default=(),
+        description="Who the alert e-mails go to, comma-separated (needed with `RECSYS_ALERT_SMTP_CONN_ID`)",
+        json_schema_extra=_meta(_RUNS, default_doc="empty"),
+    )
+    alert_slack_conn_id: str | None = Field(
+        default=None,
+        description="An Airflow Slack incoming-webhook connection (type `slackwebhook`) the alerts are posted "
+        "to; needs the Slack provider (`apache-airflow-providers-slack`), which recsys does not install",
+        json_schema_extra=_meta(_RUNS, strip=True, default_doc="empty (no Slack)"),
+    )
+    publish_deadline: str | None = Field(
+        default=None,
+        description="`HH:MM` (UTC): a nightly run whose lists are not published by then, on the day after its "
+        "run date, sends a deadline alert (an Airflow DeadlineAlert); the run itself goes on",
+        json_schema_extra=_meta(_RUNS, strip=True, default_doc="empty (no deadline)"),
     )
 
     # Local Airflow stack
@@ -965,6 +992,16 @@ class Settings(BaseSettings):
             raise ConfigError(f"RECSYS_WAIT_POKE_SECONDS must be at least 1, got {self.wait_poke_seconds}")
         if self.wait_timeout < 0:
             raise ConfigError(f"RECSYS_WAIT_TIMEOUT must be 0 (check once) or more, got {self.wait_timeout}")
+        if self.publish_deadline is not None and not DEADLINE.fullmatch(self.publish_deadline):
+            raise ConfigError(
+                f"RECSYS_PUBLISH_DEADLINE: expected a UTC time of day HH:MM such as 06:30, "
+                f"got {self.publish_deadline!r}"
+            )
+        if self.alert_smtp_conn_id and not self.alert_email_to:
+            raise ConfigError(
+                f"RECSYS_ALERT_SMTP_CONN_ID is {self.alert_smtp_conn_id!r} but RECSYS_ALERT_EMAIL_TO is empty: "
+                "set it to the addresses the alerts go to, comma-separated"
+            )
         if self.recommend_batch_users < 1:
             raise ConfigError(f"recommend_batch_users must be at least 1, got {self.recommend_batch_users}")
         if self.validate_chunk_rows < 1:
@@ -1107,6 +1144,37 @@ def run_limits_from_env(env: Mapping[str, str] | None = None) -> tuple[int, int]
 def source_asset_from_env(env: Mapping[str, str] | None = None) -> str | None:
     """``RECSYS_SOURCE_ASSET``: the Asset URI the nightly is scheduled on, or None for the 00:00 UTC cron."""
     return _only(("source_asset",), env).source_asset
+
+
+def publish_deadline_from_env(env: Mapping[str, str] | None = None) -> dt.timedelta | None:
+    """``RECSYS_PUBLISH_DEADLINE`` as the time after a run's logical date (its run date, 00:00 UTC)
+    by which its lists must be published: ``HH:MM`` on the following day; None when unset."""
+    deadline = _only(("publish_deadline",), env).publish_deadline
+    if deadline is None:
+        return None
+    hours, minutes = deadline.split(":")
+    return dt.timedelta(days=1, hours=int(hours), minutes=int(minutes))
+
+
+def serving_table_uri(settings: Settings) -> str:
+    """The Asset URI of the serving table, ``dynamodb://<region>/<table>``: the Asset
+    ``finish_publish`` updates and downstream DAGs are scheduled on."""
+    return f"dynamodb://{settings.aws_region}/{settings.table}"
+
+
+def recommendations_uri(settings: Settings) -> str:
+    """The Asset URI of the lake's recommendations dataset (``recommend`` writes one partition of it
+    per run date): ``s3://bucket/prefix/recommendations`` or ``file:///abs/lake/recommendations``."""
+    if settings.lake.startswith("s3://"):
+        return f"{settings.lake.rstrip('/')}/{datasets.RECOMMENDATIONS}"
+    return (Path(settings.lake).resolve() / datasets.RECOMMENDATIONS).as_uri()
+
+
+def asset_uris_from_env(env: Mapping[str, str] | None = None) -> tuple[str, str]:
+    """(serving table, recommendations) Asset URIs from just the variables they are built from,
+    cheap enough for a DAG file at parse time."""
+    found = _only(("home", "lake", "aws_region", "table"), env)
+    return serving_table_uri(found), recommendations_uri(found)
 
 
 def home_from_env(env: Mapping[str, str] | None = None) -> Path:

@@ -90,3 +90,27 @@ def run_stage(stage: Callable[..., T], *args: Any) -> T:
         return stage(settings, day, *args, **{flag: read() for flag, read in flags.items() if flag in wanted})
     except (ValueError, LookupError, FileNotFoundError, QualityGateError) as exc:
         raise AirflowFailException(f"{name} failed for {day}: {type(exc).__name__}: {exc}") from exc
+
+
+def record_asset_event(asset: Any, result: Mapping[str, Any], keys: Sequence[str]) -> None:
+    """Put ``keys`` of a stage's ``result`` into the ``extra`` of the event the current task
+    emits for its outlet ``asset`` (Airflow records the event when the task succeeds)."""
+    from airflow.sdk import get_current_context
+
+    get_current_context()["outlet_events"][asset].extra = {key: result[key] for key in keys}
+
+
+def triggering_extras() -> list[dict[str, Any]]:
+    """The ``extra`` of every asset event that triggered the current run (for a DAG scheduled on
+    an Asset: the serving table's carries the run date and model version), each logged, with the
+    asset's URI and the DAG that emitted it."""
+    from airflow.sdk import get_current_context
+
+    found: list[dict[str, Any]] = []
+    for asset, events in (get_current_context().get("triggering_asset_events") or {}).items():
+        for event in events:
+            extra = dict(event.extra or {})
+            log.info("asset %s updated by %s at %s: %s", getattr(asset, "uri", asset), event.source_dag_id,
+                     event.timestamp, extra)
+            found.append({"uri": getattr(asset, "uri", str(asset)), "source_dag_id": event.source_dag_id, **extra})
+    return found

@@ -18,6 +18,7 @@ REPO = Path(__file__).resolve().parents[1]
 TEST_ROOT = Path(tempfile.mkdtemp(prefix="recsys-tests-"))
 os.environ["AIRFLOW_HOME"] = str(TEST_ROOT / "airflow")
 os.environ["AIRFLOW__CORE__DAGS_FOLDER"] = str(REPO / "dags")
+os.environ["AIRFLOW__CORE__PLUGINS_FOLDER"] = str(REPO / "plugins")
 os.environ["AIRFLOW__CORE__LOAD_EXAMPLES"] = "False"
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")

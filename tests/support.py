@@ -372,3 +372,59 @@ from recsys.stages.wait_for_data import WaitForData
 with DAG("wait_for_data_test", schedule=None, start_date=dt.datetime(2026, 1, 1, tzinfo=dt.UTC)):
     WaitForData(task_id="wait_for_data")
 """
+
+
+class SmtpReceiver:
+    """A real SMTP server on 127.0.0.1 (aiosmtpd) that keeps every message it receives, and the
+    Airflow connection ``conn_id`` that points at it (``AIRFLOW_CONN_<ID>``, set by the caller);
+    use as a context manager."""
+
+    def __init__(self, conn_id: str = "recsys_test_smtp") -> None:
+        from aiosmtpd.controller import Controller
+
+        from recsys.dev.dynamodb_local import free_port
+
+        received: list[Any] = []
+
+        class Handler:
+            async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+                import email
+                import email.policy
+
+                message = email.message_from_bytes(envelope.content, policy=email.policy.default)
+                received.append({"to": list(envelope.rcpt_tos), "message": message})
+                return "250 Message accepted for delivery"
+
+        self.received = received
+        self.conn_id = conn_id
+        self.controller = Controller(Handler(), hostname="127.0.0.1", port=free_port())
+
+    @property
+    def env(self) -> dict[str, str]:
+        """The environment variable that defines the connection (plain SMTP, no TLS, no login)."""
+        connection = {"conn_type": "smtp", "host": "127.0.0.1", "port": self.controller.port,
+                      "extra": {"disable_ssl": True, "disable_tls": True, "from_email": "recsys@example.com",
+                                "retry_limit": 0, "timeout": 10}}
+        return {f"AIRFLOW_CONN_{self.conn_id.upper()}": json.dumps(connection)}
+
+    def __enter__(self) -> SmtpReceiver:
+        self.controller.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.controller.stop()
+
+
+def asset_events(uri: str) -> list[dict[str, Any]]:
+    """The ``extra`` of every event of the Asset ``uri`` in the Airflow metadata DB, oldest first,
+    with the DAG and task that emitted it (``source``)."""
+    from airflow.models.asset import AssetEvent, AssetModel
+    from airflow.utils.session import create_session
+    from sqlalchemy import select
+
+    with create_session() as session:
+        events = session.scalars(
+            select(AssetEvent).join(AssetModel, AssetEvent.asset_id == AssetModel.id)
+            .where(AssetModel.uri == uri).order_by(AssetEvent.timestamp, AssetEvent.id)
+        ).all()
+        return [{**(event.extra or {}), "source": f"{event.source_dag_id}.{event.source_task_id}"} for event in events]

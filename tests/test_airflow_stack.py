@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from recsys.config import Settings
+from recsys.config import Settings, serving_table_uri
 from recsys.dev.airflow_stack import (
     ApiClient,
     StackConfig,
@@ -96,6 +96,10 @@ def test_backfill_through_the_rest_api_rebuilds_the_lake_and_leaves_the_served_t
         assert [r["state"] for r in first] == ["success"], _failures(config, api, first)
         served = scan(dynamodb_client, settings.table, with_meta=True)
         assert served["__meta__"]["run_date"]["S"] == END.isoformat()
+        # finish_publish announced it on the table's Asset (run date and model version in its extra).
+        # (USE_JOB_SCHEDULE=False also keeps the scheduler from starting Asset-scheduled DAGs.)
+        published = {"run_date": END.isoformat(), "model_version": served["__meta__"]["model_version"]["S"]}
+        assert [e["extra"] for e in _table_events(api, settings)] == [published]
 
         days = [END - dt.timedelta(days=n) for n in (3, 2, 1)]
         backfill = api.post("/api/v2/backfills", {
@@ -126,6 +130,8 @@ def test_backfill_through_the_rest_api_rebuilds_the_lake_and_leaves_the_served_t
             waited = _returned(api, f"/api/v2/dags/{DAG_ID}/dagRuns/{run_id}/taskInstances/wait_for_data")
             assert waited["deferred"] is False, waited
         assert scan(dynamodb_client, settings.table, with_meta=True) == served  # nothing served changed
+        # ... nor announced anything: the table's Asset still has the one event of the run for END.
+        assert [e["extra"] for e in _table_events(api, settings)] == [published]
         wait_for("the backfill to complete", lambda: api.get(f"/api/v2/backfills/{backfill['id']}")["completed_at"], 60)
 
 
@@ -174,6 +180,12 @@ def _get_or_none(api: ApiClient, path: str) -> Any:
         return api.get(path)
     except RuntimeError:
         return None
+
+
+def _table_events(api: ApiClient, settings: Settings) -> list[dict[str, Any]]:
+    """The events of the serving table's Asset, oldest first."""
+    events = api.get(f"/api/v2/assets/events?source_dag_id={DAG_ID}&order_by=timestamp&limit=100")["asset_events"]
+    return [e for e in events if e["uri"] == serving_table_uri(settings)]
 
 
 def _finished(api: ApiClient, run_type: str, count: int = 1) -> list[dict[str, Any]] | None:

@@ -20,10 +20,12 @@ from recsys.config import (
     PARAM_FIELDS,
     ConfigError,
     Settings,
+    asset_uris_from_env,
     aws_region_from_env,
     dag_params,
     dags_folder_from_env,
     home_from_env,
+    publish_deadline_from_env,
     publish_pool_from_env,
     s3_endpoint_from_env,
     sql_dir_from_env,
@@ -142,6 +144,23 @@ def test_the_one_value_helpers_read_only_their_own_variables() -> None:
     assert sql_dir_from_env({"RECSYS_SQL_DIR": "/q"}) == Path("/q")
 
 
+def test_the_deadline_is_a_time_of_the_day_after_the_run_date_and_optional() -> None:
+    import datetime as dt
+
+    assert publish_deadline_from_env({}) is None and publish_deadline_from_env({"RECSYS_PUBLISH_DEADLINE": " "}) is None
+    assert publish_deadline_from_env({"RECSYS_PUBLISH_DEADLINE": "06:30", "RECSYS_K": "many"}) == dt.timedelta(
+        days=1, hours=6, minutes=30)
+
+
+def test_the_asset_uris_name_the_region_and_table_and_the_lakes_dataset(tmp_path: Path) -> None:
+    env = {"RECSYS_AWS_REGION": "eu-west-1", "RECSYS_TABLE": "shop_recs", "RECSYS_HOME": str(tmp_path),
+           "RECSYS_K": "many"}  # a bad variable elsewhere cannot fail a DAG file's parse
+    assert asset_uris_from_env(env) == ("dynamodb://eu-west-1/shop_recs", f"file://{tmp_path}/lake/recommendations")
+    assert asset_uris_from_env({"RECSYS_LAKE": "s3://bucket/lake/"})[1] == "s3://bucket/lake/recommendations"
+    assert Settings.from_env({"RECSYS_ALERT_EMAIL_TO": " a@example.com,, b@example.com "}).alert_email_to == (
+        "a@example.com", "b@example.com")
+
+
 @pytest.mark.parametrize(
     ("env", "message"),
     [
@@ -195,6 +214,13 @@ def test_the_one_value_helpers_read_only_their_own_variables() -> None:
           "invalid literal for int() with base 10: 'http'")),
         ({"RECSYS_AIRFLOW_DB": "sqlite:///airflow.db"},
          "RECSYS_AIRFLOW_DB must be a postgresql+psycopg2:// URL, got 'sqlite:///airflow.db'"),
+        ({"RECSYS_PUBLISH_DEADLINE": "6:30"},
+         "RECSYS_PUBLISH_DEADLINE: expected a UTC time of day HH:MM such as 06:30, got '6:30'"),
+        ({"RECSYS_PUBLISH_DEADLINE": "24:00"},
+         "RECSYS_PUBLISH_DEADLINE: expected a UTC time of day HH:MM such as 06:30, got '24:00'"),
+        ({"RECSYS_ALERT_SMTP_CONN_ID": "smtp_default"},
+         ("RECSYS_ALERT_SMTP_CONN_ID is 'smtp_default' but RECSYS_ALERT_EMAIL_TO is empty: set it to the addresses "
+          "the alerts go to, comma-separated")),
     ],
 )
 def test_a_bad_value_fails_with_a_message_naming_it(env: dict[str, str], message: str) -> None:

@@ -3,22 +3,24 @@
 from __future__ import annotations
 
 import datetime as dt
+import html
 import json
 import os
 import subprocess
 import sys
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
-from recsys.config import POPULAR_USER_ID, Settings
+from recsys.config import POPULAR_USER_ID, Settings, recommendations_uri, serving_table_uri
 from recsys.core.grid import tuning_candidates
 from recsys.io import lake
-from tests.support import ONE_MODEL, WebhookReceiver, lists_of, scan
+from tests.support import ONE_MODEL, SmtpReceiver, WebhookReceiver, asset_events, lists_of, scan
 from tests.support import STORE_END as END
 
 pytestmark = pytest.mark.slow  # whole-DAG runs: make test, not make test-fast
@@ -90,6 +92,12 @@ def test_nightly_run_serves_every_user_and_reruns_identically(
     assert all(int(item["expires_at"]["N"]) > dt.datetime.now(dt.UTC).timestamp() for item in served.values())
     meta = scan(dynamodb_client, settings.table, with_meta=True)["__meta__"]
     assert (meta["run_date"]["S"], meta["model_version"]["S"]) == (END.isoformat(), version)
+    # finish_publish updated the serving table's Asset: downstream DAGs learn the run date and model.
+    published = {"run_date": END.isoformat(), "model_version": version, "source": "recsys_nightly.finish_publish"}
+    assert asset_events(serving_table_uri(settings)) == [published]
+    assert asset_events(recommendations_uri(settings)) == [{
+        "run_date": END.isoformat(), "model_version": version, "source": "recsys_nightly.recommend",
+        "partition": lake.partition_uri(settings.lake, "recommendations", END)}]
 
     # A second run of the same date leaves the same partitions and the same served lists.
     # (confidence: the same rows, in no particular order.)
@@ -104,6 +112,7 @@ def test_nightly_run_serves_every_user_and_reruns_identically(
     again = scan(dynamodb_client, settings.table)
     assert lists_of(again) == lists_of(served)
     assert {item["model_version"]["S"] for item in again.values()} == {version}
+    assert asset_events(serving_table_uri(settings)) == [published, published]  # served again, announced again
 
 
 def test_broken_batch_fails_before_anything_is_served(
@@ -123,12 +132,26 @@ def test_broken_batch_fails_before_anything_is_served(
     (bad / "next-day.csv").write_text("\n".join(rows) + "\n")
     os.symlink(Path(settings.source), bad / "history")
     monkeypatch.setenv("RECSYS_SOURCE", str(bad))
-    with WebhookReceiver() as hook:
-        monkeypatch.setenv("RECSYS_ALERT_WEBHOOK", hook.url)
+    with WebhookReceiver() as hook, SmtpReceiver() as smtp:
+        for name, value in {"RECSYS_ALERT_WEBHOOK": hook.url, **smtp.env, "RECSYS_ALERT_SMTP_CONN_ID": smtp.conn_id,
+                            "RECSYS_ALERT_EMAIL_TO": "oncall@example.com"}.items():
+            monkeypatch.setenv(name, value)
         dag_run = run(Settings.from_env(), next_day)
     assert not str(dag_run.state).endswith("success")
     # The failure callback told someone: validate, failed for good (bad input is not retried).
     assert [m["text"] for m in hook.received if ".validate failed" in m["text"]], hook.received
+    # ... by e-mail too, through the SMTP connection: the DAG, task, run date, the error's first
+    # line and a link to the task's log.
+    [mail] = [m for m in smtp.received if ".validate failed" in m["message"]["Subject"]]
+    assert mail["to"] == ["oncall@example.com"]
+    assert mail["message"]["Subject"] == f"recsys: recsys_nightly.validate failed for run date {next_day}"
+    body = html.unescape(next(p for p in mail["message"].walk() if p.get_content_type() == "text/html").get_content())
+    assert f"recsys_nightly.validate failed in run {dag_run.run_id} (run date {next_day}, try 1)." in body
+    error = next(line.strip() for line in body.split("<br>") if "Error: " in line)
+    assert error.startswith(f"Error: AirflowFailException: validate failed for {next_day}: ValidationError: "
+                            "validation failed for 2 check(s) of 5 staged rows"), error
+    assert "\n" not in error and "Teleport" not in error  # the first line only: the checks follow in the log
+    assert f'/dags/recsys_nightly/runs/{quote(dag_run.run_id, safe="")}/tasks/validate?try_number=1">' in body, body
     states = {ti.task_id: str(ti.state) for ti in dag_run.get_task_instances()}
     assert states["validate"].endswith("failed")
     assert not any(states[t].endswith("success") for t in ("aggregate", "train", "recommend", "plan_publish",
@@ -138,7 +161,7 @@ def test_broken_batch_fails_before_anything_is_served(
 
 
 def test_quality_gate_passes_a_good_model_and_blocks_a_bad_one(
-    recsys_env: Settings, dynamodb_client: Any, airflow_env: Path
+    recsys_env: Settings, dynamodb_client: Any, airflow_env: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from recsys.dev.dagrun import run_dag
 
@@ -152,8 +175,19 @@ def test_quality_gate_passes_a_good_model_and_blocks_a_bad_one(
     assert served["__meta__"]["model_version"]["S"] == metrics["model_version"]
 
     # The same date again with a model regularised to nothing: it scores every item alike.
-    bad = run_dag(settings, END, {"tuning_grid": "", "regularization": 1e6})
+    with SmtpReceiver() as smtp:
+        for name, value in {**smtp.env, "RECSYS_ALERT_SMTP_CONN_ID": smtp.conn_id,
+                            "RECSYS_ALERT_EMAIL_TO": "ml@example.com"}.items():
+            monkeypatch.setenv(name, value)
+        bad = run_dag(settings, END, {"tuning_grid": "", "regularization": 1e6})
     assert not str(bad.state).endswith("success")
+    # The gate's own alert, with its figures: tonight's NDCG against popularity and the champion.
+    [mail] = [m["message"] for m in smtp.received]
+    assert mail["Subject"] == f"recsys: the quality gate refused tonight's model for run date {END}"
+    body = html.unescape(next(p for p in mail.walk() if p.get_content_type() == "text/html").get_content())
+    assert "Tonight's model: NDCG@20 " in body and "(+5%, RECSYS_GATE_MIN_LIFT)" in body
+    # The champion is tonight's own good model (same run date): only the popularity rule applies.
+    assert "Champion not compared: it was trained through" in body and "is below popularity's" in body, body
     states = {ti.task_id: str(ti.state) for ti in bad.get_task_instances()}
     assert states["train"].endswith("failed")
     assert not any(states[t].endswith("success") for t in ("plan_publish", "publish_shard", "finish_publish"))
@@ -178,6 +212,8 @@ def test_an_older_date_never_replaces_newer_lists_unless_forced(
     assert all(states[t].endswith("skipped") for t in ("publish_shard", "finish_publish", "verify")), states
     assert lake.partition_exists(settings.lake, "recommendations", older)
     assert scan(dynamodb_client, settings.table, with_meta=True) == served  # ... the table untouched
+    # ... and no event of the table's Asset: only the run that published announced itself.
+    assert [e["run_date"] for e in asset_events(serving_table_uri(settings))] == [END.isoformat()]
 
     forced = run_dag(settings, older, {"force_publish": True})
     assert str(forced.state).endswith("success")
@@ -185,6 +221,7 @@ def test_an_older_date_never_replaces_newer_lists_unless_forced(
     assert meta["run_date"]["S"] == older.isoformat()
     older_version = lake.read_json(lake.partition_dir(settings.lake, "recommendations", older) / "_meta.json")
     assert meta["model_version"]["S"] == older_version["model_version"] != served["__meta__"]["model_version"]["S"]
+    assert [e["run_date"] for e in asset_events(serving_table_uri(settings))] == [END.isoformat(), older.isoformat()]
 
 
 def test_command_line_run_and_lookup(store: Path, recsys_env: Settings, airflow_env: Path) -> None:

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import datetime as dt
 import importlib.util
+import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -89,11 +91,7 @@ def test_failed_gate_report_says_why(settings: Settings) -> None:
     assert "Quality gate FAILED: NDCG@20 0.0500 is below popularity&#x27;s 0.0800" in page
 
 
-def test_plugin_lists_and_serves_reports(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
-    from fastapi.testclient import TestClient
-
-    monkeypatch.setenv("RECSYS_HOME", str(settings.home))
-    write_report(settings, dt.date(2026, 3, 2), metrics(0.25, 0.08), model_version="v", gate_error=None)
+def test_plugin_declares_its_app_and_views() -> None:
     spec = importlib.util.spec_from_file_location("recsys_reports_plugin", PLUGIN)
     assert spec and spec.loader
     module = importlib.util.module_from_spec(spec)
@@ -101,10 +99,42 @@ def test_plugin_lists_and_serves_reports(settings: Settings, monkeypatch: pytest
     plugin = module.RecsysReportsPlugin
     assert plugin.fastapi_apps[0]["url_prefix"] == "/recsys"
     assert {v["destination"] for v in plugin.external_views} == {"nav", "dag"}
-    client = TestClient(plugin.fastapi_apps[0]["app"])
-    index = client.get("/reports/")
+
+
+@pytest.fixture(scope="module")
+def api_server(airflow_env: Path) -> Any:
+    """The api-server's own app (``airflow api-server`` serves the same), with the plugins of
+    plugins/ mounted and the simple auth manager of the test Airflow home."""
+    from airflow.api_fastapi.app import create_app
+    from fastapi.testclient import TestClient
+
+    return TestClient(create_app("core"))
+
+
+def admin_token(api: Any, airflow_home: Path) -> str:
+    """A JWT from the auth manager's token endpoint (``POST /auth/token``), as the UI or a REST
+    client gets one: the simple auth manager's generated password of ``admin``."""
+    passwords = json.loads((airflow_home / "simple_auth_manager_passwords.json.generated").read_text())
+    answer = api.post("/auth/token", json={"username": "admin", "password": passwords["admin"]})
+    assert answer.status_code == 201, answer.text
+    return str(answer.json()["access_token"])
+
+
+def test_plugin_needs_a_logged_in_user_and_serves_the_reports(
+    settings: Settings, api_server: Any, airflow_env: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("RECSYS_HOME", str(settings.home))
+    write_report(settings, dt.date(2026, 3, 2), metrics(0.25, 0.08), model_version="v", gate_error=None)
+    # Anonymous, or with a token the auth manager did not sign: refused, and no report leaks.
+    for headers in ({}, {"Authorization": "Bearer not-a-jwt"}):
+        for path in ("/recsys/reports/", "/recsys/reports/2026-03-02"):
+            refused = api_server.get(path, headers=headers)
+            assert refused.status_code in (401, 403), (path, headers, refused.status_code)
+            assert "recsys nightly report" not in refused.text and "2026-03-02" not in refused.text
+    client = {"headers": {"Authorization": f"Bearer {admin_token(api_server, airflow_env)}"}}
+    index = api_server.get("/recsys/reports/", **client)
     assert index.status_code == 200 and 'href="2026-03-02"' in index.text
-    page = client.get("/reports/2026-03-02")
+    page = api_server.get("/recsys/reports/2026-03-02", **client)
     assert page.status_code == 200 and "recsys nightly report — 2026-03-02" in page.text
-    assert client.get("/reports/2026-03-09").status_code == 404
-    assert client.get("/reports/yesterday").status_code == 400
+    assert api_server.get("/recsys/reports/2026-03-09", **client).status_code == 404
+    assert api_server.get("/recsys/reports/yesterday", **client).status_code == 400

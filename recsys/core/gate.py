@@ -13,7 +13,13 @@ log = logging.getLogger(__name__)
 
 
 class QualityGateError(RuntimeError):
-    """The new model is not good enough to serve."""
+    """The new model is not good enough to serve; ``figures`` holds what the gate compared
+    (tonight's NDCG@k, popularity's, the champion's, the thresholds and the rules it broke)
+    for the gate alert."""
+
+    def __init__(self, message: str, figures: dict[str, Any] | None = None) -> None:
+        super().__init__(message)
+        self.figures: dict[str, Any] = figures or {}
 
 
 def check_gate(
@@ -31,7 +37,7 @@ def check_gate(
     when it was served (``stored_ndcg_at_k``) and reports the re-scored one beside it.
 
     Stores the gate's figures in ``metrics["gate"]`` and returns them; raises
-    QualityGateError with them when the model fails.
+    QualityGateError with them (and tonight's NDCG@k, the rules broken) when the model fails.
     """
     k = settings.k
     model_ndcg, pop_ndcg = metrics["model"]["ndcg_at_k"], metrics["popularity"]["ndcg_at_k"]
@@ -67,9 +73,17 @@ def check_gate(
         )
     metrics["gate"] = gate  # the report shows the figures whether the gate passes or not
     if problems:
+        figures = {
+            "run_date": day.isoformat(), "k": k, "ndcg_at_k": model_ndcg,
+            "users_evaluated": metrics["model"]["users_evaluated"], "min_lift": settings.gate_min_lift,
+            "max_drop": settings.gate_max_drop, "champion_version": champion.get("model_version") if champion else None,
+            "champion_ndcg_at_k": basis, "problems": problems,
+            **{key: value for key, value in gate.items() if key != "champion"},
+        }
         raise QualityGateError(
             f"quality gate for {day} over {metrics['model']['users_evaluated']} hold-out users: "
-            + "; ".join(problems) + ". Nothing is published; the storefront keeps its current lists"
+            + "; ".join(problems) + ". Nothing is published; the storefront keeps its current lists",
+            figures,
         )
     if gate["champion_unavailable"]:
         tail = f" (champion not compared: {gate['champion_unavailable']})"

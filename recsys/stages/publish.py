@@ -102,7 +102,8 @@ def finish_publish(
     """Mark the run served (``__meta__``) once every shard has written its users.
 
     Airflow runs this only when every shard task succeeded; it checks that anyway (one
-    result per planned shard). Logs and returns the totals: items, wall seconds from the
+    result per planned shard). Logs and returns the run date, table and model version (the
+    serving table's Asset event carries them) and the totals: items, wall seconds from the
     first shard's start to the last one's end, items/s over that wall time, and each
     shard's range and count for verify. Raises PublicationError when a shard is missing and
     OlderRunError when the table meanwhile serves a newer date (unless ``force``).
@@ -128,6 +129,8 @@ def finish_publish(
     )
     return {
         "published": True,
+        "run_date": day.isoformat(),
+        "table": settings.table,
         "model_version": version,
         "items": items,
         "seconds": round(wall, 3),

@@ -101,4 +101,5 @@ def recommend(settings: Settings, day: dt.date) -> dict[str, Any]:
         len(users), short, settings.k, len(items), categories, rows, seconds, len(users) / max(seconds, 1e-9),
     )
     return {"users": len(users), "items": len(items), "category_lists": categories, "rows": rows,
-            "short_lists": short, "model_version": version, "seconds": round(seconds, 2)}
+            "short_lists": short, "model_version": version, "seconds": round(seconds, 2),
+            "run_date": day.isoformat(), "partition": lake.partition_uri(settings.lake, datasets.RECOMMENDATIONS, day)}
