@@ -39,6 +39,22 @@ def resolve_run_date(context: Mapping[str, Any]) -> dt.date:
     return (run_after - dt.timedelta(days=1)).date()
 
 
+def refresh_until(context: Mapping[str, Any] | None = None) -> dt.datetime:
+    """The instant a ``recsys_refresh`` run reads events up to (UTC, whole seconds): the
+    ``until`` Param (``recsys refresh --until``), else the run's data interval end (an hourly
+    run of [11:00, 12:00) reads up to 12:00), else now. ``context``: the current task's."""
+    if context is None:
+        from airflow.sdk import get_current_context
+
+        context = get_current_context()
+    params = context.get("params") or {}
+    value = params.get("until") or context.get("data_interval_end") or dt.datetime.now(dt.UTC)
+    moment = dt.datetime.fromisoformat(str(value).replace("Z", "+00:00")) if isinstance(value, str) else value
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=dt.UTC)
+    return dt.datetime.fromtimestamp(int(moment.timestamp()), dt.UTC)
+
+
 def settings_for(context: Mapping[str, Any]) -> Settings:
     """Settings from the environment with this run's Params applied."""
     params = context.get("params") or {}

@@ -20,9 +20,9 @@ def dagbag(airflow_env):  # type: ignore[no-untyped-def]
     return DagBag(dag_folder=str(DAGS))
 
 
-def test_no_import_errors_and_the_nightly_dag_is_there(dagbag) -> None:  # type: ignore[no-untyped-def]
+def test_no_import_errors_and_both_dags_are_there(dagbag) -> None:  # type: ignore[no-untyped-def]
     assert dagbag.import_errors == {}
-    assert set(dagbag.dag_ids) == {"recsys_nightly"}
+    assert set(dagbag.dag_ids) == {"recsys_nightly", "recsys_refresh"}
 
 
 def test_policy_for_every_dag(dagbag) -> None:  # type: ignore[no-untyped-def]
@@ -63,13 +63,31 @@ def test_publish_shards_are_mapped_and_run_in_the_dynamodb_pool(dagbag) -> None:
     assert all(t.pool != "recsys_dynamodb" for t in dag.tasks if t.task_id != "publish_shard")
 
 
-def test_parsing_imports_nothing_heavy() -> None:
-    """Parsing the DAG file must not import the heavy libraries (they load inside tasks)."""
+def test_refresh_dag_shape_and_its_publish_takes_the_whole_dynamodb_pool(dagbag) -> None:  # type: ignore[no-untyped-def]
+    from airflow.sdk import CronDataIntervalTimetable
+
+    from recsys.config import Settings
+
+    dag = dagbag.get_dag("recsys_refresh")
+    assert dag.get_task("score_active").upstream_task_ids == {"collect_events"}
+    assert dag.get_task("publish_refresh").upstream_task_ids == {"score_active"}
+    assert dag.max_active_runs == 1 and "until" in dag.params
+    assert isinstance(dag.timetable, CronDataIntervalTimetable) and dag.timetable.expression == "0 * * * *"
+    settings = Settings.from_env()
+    # All the slots of the nightly's publish pool: it never writes while a publish shard does.
+    publish = dag.get_task("publish_refresh")
+    assert (publish.pool, publish.pool_slots) == (settings.publish_pool, settings.publish_pool_slots)
+    assert all(t.pool != settings.publish_pool for t in dag.tasks if t.task_id != "publish_refresh")
+
+
+@pytest.mark.parametrize("dag_file", ["recsys_nightly.py", "recsys_refresh.py"])
+def test_parsing_imports_nothing_heavy(dag_file: str) -> None:
+    """Parsing a DAG file must not import the heavy libraries (they load inside tasks)."""
     code = (
         "import sys, runpy; runpy.run_path(sys.argv[1]); "
         f"print(','.join(m for m in {HEAVY!r} if m in sys.modules))"
     )
     out = subprocess.run(
-        [sys.executable, "-c", code, str(DAGS / "recsys_nightly.py")], capture_output=True, text=True, check=True
+        [sys.executable, "-c", code, str(DAGS / dag_file)], capture_output=True, text=True, check=True
     ).stdout.split("\n")
     assert out[0] == "", f"heavy modules imported at parse time: {out[0]}"
