@@ -168,7 +168,7 @@ def test_a_bad_new_file_fails_the_refresh_and_changes_nothing(
         before = scan(dynamodb_client, settings.table, with_meta=True)
         code, out = refresh(NOON + dt.timedelta(hours=2), capfd)
         assert code == 1, out
-        assert "collect_events" in out and "opens a quote that is never closed" in out and broken.name in out
+        assert "collect_events failed" in out and f"cannot read {broken}" in out and "never closes" in out
         assert scan(dynamodb_client, settings.table, with_meta=True) == before
     finally:
         broken.unlink()

@@ -190,7 +190,8 @@ def cmd_lookup(args: argparse.Namespace) -> int:
 def _format_lookup(result: dict[str, Any]) -> str:
     source = "their own list" if result["source"] == "user" else "the popular list (unknown user)"
     lines = [(f"user {result['user_id']}: {len(result['items'])} items from {source}, "
-              f"model {result['model_version']}, generated {result['generated_at']}")]
+              f"model {result['model_version']}, generated {result['generated_at']}"
+              + (f", refreshed {result['refreshed_at']}" if result.get("refreshed_at") else ""))]
     lines += [f"  {i:>2}. {item['item_id']}  {item['score']:.4f}" for i, item in enumerate(result["items"], 1)]
     return "\n".join(lines)
 
