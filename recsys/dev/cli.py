@@ -42,6 +42,7 @@ from recsys.dev.datagen import add_datagen_parser, generate_store
 from recsys.dev.dynamodb_local import add_dynamodb_local_parser
 from recsys.io import dynamodb, lake
 from recsys.io.source import newest_complete_day
+from recsys.runtime import utc_instant
 from recsys.serving.reader import get_recommendations
 
 log = logging.getLogger("recsys")
@@ -105,17 +106,10 @@ def cmd_run(args: argparse.Namespace) -> int:
 def parse_until(text: str | None, now: dt.datetime | None = None) -> dt.datetime:
     """``--until``: an ISO-8601 instant (``Z`` or an offset; none means UTC), or now; UTC, whole seconds.
     Raises ValueError naming the expected form."""
-    if not text:
-        moment = now or dt.datetime.now(dt.UTC)
-    else:
-        try:
-            moment = dt.datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
-        except ValueError:
-            raise ValueError(f"--until {text!r} is not an ISO-8601 instant; "
-                             "expected e.g. 2026-06-01T12:00:00Z") from None
-        if moment.tzinfo is None:
-            moment = moment.replace(tzinfo=dt.UTC)
-    return dt.datetime.fromtimestamp(int(moment.timestamp()), dt.UTC)
+    try:
+        return utc_instant(text or now or dt.datetime.now(dt.UTC))
+    except ValueError as exc:
+        raise ValueError(f"--until {exc}") from None
 
 
 def cmd_refresh(args: argparse.Namespace) -> int:
