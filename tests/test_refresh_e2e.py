@@ -172,3 +172,21 @@ def test_a_bad_new_file_fails_the_refresh_and_changes_nothing(
         assert scan(dynamodb_client, settings.table, with_meta=True) == before
     finally:
         broken.unlink()
+
+
+def test_the_refresh_skips_while_a_nightly_publish_finishes(night: Night, dynamodb_client: Any) -> None:
+    """Between finish_publish (``__meta__``) and verify (``champion.json``) the two disagree: the
+    run skips, and its later tasks write nothing (the stage itself: no DAG run needed)."""
+    from recsys.stages.refresh import collect_events, publish_refresh, score_active
+
+    settings = night.settings
+    meta = scan(dynamodb_client, settings.table, with_meta=True)["__meta__"]
+    dynamodb_client.put_item(TableName=settings.table, Item={**meta, "run_date": {"S": NEXT.isoformat()},
+                                                             "model_version": {"S": f"{NEXT.isoformat()}-next0000"}})
+    try:
+        collected = collect_events(settings, NEXT, NOON + dt.timedelta(hours=3))
+        assert "a nightly publish is finishing" in collected["skipped"]
+        published = publish_refresh(settings, NEXT, score_active(settings, NEXT, collected))
+        assert published == {"published": False, "reason": collected["skipped"]}
+    finally:
+        dynamodb_client.put_item(TableName=settings.table, Item=meta)
