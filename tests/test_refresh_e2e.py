@@ -113,9 +113,9 @@ def test_refresh_lists_the_active_users_only_and_a_newer_nightly_wins(
     settings = night.settings
     before = scan(dynamodb_client, settings.table, with_meta=True)
     events, shopper, item = morning_events(night, lists_of({u: i for u, i in before.items() if "items" in i}))
-    bad = pa.table({"user_id": ["u-bad"], "item_id": [item], "event_type": ["Teleport"],
-                    "event_ts": pa.array([NOON - dt.timedelta(hours=1)], pa.timestamp("us", tz="UTC")),
-                    "event_id": ["bad-1"]}).cast(events.schema)
+    bad = pa.table({"user_id": ["u-bad", "u-bad"], "item_id": [item, item], "event_type": ["Teleport", "View"],
+                    "event_ts": pa.array([NOON - dt.timedelta(hours=1), None], pa.timestamp("us", tz="UTC")),
+                    "event_id": ["bad-1", "bad-2"]}).cast(events.schema)
     pq.write_table(pa.concat_tables([events, bad]), night.source / f"morning-{NEXT.isoformat()}.parquet")
 
     code, out = refresh(NOON, capfd)
@@ -137,7 +137,8 @@ def test_refresh_lists_the_active_users_only_and_a_newer_nightly_wins(
     assert all(not (set(lists[u]) & touched[u]) for u in refreshed), "a refreshed list holds an item touched today"
     assert all(len(lists[u]) == settings.k for u in refreshed)
     quarantine = pq.read_table(lake.partition_file(settings.lake, "refresh/quarantine", NEXT))
-    assert quarantine["reason"].to_pylist() == ["unknown_event_type"]
+    assert sorted(quarantine["reason"].to_pylist()) == ["missing_event_ts", "unknown_event_type"]
+    assert "2 of " in out and " new rows quarantined" in out
 
     newcomer = get_recommendations(dynamodb_client, settings.table, NEWCOMER)
     assert newcomer["source"] == "user" and newcomer["refreshed_at"] and len(newcomer["items"]) == settings.k

@@ -25,6 +25,7 @@ from recsys import datasets
 from recsys.config import Settings
 from recsys.core.checks import (
     BOT,
+    FUTURE_TOLERANCE,
     QUARANTINE_SCHEMA,
     ValidationError,
     build_row_suite,
@@ -141,13 +142,18 @@ def _read_new_events(settings: Settings, start: dt.datetime, until: dt.datetime)
             table = run_sql(con, datasets.INTERACTIONS, {"start": start, "end": until})
             per_file = run_sql(con, "source_file_days")
             rejects = rejected_lines(con, registered)
+            fed = set(pc.unique(table["source_file"]).to_pylist())
+            # The rows of those files without a usable event_ts, or stamped in the future (as extract
+            # finds them; no home files, so no row is another day's): quarantined, not dropped.
+            strays = run_sql(con, "stray_events", {
+                "files": sorted(fed), "home_files": [], "future": dt.datetime.now(dt.UTC) + FUTURE_TOLERANCE,
+                "window_start": start, "end": until, "extracted_days": days})
         except duckdb.Error as exc:
             named = find_unreadable_file(con, registered)
             raise (named or SourceError(f"cannot read the event source {registered.root}: {exc}")) from exc
     parsed = Counter[str]()
     for row in per_file.to_pylist():
         parsed[row["source_file"]] += int(row["events"])
-    fed = set(pc.unique(table["source_file"]).to_pylist())
     lines = []
     for row in rejects.to_pylist():
         name = row["source_file"]
@@ -160,13 +166,9 @@ def _read_new_events(settings: Settings, start: dt.datetime, until: dt.datetime)
                               "expected UTF-8 text with the header's number of fields. Fix or remove the file")
         if name in fed:
             lines.append(row)
-    first = pc.equal(table["occurrence"], 1)
-    kept = table.filter(first)
-    n = kept.num_rows
-    rows = pa.table({**{name: kept[name] for name in INTERACTIONS_SCHEMA.names},
-                     "source_file": kept["source_file"], "read_error": pa.nulls(n, pa.string()),
-                     "raw_line": pa.nulls(n, pa.string()), "placed": pa.array([True] * n, pa.bool_()),
-                     "dt": pc.cast(kept["event_ts"], pa.date32())}).cast(_CHECKED_SCHEMA)
+    kept = table.filter(pc.equal(table["occurrence"], 1))
+    rows = pa.concat_tables([_checked(kept, pc.cast(kept["event_ts"], pa.date32())),
+                             _checked(strays, pa.array([_partition_day(until)] * strays.num_rows, pa.date32()))])
     m = len(lines)
     unparsed = pa.table({**{name: pa.nulls(m, field.type) for name, field in
                             zip(INTERACTIONS_SCHEMA.names, INTERACTIONS_SCHEMA)},
@@ -175,7 +177,16 @@ def _read_new_events(settings: Settings, start: dt.datetime, until: dt.datetime)
                          "raw_line": pa.array([f"line {r['line']}: {r['raw_line']}" for r in lines], pa.string()),
                          "placed": pa.array([True] * m, pa.bool_()),
                          "dt": pa.array([_partition_day(until)] * m, pa.date32())}, schema=_CHECKED_SCHEMA)
-    return pa.concat_tables([rows, unparsed]), table.num_rows - n
+    return pa.concat_tables([rows, unparsed]), table.num_rows - kept.num_rows
+
+
+def _checked(rows: pa.Table, day: pa.Array) -> pa.Table:
+    """Canonical rows (with ``source_file``) as the row suite takes them, each on ``day``."""
+    n = rows.num_rows
+    return pa.table({**{name: rows[name] for name in INTERACTIONS_SCHEMA.names},
+                     "source_file": rows["source_file"], "read_error": pa.nulls(n, pa.string()),
+                     "raw_line": pa.nulls(n, pa.string()), "placed": pa.array([True] * n, pa.bool_()),
+                     "dt": day}).cast(_CHECKED_SCHEMA)
 
 
 def _check_rows(settings: Settings, rows: pa.Table) -> tuple[pa.Table, list[list[str]]]:
