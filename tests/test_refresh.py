@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 import uuid
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
@@ -132,3 +133,39 @@ def test_refresh_until_is_the_param_else_the_data_interval_end() -> None:
     assert refresh_until({"params": {"until": "2026-06-01T12:00:00Z"}, "data_interval_end": None}) == end
     assert refresh_until({"params": {"until": None}, "data_interval_end": end}) == end
     assert refresh_until({"params": {}, "dag_run": SimpleNamespace()}) <= dt.datetime.now(dt.UTC)
+
+
+def test_collect_events_reads_a_postgresql_source_through_the_row_checks(
+    postgres_database: str, dynamodb_client: Any, dynamodb_endpoint: str, tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from recsys import datasets
+    from recsys.io import lake
+    from recsys.stages.refresh import collect_events
+    from tests.test_postgres_source import load_table
+
+    at = [NIGHT_END + dt.timedelta(hours=h) for h in (-2, 1, 2, 3, 13)]  # the night, the morning, the afternoon
+    load_table(postgres_database, pa.table({
+        "user_id": ["u1", "u1", "u2", "u3", "u4"], "item_id": ["a", "b", "c", "d", "e"],
+        "event_type": ["View", "View", "Teleport", "View", "View"],
+        "event_ts": pa.array(at, pa.timestamp("us", tz="UTC")), "event_id": ["e1", "e2", "e3", "e4", "e5"]}),
+        "events")
+    monkeypatch.setenv("AIRFLOW_CONN_RECSYS_SOURCE", postgres_database)
+    table = f"refresh_{uuid.uuid4().hex[:8]}"
+    settings = Settings.from_env({
+        "RECSYS_HOME": str(tmp_path / "home"), "RECSYS_SOURCE": "postgres://recsys_source",
+        "RECSYS_SOURCE_QUERY": "select * from events", "RECSYS_DYNAMODB_ENDPOINT": dynamodb_endpoint,
+        "RECSYS_TABLE": table, "RECSYS_MAX_BAD_SHARE": "0.5"})
+    dynamodb.ensure_table(dynamodb_client, table)
+    dynamodb.mark_served(dynamodb_client, table, run_date=NIGHT_END.date() - dt.timedelta(days=1),
+                         model_version="2026-05-31-abc")
+    lake.write_lake_json(settings.lake, datasets.CHAMPION, {"model_version": "2026-05-31-abc",
+                                                            "run_date": "2026-05-31"})
+
+    collected = collect_events(settings, UNTIL.date(), UNTIL)
+
+    assert (collected["rows"], collected["rows_kept"], collected["reasons"]) == (3, 2, {"unknown_event_type": 1})
+    kept = lake.read_partition(settings.lake, datasets.REFRESH_EVENTS, UNTIL.date())
+    assert kept["event_id"].to_pylist() == ["e2", "e4"]  # not the night's event, not the afternoon's
+    quarantined = lake.read_partition(settings.lake, datasets.REFRESH_QUARANTINE, UNTIL.date())
+    assert quarantined["event_id"].to_pylist() == ["e3"]
