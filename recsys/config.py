@@ -95,6 +95,7 @@ DEFAULT_TUNING_GRID = (
     " | model=rp3beta;rp3_alpha=0.4,0.6,0.8;rp3_beta=0.3,0.5;neighbours=200"
     " | model=itemknn;similarity=bm25,cosine,tfidf;neighbours=100,300"
 )
+DEFAULT_REFRESH_SCHEDULE = "0 * * * *"  # hourly, on the hour
 DEFAULT_SERVE_TIMEOUT = 0.5  # seconds for one API request's DynamoDB reads, retries included
 DEFAULT_AIRFLOW_DB = "postgresql+psycopg2://postgres@127.0.0.1:5432/recsys_airflow"
 DEFAULT_AIRFLOW_BROKER = "redis://127.0.0.1:6379/0"
@@ -782,6 +783,12 @@ class Settings(BaseSettings):
         "(one run at a time); under 24 hours",
         json_schema_extra=_meta(_RUNS),
     )
+    refresh_schedule: str = Field(
+        default=DEFAULT_REFRESH_SCHEDULE,
+        description="When the hourly DAG `recsys_refresh` runs: a cron expression (UTC); each run folds the "
+        "events since the served night into the served model for the users active since then",
+        json_schema_extra=_meta(_RUNS, strip=True),
+    )
     alert_webhook: str | None = Field(
         default=None,
         description="Where alerts (a task of the nightly failed for good, the quality gate refused the model, "
@@ -1002,6 +1009,9 @@ class Settings(BaseSettings):
                 f"RECSYS_ALERT_SMTP_CONN_ID is {self.alert_smtp_conn_id!r} but RECSYS_ALERT_EMAIL_TO is empty: "
                 "set it to the addresses the alerts go to, comma-separated"
             )
+        if len(self.refresh_schedule.split()) != 5:
+            raise ConfigError(f"refresh_schedule must be a cron expression of 5 fields (minute hour day month "
+                              f"weekday), e.g. {DEFAULT_REFRESH_SCHEDULE!r}; got {self.refresh_schedule!r}")
         if self.recommend_batch_users < 1:
             raise ConfigError(f"recommend_batch_users must be at least 1, got {self.recommend_batch_users}")
         if self.validate_chunk_rows < 1:
@@ -1133,6 +1143,17 @@ def _only(names: tuple[str, ...], env: Mapping[str, str] | None) -> Settings:
 def publish_pool_from_env(env: Mapping[str, str] | None = None) -> str:
     """The Airflow pool the publish shards run in: ``RECSYS_PUBLISH_POOL`` or ``recsys_dynamodb``."""
     return _only(("publish_pool",), env).publish_pool
+
+
+def refresh_schedule_from_env(env: Mapping[str, str] | None = None) -> str:
+    """The cron of the refresh DAG: ``RECSYS_REFRESH_SCHEDULE`` or hourly on the hour."""
+    return _only(("refresh_schedule",), env).refresh_schedule
+
+
+def publish_pool_slots_from_env(env: Mapping[str, str] | None = None) -> int:
+    """``RECSYS_PUBLISH_POOL_SLOTS``: the refresh's publish takes all of them, so it never
+    writes while a publish shard of the nightly does."""
+    return _only(("publish_pool_slots",), env).publish_pool_slots
 
 
 def run_limits_from_env(env: Mapping[str, str] | None = None) -> tuple[int, int]:

@@ -17,6 +17,11 @@ PROMOTION = "promotion.json"  # in a tuning partition: what promote sent on to t
 MODELS = "models"  # train: the model, its ids, parameters, metrics and the report
 RECOMMENDATIONS = "recommendations"  # recommend: every list the storefront reads
 REPORTS = "reports"  # train: the nightly report of each run date
+# recsys_refresh, one partition per day of its runs' end (each run rewrites it with all events since the night):
+REFRESH_EVENTS = "refresh/interactions"  # collect_events: the new events that passed the row checks
+REFRESH_QUARANTINE = "refresh/quarantine"  # collect_events: the new rows that did not, with their reasons
+REFRESH_LISTS = "refresh/lists"  # score_active: the active users' lists
+REFRESH_META = "_refresh.json"  # in those partitions: the served night, the run's end, counts
 
 DATA_FILE = "part-0.parquet"  # the data file of a partition that has one
 MANIFEST = "_manifest.json"  # an S3 partition's commit record

@@ -40,6 +40,31 @@ def resolve_run_date(context: Mapping[str, Any]) -> dt.date:
     return (run_after - dt.timedelta(days=1)).date()
 
 
+def utc_instant(value: str | dt.datetime) -> dt.datetime:
+    """An ISO-8601 instant (``Z``, an offset, or none: UTC) or a datetime, in UTC, to the whole
+    second (event ages count whole seconds). Raises ValueError naming the expected form."""
+    if isinstance(value, str):
+        try:
+            value = dt.datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
+        except ValueError:
+            raise ValueError(f"{value!r} is not an ISO-8601 instant; expected e.g. 2026-06-01T12:00:00Z") from None
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=dt.UTC)
+    return dt.datetime.fromtimestamp(int(value.timestamp()), dt.UTC)
+
+
+def refresh_until(context: Mapping[str, Any] | None = None) -> dt.datetime:
+    """The instant a ``recsys_refresh`` run reads events up to (UTC, whole seconds): the
+    ``until`` Param (``recsys refresh --until``), else the run's data interval end (an hourly
+    run of [11:00, 12:00) reads up to 12:00), else now. ``context``: the current task's."""
+    if context is None:
+        from airflow.sdk import get_current_context
+
+        context = get_current_context()
+    params = context.get("params") or {}
+    return utc_instant(params.get("until") or context.get("data_interval_end") or dt.datetime.now(dt.UTC))
+
+
 def settings_for(context: Mapping[str, Any]) -> Settings:
     """Settings from the environment with this run's Params applied."""
     params = context.get("params") or {}

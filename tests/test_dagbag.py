@@ -20,9 +20,9 @@ def dagbag(airflow_env):  # type: ignore[no-untyped-def]
     return DagBag(dag_folder=str(DAGS))
 
 
-def test_no_import_errors_and_the_nightly_dag_is_there(dagbag) -> None:  # type: ignore[no-untyped-def]
+def test_no_import_errors_and_both_dags_are_there(dagbag) -> None:  # type: ignore[no-untyped-def]
     assert dagbag.import_errors == {}
-    assert set(dagbag.dag_ids) == {"recsys_nightly", "recsys_on_published"}
+    assert set(dagbag.dag_ids) == {"recsys_nightly", "recsys_on_published", "recsys_refresh"}
 
 
 def test_policy_for_every_dag(dagbag) -> None:  # type: ignore[no-untyped-def]
@@ -61,6 +61,23 @@ def test_publish_shards_are_mapped_and_run_in_the_dynamodb_pool(dagbag) -> None:
     assert isinstance(shard, MappedOperator)
     assert shard.pool == Settings.from_env().publish_pool == "recsys_dynamodb"
     assert all(t.pool != "recsys_dynamodb" for t in dag.tasks if t.task_id != "publish_shard")
+
+
+def test_refresh_dag_shape_and_its_publish_takes_the_whole_dynamodb_pool(dagbag) -> None:  # type: ignore[no-untyped-def]
+    from airflow.sdk import CronDataIntervalTimetable
+
+    from recsys.config import Settings
+
+    dag = dagbag.get_dag("recsys_refresh")
+    assert dag.get_task("score_active").upstream_task_ids == {"collect_events"}
+    assert dag.get_task("publish_refresh").upstream_task_ids == {"score_active"}
+    assert dag.max_active_runs == 1 and "until" in dag.params
+    assert isinstance(dag.timetable, CronDataIntervalTimetable) and dag.timetable.expression == "0 * * * *"
+    settings = Settings.from_env()
+    # All the slots of the nightly's publish pool: it never writes while a publish shard does.
+    publish = dag.get_task("publish_refresh")
+    assert (publish.pool, publish.pool_slots) == (settings.publish_pool, settings.publish_pool_slots)
+    assert all(t.pool != settings.publish_pool for t in dag.tasks if t.task_id != "publish_refresh")
 
 
 def test_the_nightly_updates_the_serving_table_and_recommendations_assets(dagbag) -> None:  # type: ignore[no-untyped-def]
@@ -111,7 +128,7 @@ print(",".join(sorted(ours)))
 """
 
 
-@pytest.mark.parametrize("dag_file", ["recsys_nightly.py", "recsys_on_published.py"])
+@pytest.mark.parametrize("dag_file", ["recsys_nightly.py", "recsys_on_published.py", "recsys_refresh.py"])
 def test_parsing_imports_nothing_heavy(dag_file: str) -> None:
     """Parsing a DAG file must not import the heavy libraries (they load inside tasks)."""
     out = subprocess.run(
@@ -119,7 +136,6 @@ def test_parsing_imports_nothing_heavy(dag_file: str) -> None:
         capture_output=True, text=True, check=True,
     ).stdout.split("\n")
     assert out[0] == "", f"heavy modules imported at parse time: {out[0]}"
-
 
 
 def test_the_nightly_is_scheduled_on_the_source_asset_when_one_is_set(

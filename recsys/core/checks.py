@@ -68,6 +68,9 @@ VOLUME_MIN_MEAN_ROWS = 10.0
 
 BOT = "bot_user"
 
+# Clocks drift: an event stamped up to this far after a run started is not "in the future".
+FUTURE_TOLERANCE = dt.timedelta(hours=1)
+
 EPOCH = dt.date(1970, 1, 1)  # day 0 of Arrow's date32
 
 QUARANTINE_SCHEMA = pa.schema(

@@ -271,22 +271,50 @@ def score_champion(settings: Settings, data: Holdout, champion: Champion) -> dic
     the champion's.
     """
     items = data.events.item_ids
-    index = pc.index_in(items, value_set=champion.item_ids)
-    known = np.asarray(pc.is_valid(index).to_numpy(zero_copy_only=False), dtype=bool)
+    mapped = champion_history(champion, data.events, data.rows)
+    known = mapped.known
     if not known.any():
         raise ChampionUnavailable(f"its item space does not map: none of tonight's {len(items)} training items is "
                                   f"among its {len(champion.item_ids)}")
-    columns = np.flatnonzero(known)
-    their = np.asarray(pc.filter(index, pa.array(known)).to_numpy(zero_copy_only=False), dtype=np.int64)
-    params = ModelParams(**champion.params["model"])
-    history = confidence_matrix(data.events, champion.params["event_weights"],
-                                float(champion.params["half_life_days"])).matrix[data.rows]
     filters = ItemFilters(exclude=np.union1d(data.filters.exclude, np.flatnonzero(~known)).astype(np.int32),
                           categories=data.filters.categories)
-    # The champion's own item space: tonight's columns it knows, in its order (the others have no vector).
-    own = sp.csr_matrix(history @ sp.csr_matrix((np.ones(len(columns), dtype=np.float32), (columns, their)),
-                                                shape=(len(items), model_items(champion.model))))
-    folded = fold_in(champion.model, params, own)
-    model = reindex_items(folded, columns, their, len(items))
-    ids, _ = serve_lists(settings, model, np.arange(len(data.rows)), history, data.seen, filters)
+    folded = fold_in(champion.model, champion_params(champion), mapped.own)
+    model = reindex_items(folded, mapped.columns, mapped.their, len(items))
+    ids, _ = serve_lists(settings, model, np.arange(len(data.rows)), mapped.history, data.seen, filters)
     return {**evaluate_holdout_lists(settings, data, ids), "items_mapped": int(known.sum())}
+
+
+def champion_params(champion: Champion) -> ModelParams:
+    """The family parameters the champion was fit with (its ``params.json``), for fold-in."""
+    return ModelParams(**champion.params["model"])
+
+
+@dataclass
+class ChampionHistory:
+    """Users' histories as the champion scores them: built with its own event weights and
+    half-life, in the events' item space and in the champion's."""
+
+    history: sp.csr_matrix  # rows x the events' items: confidences with the champion's weights, half-life
+    own: sp.csr_matrix  # the same rows x the champion's items (the events' items it does not know dropped)
+    known: np.ndarray  # per item of the events: whether the champion knows it
+    columns: np.ndarray  # the events' item columns the champion knows ...
+    their: np.ndarray  # ... and where each is among the champion's items
+    projection: sp.csr_matrix  # the events' items x the champion's: ``matrix @ projection`` maps any matrix
+
+
+def champion_history(champion: Champion, events: PairEvents, rows: np.ndarray) -> ChampionHistory:
+    """The histories of the users at ``rows`` of ``events`` (any PairEvents: tonight's training
+    days, or a refresh's new events), with the champion's own event weights and half-life,
+    mapped onto the champion's item space for :func:`recsys.core.model.fold_in`. Items the
+    champion does not know have no column there (``known`` says which)."""
+    index = pc.index_in(events.item_ids, value_set=champion.item_ids)
+    known = np.asarray(pc.is_valid(index).to_numpy(zero_copy_only=False), dtype=bool)
+    columns = np.flatnonzero(known)
+    their = np.asarray(pc.filter(index, pa.array(known)).to_numpy(zero_copy_only=False), dtype=np.int64)
+    history = confidence_matrix(events, champion.params["event_weights"],
+                                float(champion.params["half_life_days"])).matrix[rows]
+    # The champion's own item space: the columns it knows, in its order (the others have no vector).
+    projection = sp.csr_matrix((np.ones(len(columns), dtype=np.float32), (columns, their)),
+                               shape=(len(events.item_ids), model_items(champion.model)))
+    return ChampionHistory(history=history, own=sp.csr_matrix(history @ projection), known=known, columns=columns,
+                           their=their, projection=projection)

@@ -34,12 +34,15 @@ from recsys.dev.dagrun import (
     new_log_path,
     output_to_log,
     run_dag,
+    run_refresh_dag,
     stage_times,
+    task_result,
 )
 from recsys.dev.datagen import add_datagen_parser, generate_store
 from recsys.dev.dynamodb_local import add_dynamodb_local_parser
 from recsys.io import dynamodb, lake
 from recsys.io.source import newest_complete_day
+from recsys.runtime import utc_instant
 from recsys.serving.reader import get_recommendations
 
 log = logging.getLogger("recsys")
@@ -100,6 +103,58 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def parse_until(text: str | None, now: dt.datetime | None = None) -> dt.datetime:
+    """``--until``: an ISO-8601 instant (``Z`` or an offset; none means UTC), or now; UTC, whole seconds.
+    Raises ValueError naming the expected form."""
+    try:
+        return utc_instant(text or now or dt.datetime.now(dt.UTC))
+    except ValueError as exc:
+        raise ValueError(f"--until {exc}") from None
+
+
+def cmd_refresh(args: argparse.Namespace) -> int:
+    """One ``recsys_refresh`` run through dag.test(): exit 0 when the active users' lists were
+    written and a sample read back matches; 3 when nothing was written (a nightly publish is
+    finishing, or a newer night is served); 1 when the run failed."""
+    settings = Settings.from_env()
+    until = parse_until(args.until)
+    started = time.perf_counter()
+    view = None
+    if args.full_output:
+        dag_run = run_refresh_dag(settings, until)
+    else:
+        log_path = new_log_path(settings, until.date())
+        print(f"    one line per task; Airflow's own output goes to {log_path}", flush=True)
+        with output_to_log(log_path) as terminal:
+            view = QuietView(terminal, log_path)
+            dag_run = run_refresh_dag(settings, until, view=view)
+    seconds = time.perf_counter() - started
+    state = str(getattr(dag_run, "state", "unknown"))
+    print(stage_times(dag_run))
+    if not state.endswith("success"):
+        print(f"recsys refresh --until {until.isoformat()}: FAILED after {seconds:.0f} s ({state}); tasks not done: "
+              f"{failed_tasks(dag_run)}; nothing served changed for the users not yet written.\n"
+              f"{_failure_lines(view)}", file=sys.stderr)
+        return 1
+    collected = task_result(dag_run, "collect_events") or {}
+    published = task_result(dag_run, "publish_refresh") or {}
+    if not published.get("published"):
+        print(f"recsys refresh --until {until.isoformat()}: nothing written: {published.get('reason', published)}",
+              file=sys.stderr)
+        return 3
+    line = (f"recsys refresh --until {until.isoformat()}: {published['items']:,} users refreshed "
+            f"({published['new_users']:,} new to the night {collected.get('served_run_date')}, "
+            f"{published['kept_newer']:,} left as a newer run wrote them), {collected.get('quarantined', 0):,} of "
+            f"{collected.get('rows', 0):,} new rows quarantined, {published['checked']:,} read back and matching; "
+            f"{seconds:.1f} s ({published['items'] / max(seconds, 1e-9):.0f} users/s), model "
+            f"{published['model_version']}")
+    log.info("%s", line)
+    print(line)
+    if view is not None:
+        print(f"full log:  {view.log_path}")
+    return 0
+
+
 def _where_to_look(settings: Settings, day: dt.date, view: QuietView | None) -> str:
     lines = [f"report:    {lake.partition_uri(settings.lake, datasets.REPORTS, day)}/report.html",
              f"Data Docs: {lake.partition_uri(settings.lake, datasets.VALIDATION, day)}/index.html"]
@@ -129,7 +184,8 @@ def cmd_lookup(args: argparse.Namespace) -> int:
 def _format_lookup(result: dict[str, Any]) -> str:
     source = "their own list" if result["source"] == "user" else "the popular list (unknown user)"
     lines = [(f"user {result['user_id']}: {len(result['items'])} items from {source}, "
-              f"model {result['model_version']}, generated {result['generated_at']}")]
+              f"model {result['model_version']}, generated {result['generated_at']}"
+              + (f", refreshed {result['refreshed_at']}" if result.get("refreshed_at") else ""))]
     lines += [f"  {i:>2}. {item['item_id']}  {item['score']:.4f}" for i, item in enumerate(result["items"], 1)]
     return "\n".join(lines)
 
@@ -193,6 +249,14 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--verbose", dest="full_output", action="store_true",
                      help="Airflow's full task-runner output on the terminal instead of one line per task")
     run.set_defaults(func=cmd_run)
+
+    refresh = sub.add_parser("refresh", help="one hourly refresh through dag.test(): the lists of the users "
+                             "active since the served night, with its model")
+    refresh.add_argument("--until", help="read the events up to this ISO-8601 instant (default: now), "
+                         "e.g. 2026-06-01T12:00:00Z")
+    refresh.add_argument("--verbose", dest="full_output", action="store_true",
+                         help="Airflow's full task-runner output on the terminal instead of one line per task")
+    refresh.set_defaults(func=cmd_refresh)
 
     pool = sub.add_parser("pool", help="create the Airflow pool of the publish shards unless it exists")
     pool.add_argument("--migrate", action="store_true", help="create or upgrade the Airflow metadata DB first")

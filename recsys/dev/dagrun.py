@@ -27,6 +27,7 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 DAGS_FOLDER = dags_folder_from_env()
 
 DAG_ID = "recsys_nightly"
+REFRESH_DAG_ID = "recsys_refresh"
 
 
 def configure_airflow(settings: Settings) -> dict[str, str]:
@@ -92,16 +93,16 @@ def ensure_publish_pool(settings: Settings) -> str:
     return line
 
 
-def load_dag() -> Any:
+def load_dag(dag_id: str = DAG_ID) -> Any:
     """Import the DAG file the scheduler would parse; raises when it has import errors."""
     from airflow.dag_processing.dagbag import DagBag
 
     bag = DagBag(dag_folder=str(DAGS_FOLDER))
     if bag.import_errors:
         raise RuntimeError(f"DAG import errors: {bag.import_errors}")
-    dag = bag.get_dag(DAG_ID)
+    dag = bag.get_dag(dag_id)
     if dag is None:
-        raise RuntimeError(f"DAG {DAG_ID!r} not found in {DAGS_FOLDER}")
+        raise RuntimeError(f"DAG {dag_id!r} not found in {DAGS_FOLDER}")
     return dag
 
 
@@ -120,6 +121,27 @@ def run_dag(
     log.info("running %s for %s (lake %s, table %s)", DAG_ID, day, settings.lake, settings.table)
     with _reporting_tasks(view) if view is not None else contextlib.nullcontext():
         return dag.test(logical_date=logical, run_conf=conf or {})
+
+
+def run_refresh_dag(settings: Settings, until: dt.datetime, *, view: QuietView | None = None) -> Any:
+    """Run ``recsys_refresh`` once with ``dag.test()`` for the events up to ``until`` (its
+    ``until`` Param); returns the DagRun. With a ``view``, as :func:`run_dag`."""
+    configure_airflow(settings)
+    migrate_airflow_db(settings)
+    ensure_publish_pool(settings)
+    dag = load_dag(REFRESH_DAG_ID)
+    log.info("running %s up to %s (lake %s, table %s)", REFRESH_DAG_ID, until.isoformat(), settings.lake,
+             settings.table)
+    with _reporting_tasks(view) if view is not None else contextlib.nullcontext():
+        return dag.test(logical_date=until, run_conf={"until": until.isoformat()})
+
+
+def task_result(dag_run: Any, task_id: str) -> Any:
+    """What ``task_id`` of a finished run returned (its XCom), or None."""
+    for ti in dag_run.get_task_instances():
+        if ti.task_id == task_id:
+            return _task_result(ti)
+    return None
 
 
 # --------------------------------------------------------------------------- the quiet view

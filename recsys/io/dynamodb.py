@@ -482,6 +482,87 @@ def publish_recommendations(
     return {"items": written, "seconds": round(seconds, 3), "items_per_second": round(rate, 1), "retries": retries}
 
 
+# --------------------------------------------------------------------------- the hourly refresh
+
+
+def is_reserved_key(user_id: str) -> bool:
+    """True for the keys that are not a user's list: ``__popular__[#category]``, ``item#...``, ``__meta__``."""
+    return user_id in (POPULAR_USER_ID, META_KEY) or user_id.startswith((POPULAR_USER_ID + "#", "item#"))
+
+
+# A refresh may replace a list of the served night (or of an earlier refresh up to an earlier
+# instant), never one a newer nightly wrote: model versions start with their run date, so
+# every version of the served night D or before sorts below "D+1".
+REFRESH_CONDITION = (
+    "attribute_not_exists(model_version) OR (model_version < :next_night AND "
+    "(attribute_not_exists(refreshed_until) OR refreshed_until <= :until))"
+)
+
+
+def publish_refreshed(
+    client: Any,
+    table: str,
+    recs: pa.Table,
+    *,
+    model_version: str,
+    served_run_date: dt.date,
+    refreshed_at: dt.datetime,
+    until: dt.datetime,
+    expires_at: int,
+    threads: int = 8,
+) -> dict[str, Any]:
+    """Write the refreshed lists of ``recs`` (user_id, rank, item_id, score), one conditional
+    PutItem per user (BatchWriteItem takes no condition): each item as the nightly writes it,
+    stamped ``refreshed_at`` (``generated_at`` too) and ``refreshed_until`` (the instant its
+    events reach), unless the table holds a list of a newer nightly, or of a refresh up to a
+    later instant, for that user (see REFRESH_CONDITION). Reserved keys (``__popular__``,
+    ``item#``, ``__meta__``) are never written, whatever the events call a user.
+
+    Returns {"items", "kept_newer" (users left as a newer run wrote them), "reserved_skipped",
+    "written_users", "seconds", "items_per_second"}. Raises PublicationError when DynamoDB
+    refuses a write for another reason, and ValueError when ``recs`` is malformed.
+    """
+    started = time.perf_counter()
+    stamp = {"refreshed_at": {"S": _iso_utc(refreshed_at)}, "refreshed_until": {"S": _iso_utc(until)}}
+    values = {":next_night": {"S": (served_run_date + dt.timedelta(days=1)).isoformat()},
+              ":until": stamp["refreshed_until"]}
+    reserved = 0
+    items: list[Item] = []
+    for item in iter_items(recs, model_version=model_version, generated_at=refreshed_at, expires_at=expires_at):
+        if is_reserved_key(item[KEY]["S"]):
+            reserved += 1
+        else:
+            items.append({**item, **stamp})
+
+    def put(item: Item) -> bool:
+        for attempt in range(1, 11):
+            try:
+                client.put_item(TableName=table, Item=item, ConditionExpression=REFRESH_CONDITION,
+                                ExpressionAttributeValues=values)
+                return True
+            except client.exceptions.ConditionalCheckFailedException:
+                return False
+            except Exception as exc:
+                code = _error_code(exc)
+                if code not in RETRYABLE_CODES or attempt == 10:
+                    raise PublicationError(f"refresh: writing user {item[KEY]['S']!r} to DynamoDB table {table} "
+                                           f"failed: {code or type(exc).__name__}: {exc}; rerun the refresh "
+                                           "(its writes are idempotent)") from exc
+                time.sleep(backoff_delay(attempt, 0.05, 5.0))
+        return False  # not reached: the last attempt returns or raises
+
+    with ThreadPoolExecutor(max_workers=max(threads, 1), thread_name_prefix="refresh") as pool:
+        written = list(pool.map(put, items))
+    seconds = time.perf_counter() - started
+    done = [item[KEY]["S"] for item, ok in zip(items, written) if ok]
+    rate = len(done) / seconds if seconds > 0 else 0.0
+    log.info("refresh: %d users written to %s in %.1f s (%.0f items/s), %d left as a newer run wrote them, "
+             "%d reserved key(s) skipped, model %s", len(done), table, seconds, rate, len(items) - len(done),
+             reserved, model_version)
+    return {"items": len(done), "kept_newer": len(items) - len(done), "reserved_skipped": reserved,
+            "written_users": done, "seconds": round(seconds, 3), "items_per_second": round(rate, 1)}
+
+
 # --------------------------------------------------------------------------- verification
 
 

@@ -33,6 +33,7 @@ import pyarrow.compute as pc
 
 from recsys import datasets
 from recsys.config import Settings
+from recsys.core.checks import FUTURE_TOLERANCE
 from recsys.core.window import Window
 from recsys.io import lake
 from recsys.io.source import open_source
@@ -65,9 +66,6 @@ STAGED_SCHEMA = pa.schema(
 )
 
 HOME_DAY_MIN_SHARE = 0.5
-
-# Clocks drift: an event stamped up to this far after extract started is not "in the future".
-FUTURE_TOLERANCE = dt.timedelta(hours=1)
 
 # DuckDB's CSV reject types, as the reasons validate reports.
 READ_ERRORS = {
