@@ -135,6 +135,9 @@ def recsys_env(store: Path, dynamodb_endpoint: str, tmp_path: Path, monkeypatch:
         "RECSYS_TABLE": f"recs_{uuid.uuid4().hex[:8]}",
         "RECSYS_VERIFY_SAMPLE": "300",
         "RECSYS_RECOMMEND_BATCH_USERS": "700",  # several batches of lists, each written as it is made
+        # A day that has not landed fails the run within a minute instead of the 6 hours a night waits.
+        "RECSYS_WAIT_TIMEOUT": "60s",
+        "RECSYS_WAIT_POKE_SECONDS": "5",
     }
     for key, value in values.items():
         monkeypatch.setenv(key, value)

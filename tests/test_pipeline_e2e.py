@@ -132,6 +132,7 @@ def test_broken_batch_fails_before_anything_is_served(
     (bad / "next-day.csv").write_text("\n".join(rows) + "\n")
     os.symlink(Path(settings.source), bad / "history")
     monkeypatch.setenv("RECSYS_SOURCE", str(bad))
+    monkeypatch.setenv("RECSYS_COMPLETE_AFTER", "10:00")  # the batch has landed: wait_for_data lets it through
     with WebhookReceiver() as hook, SmtpReceiver() as smtp:
         for name, value in {"RECSYS_ALERT_WEBHOOK": hook.url, **smtp.env, "RECSYS_ALERT_SMTP_CONN_ID": smtp.conn_id,
                             "RECSYS_ALERT_EMAIL_TO": "oncall@example.com"}.items():
