@@ -63,11 +63,11 @@ def test_quiet_view_prints_one_line_per_task_start_and_end_and_the_failed_tasks_
     view.ended("train", -1, "failed", None)
     lines = out.getvalue().splitlines()
     assert [line.split()[:2] for line in lines] == [
-        ["extract", "running"], ["extract", "success"], ["tune[3]", "running"], ["tune[3]", "success"],
+        ["extract", "running"], ["extract", "success"], ["tune[3]", "success"],  # a mapped instance: its end
         ["train", "running"], ["train", "failed"],
     ]
-    assert lines[1].endswith("s  800,000 rows") and lines[3].endswith("s  NDCG 0.2442")
-    assert lines[5].split()[2:] == [lines[5].split()[2], "s"]  # no summary for a failed task
+    assert lines[1].endswith("s  800,000 rows") and lines[2].endswith("s  NDCG 0.2442")
+    assert lines[4].split()[2:] == [lines[4].split()[2], "s"]  # no summary for a failed task
     tail = view.failure_tail(lines=5).splitlines()
     assert tail[0] == f"  last lines of train (full log {log_path}):"
     assert [line.strip() for line in tail[1:]] == [

@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import html
 import json
+import math
 import os
 import subprocess
 import sys
@@ -231,8 +232,9 @@ def test_command_line_run_and_lookup(store: Path, recsys_env: Settings, airflow_
     done = subprocess.run([recsys, "run", "--date", "latest"], env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     assert f"recsys run {END}: published and verified" in done.stdout
-    tunes = f"tune x{len(tuning_candidates(recsys_env))}"  # one per candidate of the default grid
-    assert tunes in done.stdout and "verify" in done.stdout  # the per-task timing table
+    candidates = len(tuning_candidates(recsys_env))  # the default grid: every one screened, a third tuned
+    screens, tunes = f"screen x{candidates}", f"tune x{math.ceil(candidates / recsys_env.tune_halving)}"
+    assert screens in done.stdout and tunes in done.stdout and "verify" in done.stdout  # the per-task timing table
     assert "publish_shard x4" in done.stdout and "publish (all)" in done.stdout
     # The quiet view: one line per task start and end, Airflow's own output in the full log.
     assert "  extract            success" in done.stdout and "  publish_shard[3]   success" in done.stdout
@@ -264,7 +266,21 @@ def test_command_line_run_and_lookup(store: Path, recsys_env: Settings, airflow_
     assert cold["source"] == "popular" and len(cold["items"]) == 20
     assert cold["items"] != result["items"]
 
-    # A date with no events is a clear failure, not a silent success.
-    done = subprocess.run([recsys, "run", "--date", "2030-01-01"], env=env, capture_output=True, text=True, timeout=600)
+    # A date that has not landed is a clear failure, not a silent success: with RECSYS_WAIT_TIMEOUT=0
+    # wait_for_data checks once and fails, naming the day, what it found and the settings to change.
+    done = subprocess.run([recsys, "run", "--date", "2030-01-01"], env={**env, "RECSYS_WAIT_TIMEOUT": "0"},
+                          capture_output=True, text=True, timeout=600)
     assert done.returncode != 0
-    assert "no events" in done.stderr and "last lines of extract (full log " in done.stderr  # the failing task's tail
+    assert "the run date 2030-01-01 has not fully landed" in done.stderr and "RECSYS_WAIT_TIMEOUT" in done.stderr
+    assert "last lines of wait_for_data (full log " in done.stderr  # the failing task's tail
+    # Once the exporter marks it done, the day goes on to extract, which finds no events in it.
+    marker = Path(recsys_env.source) / "dt=2030-01-01.done"
+    marker.write_text("")
+    try:
+        done = subprocess.run([recsys, "run", "--date", "2030-01-01"],
+                              env={**env, "RECSYS_DONE_MARKER": "dt={date}.done"},
+                              capture_output=True, text=True, timeout=600)
+    finally:
+        marker.unlink()
+    assert done.returncode != 0
+    assert "no events" in done.stderr and "last lines of extract (full log " in done.stderr

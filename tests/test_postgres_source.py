@@ -127,6 +127,7 @@ def test_the_dag_runs_from_postgres_and_publishes(
         "RECSYS_SOURCE_COLUMNS": MAPPING,
         "AIRFLOW_CONN_RECSYS_SOURCE": postgres_database,
         "RECSYS_TUNING_GRID": "",  # one model, no tuning: quick
+        "RECSYS_MODEL": "rp3beta",  # untuned, an item model still beats popularity on a store with co-viewed items
         "RECSYS_GATE_MIN_LIFT": "0",  # the untuned model need only beat popularity here
     }.items():
         monkeypatch.setenv(key, value)

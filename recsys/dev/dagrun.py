@@ -203,8 +203,12 @@ class QuietView:
         return 0
 
     def started(self, task_id: str, map_index: int) -> None:
+        """Remember the start; print it for a plain task. A mapped task's instances (28
+        screened candidates, the tune and publish shards) print their end line only: one line
+        each, like a progress bar."""
         self._starts[(task_id, map_index)] = (time.perf_counter(), self._offset())
-        print(format_task_line(task_id, map_index, "running"), file=self.out, flush=True)
+        if map_index < 0:
+            print(format_task_line(task_id, map_index, "running"), file=self.out, flush=True)
 
     def ended(self, task_id: str, map_index: int, state: str, result: Any) -> None:
         started, offset = self._starts.pop((task_id, map_index), (time.perf_counter(), 0))
