@@ -764,6 +764,12 @@ class Settings(BaseSettings):
         "comma-separated, or the path of a file with one key per line; empty: no authentication",
         json_schema_extra=_meta(_SERVE, strip=True, default_doc="empty (every route open)"),
     )
+    serve_popular_ttl_seconds: Float = Field(
+        default=60.0,
+        description="`recsys serve` keeps the popular and category lists it reads this many seconds (0 = every "
+        "request reads them): an unknown user's request then costs one GetItem, not two",
+        json_schema_extra=_meta(_SERVE),
+    )
     serve_max_age_days: Int = Field(
         default=2,
         description="`/health` answers 503 when the served run date (`__meta__`) is more days before today (UTC)",
@@ -989,6 +995,8 @@ class Settings(BaseSettings):
                             ("publish_pool_slots", self.publish_pool_slots)):
             if count < 1:
                 raise ConfigError(f"{name} must be at least 1, got {count}")
+        if self.serve_popular_ttl_seconds < 0:
+            raise ConfigError(f"serve_popular_ttl_seconds must be 0 or more, got {self.serve_popular_ttl_seconds}")
         if self.serve_max_age_days < 0:
             raise ConfigError(f"serve_max_age_days must be 0 or more, got {self.serve_max_age_days}")
         if self.task_timeout_minutes < 1:

@@ -545,3 +545,31 @@ def test_start_in_memory_says_so(tmp_path: Path) -> None:
         dynamodb_local.stop(settings)
     assert "-inMemory" in (settings.home / "dynamodb-local.log").read_text()
     assert not settings.dynamodb_local_dir.exists()
+
+
+def test_the_servers_popular_cache_saves_the_fallback_read_until_its_ttl(dynamodb_client: Any) -> None:
+    """recsys serve keeps the popular list it read: a newly published __popular__ shows once the
+    TTL has passed, not before; a known user's own list is always read fresh."""
+    from recsys.serving.reader import PopularCache, get_popular
+
+    name = new_table()
+    dynamodb.ensure_table(dynamodb_client, name)
+    first = make_recs(50, seed=3)
+    publish(dynamodb_client, name, first, "v1")
+    cache = PopularCache(ttl=1.0)
+    before = get_recommendations(dynamodb_client, name, "someone-new", popular=cache)
+    assert before["model_version"] == "v1" and before["source"] == "popular"
+
+    second = make_recs(50, seed=4)
+    publish(dynamodb_client, name, second, "v2")
+    newer_popular = [i for i, _ in expected_lists(second)[POPULAR_USER_ID]]
+    assert [x["item_id"] for x in before["items"]] != newer_popular
+    kept = get_recommendations(dynamodb_client, name, "someone-new", popular=cache)
+    assert kept["model_version"] == "v1" and kept["items"] == before["items"]  # within the TTL: the kept list
+    assert get_popular(dynamodb_client, name, popular=cache)["model_version"] == "v1"
+    known = next(u for u in expected_lists(second) if u != POPULAR_USER_ID)
+    assert get_recommendations(dynamodb_client, name, known, popular=cache)["model_version"] == "v2"
+    assert get_recommendations(dynamodb_client, name, "someone-new")["model_version"] == "v2"  # no cache: fresh
+    time.sleep(1.1)
+    after = get_recommendations(dynamodb_client, name, "someone-new", popular=cache)
+    assert after["model_version"] == "v2" and [x["item_id"] for x in after["items"]] == newer_popular

@@ -60,7 +60,7 @@ from pydantic import BaseModel, Field
 
 from recsys.config import DEFAULT_SERVE_TIMEOUT, ConfigError, Settings
 from recsys.io import dynamodb
-from recsys.serving.reader import get_popular, get_recommendations, get_similar_items
+from recsys.serving.reader import PopularCache, get_popular, get_recommendations, get_similar_items
 
 if TYPE_CHECKING:  # FastAPI itself is imported where an app is built: `recsys --help` stays quick
     from fastapi import FastAPI, Request
@@ -398,6 +398,8 @@ def create_app(settings: Settings, *, timeout: float = DEFAULT_SERVE_TIMEOUT, cl
         # The storefront never asks Airflow for a connection: standard AWS chain, RECSYS_* endpoint.
         client = dynamodb.make_client(settings, timeout=timeout, through_airflow=False)
     reader = Reader(client, settings.table, timeout, metrics)
+    # The popular lists change once a night; every unknown user's request falls back on one.
+    popular_lists = PopularCache(settings.serve_popular_ttl_seconds) if settings.serve_popular_ttl_seconds else None
     max_age = settings.serve_max_age_days
 
     @asynccontextmanager
@@ -475,7 +477,7 @@ def create_app(settings: Settings, *, timeout: float = DEFAULT_SERVE_TIMEOUT, cl
         category: str | None = category_query,
     ) -> JSONResponse:
         result = await reader.read(get_recommendations, user_id, limit, invalid="invalid_user_id",
-                                   exclude=_excluded(exclude), category=category)
+                                   exclude=_excluded(exclude), category=category, popular=popular_lists)
         if result is None:
             raise no_category_list(str(category))
         if result["source"] != "user":
@@ -485,7 +487,8 @@ def create_app(settings: Settings, *, timeout: float = DEFAULT_SERVE_TIMEOUT, cl
         return _answer(result, f"user_id={user_id!r}")
 
     async def popular(category: str | None = category_query, limit: int = limit_query) -> JSONResponse:
-        result = await reader.read(get_popular, limit, invalid="invalid_category", category=category)
+        result = await reader.read(get_popular, limit, invalid="invalid_category", category=category,
+                                   popular=popular_lists)
         if result is None:
             raise no_category_list(str(category))
         return _answer(result, f"category={category!r}")

@@ -6,6 +6,8 @@ key and item format it shares.
 from __future__ import annotations
 
 import logging
+import threading
+import time
 from typing import Any, overload
 
 from recsys.config import POPULAR_USER_ID
@@ -46,6 +48,35 @@ def _read_item(client: Any, table: str, key: str) -> Item | None:
             f"(run the nightly DAG, e.g. 'recsys run --date latest')"
         ) from None
     return item
+
+
+class PopularCache:
+    """The popular lists (``__popular__``, ``__popular__#<category>``) a server process has read,
+    kept ``ttl`` seconds: they change once a night, and every unknown user's request falls back
+    on one, so a hit saves that request its second GetItem. A list the table does not hold is
+    not kept. Thread-safe (the server reads from a pool of threads)."""
+
+    def __init__(self, ttl: float) -> None:
+        self.ttl = ttl
+        self._lists: dict[tuple[str, str], tuple[float, Item]] = {}
+        self._lock = threading.Lock()
+
+    def read(self, client: Any, table: str, key: str) -> Item | None:
+        """The item at ``key``, from the cache when it was read less than ``ttl`` seconds ago."""
+        now = time.monotonic()
+        with self._lock:
+            kept = self._lists.get((table, key))
+        if kept is not None and now - kept[0] < self.ttl:
+            return kept[1]
+        item = _read_item(client, table, key)
+        if item is not None:
+            with self._lock:
+                self._lists[(table, key)] = (now, item)
+        return item
+
+
+def _read_popular(client: Any, table: str, key: str, popular: PopularCache | None) -> Item | None:
+    return _read_item(client, table, key) if popular is None else popular.read(client, table, key)
 
 
 def _entries(item: Item | None) -> list[dict[str, Any]]:
@@ -102,13 +133,15 @@ def _checked_limit(limit: int) -> None:
 
 @overload
 def get_recommendations(
-    client: Any, table: str, user_id: str, limit: int = ..., *, exclude: frozenset[str] = ..., category: None = ...
+    client: Any, table: str, user_id: str, limit: int = ..., *, exclude: frozenset[str] = ..., category: None = ...,
+    popular: PopularCache | None = ...,
 ) -> dict[str, Any]: ...
 
 
 @overload
 def get_recommendations(
-    client: Any, table: str, user_id: str, limit: int = ..., *, exclude: frozenset[str] = ..., category: str
+    client: Any, table: str, user_id: str, limit: int = ..., *, exclude: frozenset[str] = ..., category: str,
+    popular: PopularCache | None = ...,
 ) -> dict[str, Any] | None: ...
 
 
@@ -120,6 +153,7 @@ def get_recommendations(
     *,
     exclude: frozenset[str] = frozenset(),
     category: str | None = None,
+    popular: PopularCache | None = None,
 ) -> dict[str, Any] | None:
     """What the storefront shows ``user_id``: their list, or ``__popular__`` when unknown.
 
@@ -137,6 +171,7 @@ def get_recommendations(
     or None when ``category`` has no published list. Raises ValueError for an empty id, one
     over 2,048 bytes UTF-8, the reserved ``__meta__`` or a limit below 1; LookupError when
     neither the user nor the list to fall back on is in the table (nothing published yet).
+    With ``popular`` (``recsys serve``'s), the popular and category lists come from that cache.
     """
     key = _checked_key("user_id", user_id)
     _checked_limit(limit)
@@ -147,7 +182,7 @@ def get_recommendations(
     fallback: Item | None = None
     allowed: frozenset[str] | None = None
     if category is not None:
-        fallback = _read_item(client, table, fallback_key)
+        fallback = _read_popular(client, table, fallback_key, popular)
         if fallback is None:
             return None
         allowed = frozenset(e["item_id"] for e in _entries(fallback))
@@ -156,7 +191,7 @@ def get_recommendations(
     # stays one GetItem, as it always was.
     if len(entries) < limit and (own is None or exclude or category is not None):
         if fallback is None and key != POPULAR_USER_ID:
-            fallback = _read_item(client, table, fallback_key)
+            fallback = _read_popular(client, table, fallback_key, popular)
         entries, filled = fill_list(_entries(own), _entries(fallback), limit, exclude, allowed)
     described = own if own is not None else fallback
     if described is None:
@@ -171,7 +206,9 @@ def get_recommendations(
     return {"user_id": user_id, "items": entries, **_about(described), "source": source, "filled": filled}
 
 
-def get_popular(client: Any, table: str, limit: int = 20, *, category: str | None = None) -> dict[str, Any] | None:
+def get_popular(
+    client: Any, table: str, limit: int = 20, *, category: str | None = None, popular: PopularCache | None = None
+) -> dict[str, Any] | None:
     """The popular list (``__popular__``) or a category's (``__popular__#<category>``), best first.
 
     One GetItem. Returns {"category", "items", "model_version", "generated_at", ["refreshed_at",]
@@ -181,7 +218,7 @@ def get_popular(client: Any, table: str, limit: int = 20, *, category: str | Non
     """
     _checked_limit(limit)
     key = POPULAR_USER_ID if category is None else _checked_key("category", category, POPULAR_USER_ID + "#")
-    item = _read_item(client, table, key)
+    item = _read_popular(client, table, key, popular)
     if item is None:
         if category is not None:
             return None
