@@ -716,19 +716,12 @@ def recommend_users(
     """Top-k for the users at ``rows``, never an item in ``seen`` (rows aligned with ``rows``) or
     ``exclude_items``. Factor models score their trained user vectors ``user_factors[rows]``;
     item models score the users' history rows ``matrix[rows]`` (any users × items matrix with
-    the model's columns, trained on or not: fold-in). Raises ValueError when an item model
-    gets no matrix."""
+    the model's columns, trained on or not: fold-in); a blend mixes both (:func:`_row_scorer`).
+    Raises ValueError when an item model gets no matrix."""
     started = time.perf_counter()
-    if isinstance(model, Blend):
-        ids, scores = _top_k(_row_scorer(model, rows, matrix), len(rows), model_items(model), seen, k, exclude_items)
-    elif isinstance(model, ItemModel):
-        if matrix is None:
-            raise ValueError(f"{model.model} scores users from their history rows: pass the users x items matrix")
-        history = matrix[rows]
-        ids, scores = _top_k(lambda start, stop: model.score(history[start:stop]), len(rows), model.n_items,
-                             seen, k, exclude_items, mostly_ties=sp.issparse(model.item_matrix))
-    else:
-        ids, scores = top_k_items(model.item_factors, model.user_factors[rows], seen, k, exclude_items)
+    mostly_ties = isinstance(model, ItemModel) and sp.issparse(model.item_matrix)
+    ids, scores = _top_k(_row_scorer(model, rows, matrix), len(rows), model_items(model), seen, k, exclude_items,
+                         mostly_ties=mostly_ties)
     seconds = time.perf_counter() - started
     log.info(
         "recommended top-%d for %d users in %.1f s (%.0f users/s)", k, len(ids), seconds, len(ids) / max(seconds, 1e-9)

@@ -19,6 +19,7 @@ from recsys.io.artifacts import load_holdout
 
 log = logging.getLogger(__name__)
 
+
 def candidates(settings: Settings, day: dt.date) -> list[dict[str, Any]]:
     """Tonight's candidates (:func:`recsys.core.grid.tuning_candidates`), one ``screen`` task each."""
     found = tuning_candidates(settings)
