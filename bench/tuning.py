@@ -48,6 +48,7 @@ from recsys.stages.extract import extract
 from recsys.stages.index_events import index_events
 from recsys.stages.recommend import recommend
 from recsys.stages.train import train
+from recsys.stages.tune import candidates as estimate_and_cut
 from recsys.stages.tune import promote, screen, tune
 from recsys.stages.validate import validate
 
@@ -139,14 +140,15 @@ def main() -> None:
         started = time.perf_counter()
         baseline = [tune(settings, day, c) for c in candidates]
         times.append((f"full grid: tune x{len(baseline)}", time.perf_counter() - started))
+    kept = timed("candidates (estimates)", estimate_and_cut)
     started = time.perf_counter()
-    screened = [screen(settings, day, c) for c in candidates]
+    screened = [screen(settings, day, c) for c in kept]
     times.append((f"screen x{len(screened)}", time.perf_counter() - started))
     promoted = timed("promote", promote, screened)
     started = time.perf_counter()
     results = [tune(settings, day, c) for c in promoted]
     times.append((f"tune x{len(results)}", time.perf_counter() - started))
-    budgeted_seconds = sum(s for name, s in times if name.startswith(("screen", "promote", "tune")))
+    budgeted_seconds = sum(s for name, s in times if name.startswith(("candidates", "screen", "promote", "tune")))
     timed("train", train, results)
     timed("recommend", recommend)
 
@@ -166,6 +168,9 @@ def main() -> None:
         print_families("full grid (every candidate fully evaluated): per family", full_grid, k, weights)
     print(f"\n{'NDCG@' + str(k):>8} {'MAP@' + str(k):>8} {'seconds':>8}  candidate (budgeted run)")
     for row in metrics["grid"]:
+        if row.get("cut") and "ndcg_at_k" not in row:
+            print(f"{'—':>8} {'—':>8} {'—':>8}  {params_text(row['params'], weights)} (not screened)")
+            continue
         note = " (skipped)" if row.get("skipped") else " (cut early: screening figures)" if row.get("cut") else ""
         print(f"{row['ndcg_at_k']:>8.4f} {row['map_at_k']:>8.4f} {row.get('seconds') or 0:>8.1f}  "
               f"{params_text(row['params'], weights)}{note}")

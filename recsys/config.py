@@ -489,10 +489,15 @@ class Settings(BaseSettings):
         "tune tasks); 0 = no budget: every candidate gets a full evaluation and nothing is screened",
         json_schema_extra=_meta(
             _MODEL,
-            doc="With a budget, every candidate is first screened: fit and scored on a seeded "
+            doc="With a budget, each candidate's fit is first estimated (each family is timed once on a small "
+            "probe matrix and scaled to tonight's shape: EASE by items³, ALS by users and factors; "
+            "`lake/tuning/dt=D/screening.json`). When the screening would spend more than half the budget, "
+            "the costliest candidates are cut before they are screened, each family keeping its cheapest. "
+            "The others are screened: fit and scored on a seeded "
             "1/`RECSYS_TUNE_HALVING` of the training and hold-out users. The best 1/`RECSYS_TUNE_HALVING` "
             "of them, in screening order, get a full evaluation while their estimated cost (screening seconds "
-            "times the users ratio) fits what the screening left of the budget; the best one always does. "
+            "times the ratio of the two estimates: about the users ratio for ALS, about 1 for EASE) fits what "
+            "the screening left of the budget; the best one always does. "
             "The others are cut early: the report lists them with their screening figures and why.",
         ),
     )

@@ -14,6 +14,7 @@ CONFIDENCE = "confidence"  # aggregate: confidence per (user, item), hold-out tr
 PAIR_EVENTS = "pair_events"  # index_events: the window's events indexed by pair, the hold-out
 TUNING = "tuning"  # screen, tune: one JSON per candidate (screen-<hash>, candidate-<hash>)
 PROMOTION = "promotion.json"  # in a tuning partition: what promote sent on to tune and what it cut
+SCREENING = "screening.json"  # in a tuning partition: each candidate's estimated seconds, and what was cut unscreened
 MODELS = "models"  # train: the model, its ids, parameters, metrics and the report
 RECOMMENDATIONS = "recommendations"  # recommend: every list the storefront reads
 REPORTS = "reports"  # train: the nightly report of each run date

@@ -247,6 +247,47 @@ def test_the_budget_cuts_candidates_and_the_report_lists_them(settings: Settings
     assert promote(free, END, [screen(free, END, c) for c in found]) == found
 
 
+def test_the_budget_cuts_the_costliest_candidates_before_screening(settings: Settings) -> None:
+    """candidates → screen → promote → train with a budget the screening's estimates do not fit:
+    the costliest candidates are cut before they are screened (never a family's cheapest),
+    screening.json keeps every estimate, and metrics.json and the report list the cut ones."""
+    from recsys.core.grid import tuning_candidates
+    from recsys.core.model import fingerprint
+    from recsys.io.artifacts import read_tuning_json
+    from recsys.io.report import report_uri
+    from recsys.stages.tune import candidates, promote, screen, tune
+
+    # 3,000 ALS iterations are estimated at ten times 300's: far over the 1 s the screening may spend.
+    grid = "model=als;factors=8;iterations=300,3000 | model=itemknn;neighbours=20,50"
+    budgeted = settings.with_overrides({"tuning_grid": grid, "tune_budget_seconds": 2, "tune_halving": 3,
+                                        "gate_min_lift": -1.0, "tune_blend_weights": ""})
+    found = tuning_candidates(budgeted)
+    kept = candidates(budgeted, END)
+    expensive = next(c for c in found if c.get("iterations") == 3000)
+    assert expensive not in kept and next(c for c in found if c.get("iterations") == 300) in kept
+    assert any(c["model"] == "itemknn" for c in kept) and all(c in found for c in kept)
+    screening = read_tuning_json(settings, END, "screening.json")
+    assert screening is not None and screening["allowed_seconds"] == 1.0
+    estimates = screening["estimates"]
+    assert set(estimates) == {fingerprint(c) for c in found}
+    cheap = estimates[fingerprint(next(c for c in found if c.get("iterations") == 300))]
+    assert estimates[fingerprint(expensive)]["screen"] == pytest.approx(10 * cheap["screen"], rel=0.01)
+    # ALS's full evaluation fits three times the screening's users: about three times the cost.
+    assert 2.0 < cheap["full"] / cheap["screen"] < 4.0
+    unscreened = [c["params"] for c in screening["cut"]]
+    assert expensive in unscreened and len(unscreened) == len(found) - len(kept)
+    assert all("not screened: its screening was estimated at" in c["cut"] for c in screening["cut"])
+
+    promoted = promote(budgeted, END, [screen(budgeted, END, c) for c in kept])
+    assert expensive not in promoted
+    train(budgeted, END, [tune(budgeted, END, c) for c in promoted])
+    metrics = lake.read_json(lake.partition_dir(settings.lake, "models", END) / "metrics.json")
+    listed = [g for g in metrics["grid"] if g["params"] == expensive]
+    assert len(listed) == 1 and "not screened" in listed[0]["cut"] and "ndcg_at_k" not in listed[0]
+    page = Path(report_uri(settings, END)).read_text()
+    assert f"{len(unscreened)} of them were not screened at all" in page
+
+
 def test_a_blend_of_the_two_best_families_is_scored_trained_and_served(settings: Settings) -> None:
     """After tuning, the best candidate and the best of another family are blended at each
     weight and scored like candidates; a winning blend is trained on the window, saved,

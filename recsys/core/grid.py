@@ -84,7 +84,7 @@ def tuning_candidates(settings: Settings) -> list[dict[str, Any]]:
 
 
 def promote_candidates(
-    screened: list[dict[str, Any]], budget_seconds: float, eta: int, cost_ratio: float
+    screened: list[dict[str, Any]], budget_seconds: float, eta: int, cost_ratio: float | list[float]
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """Successive halving's promotion, under a budget: which screened candidates get a full
     evaluation.
@@ -92,7 +92,8 @@ def promote_candidates(
     ``screened``: {"params", "metrics", "seconds"} per candidate, scored on the screening
     sample (``metrics["skipped"]`` when it stepped aside). The best ``ceil(n / eta)`` by
     screening NDCG@k (ties: grid order) are promoted in that order while their estimated full
-    cost (``seconds * cost_ratio``) fits what the screening left of ``budget_seconds``; the
+    cost (``seconds * cost_ratio``; one ratio for all, or one per screened candidate) fits what
+    the screening left of ``budget_seconds``; the
     best is promoted whatever it costs (a night needs a winner). Returns (the promoted
     candidates' params, best first; the others, each with ``cut`` saying why).
     """
@@ -104,8 +105,9 @@ def promote_candidates(
     left = budget_seconds - sum(float(r.get("seconds") or 0.0) for r in screened)
     promoted: list[dict[str, Any]] = []
     cut: list[dict[str, Any]] = []
-    for place, (_, result) in enumerate(ranked, start=1):
-        cost = float(result.get("seconds") or 0.0) * cost_ratio
+    ratios = cost_ratio if isinstance(cost_ratio, list) else [cost_ratio] * len(screened)
+    for place, (index, result) in enumerate(ranked, start=1):
+        cost = float(result.get("seconds") or 0.0) * ratios[index]
         if place > slots:
             reason = f"screening rank {place} of {len(ranked)}: only the best {slots} (1/{eta}) go on"
         elif promoted and cost > left:

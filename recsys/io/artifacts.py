@@ -102,9 +102,11 @@ def read_champion(settings: Settings) -> dict[str, Any] | None:
     return lake.read_lake_json(settings.lake, datasets.CHAMPION)
 
 
-def read_promotion(settings: Settings, day: dt.date) -> dict[str, Any] | None:
-    """What ``promote`` wrote for ``day`` (``lake/tuning/dt=D/promotion.json``), or None."""
-    found = lake.read_lake_json(settings.lake, f"{lake.partition_key(datasets.TUNING, day)}/{datasets.PROMOTION}")
+def read_tuning_json(settings: Settings, day: dt.date, name: str) -> dict[str, Any] | None:
+    """A JSON file of ``lake/tuning/dt=D/``, or None when the run wrote none: ``promotion.json``
+    (what promote sent on to tune and what it cut), ``screening.json`` (candidates' estimated
+    seconds and the ones cut before screening; written only under a budget)."""
+    found = lake.read_lake_json(settings.lake, f"{lake.partition_key(datasets.TUNING, day)}/{name}")
     return dict(found) if found is not None else None
 
 

@@ -66,7 +66,8 @@ def write_report(
     grid_rows = "".join(
         f"<tr><td>{i + 1}</td><td><code>{html.escape(params_text(g['params'], settings.event_weights))}</code>"
         + (f"<br>skipped: {html.escape(g['skipped'])}" if g.get("skipped") else "")
-        + (f"<br>cut early ({html.escape(g['cut'])}); figures of the screening sample" if g.get("cut") else "")
+        + (f"<br>cut early ({html.escape(g['cut'])})" if g.get("cut") else "")
+        + ("; figures of the screening sample" if g.get("cut") and "ndcg_at_k" in g else "")
         + "</td>"
         + "".join(f"<td>{g[m]:.4f}</td>" if m in g else "<td>—</td>" for m in METRICS)
         + (f"<td>{g['seconds']:.1f}</td>" if g.get("seconds") is not None else "<td>—</td>") + "</tr>"
@@ -95,7 +96,7 @@ Candidates were fit on the training part: {metrics.get('train_users', 0):,} user
 {_churn_text(metrics.get("churn"), k)}
 <h2>Tuning candidates (best first)</h2>
 {_tuning_text(metrics.get("tuning"), grid)}
-{_bar_chart([g['ndcg_at_k'] for g in grid], [str(i + 1) for i in range(len(grid))], f"NDCG@{k} per candidate", metrics['popularity']['ndcg_at_k'])}
+{_bar_chart([g.get('ndcg_at_k', 0.0) for g in grid], [str(i + 1) for i in range(len(grid))], f"NDCG@{k} per candidate", metrics['popularity']['ndcg_at_k'])}
 <table><tr><th>#</th><th>candidate</th><th>NDCG@{k}</th><th>MAP@{k}</th><th>precision@{k}</th><th>recall@{k}</th>
 <th>coverage</th><th>novelty@{k}</th><th>diversity@{k}</th><th>seconds</th></tr>{grid_rows}</table>
 <h2>Past nights</h2>
@@ -131,10 +132,14 @@ def _tuning_text(tuning: dict[str, Any] | None, grid: list[dict[str, Any]]) -> s
     if not tuning or not tuning.get("budget_seconds"):
         return "<p>Every candidate had a full evaluation (no RECSYS_TUNE_BUDGET_SECONDS).</p>"
     cut = sum(1 for g in grid if g.get("cut"))
-    return (f"<p>Every candidate was screened on 1/{tuning['halving']} of the users "
+    unscreened = sum(1 for g in grid if g.get("cut") and "ndcg_at_k" not in g)
+    before = (f" {unscreened} of them were not screened at all: the screening's estimated seconds did not fit "
+              f"the half of the budget it may spend, so the costliest were cut first, each family keeping its "
+              f"cheapest." if unscreened else "")
+    return (f"<p>The candidates were screened on 1/{tuning['halving']} of the users "
             f"({tuning['screening_seconds']:.0f} s in all); the best went on to a full evaluation within the "
             f"{tuning['budget_seconds']} s budget (RECSYS_TUNE_BUDGET_SECONDS). {cut} were cut early: their figures "
-            f"are the screening sample's, listed after the fully evaluated ones.</p>")
+            f"are the screening sample's, listed after the fully evaluated ones.{before}</p>")
 
 
 def _churn_text(churn: dict[str, Any] | None, k: int) -> str:

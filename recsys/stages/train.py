@@ -46,7 +46,7 @@ from recsys.io.artifacts import (
     load_holdout,
     load_window_events,
     read_champion,
-    read_promotion,
+    read_tuning_json,
     save_model,
 )
 from recsys.io.report import write_report
@@ -72,7 +72,7 @@ def train(settings: Settings, day: dt.date, results: list[dict[str, Any]] | None
 
     started = time.perf_counter()
     data = load_holdout(settings, day)
-    promotion = read_promotion(settings, day) if results else None
+    promotion = read_tuning_json(settings, day, datasets.PROMOTION) if results else None
     if not results:
         candidate = make_candidate(settings)
         results = [{"params": candidate, "metrics": score_candidate(settings, data, candidate),
