@@ -106,3 +106,26 @@ def test_similar_items_of_an_item_model_are_its_neighbour_rows(params: ModelPara
         best = sorted(candidates, key=lambda j: (-dense[item, j], j))[:3]
         assert listed.tolist() == best
         assert scores[item, : len(best)] == pytest.approx(dense[item, best], abs=1e-6)
+
+
+def test_sparse_top_k_lists_each_rows_best_stored_entries() -> None:
+    """The item# lists of a neighbourhood model come from its stored entries alone: per row the
+    k best, ties by the lower item (also at the k-th place, where the dense top-k's partition
+    may take either), never the row's own item nor an excluded one; a short row is padded."""
+    import scipy.sparse as sp
+
+    from recsys.core.model import sparse_top_k
+
+    rng = np.random.default_rng(4)
+    dense = np.where(rng.random((60, 60)) < 0.15, rng.integers(-3, 4, (60, 60)).astype(np.float32), 0.0)
+    dense[5] = 0.0  # a row that links nothing: all padding
+    matrix = sp.csr_matrix(dense)
+    for k, exclude in ((4, [1, 7]), (80, [])):
+        ids, scores = sparse_top_k(matrix, k, np.array(exclude, dtype=np.int64))
+        for i in range(60):
+            linked = [j for j in range(60) if dense[i, j] != 0 and j != i and j not in exclude]
+            best = sorted(linked, key=lambda j: (-dense[i, j], j))[:k]
+            assert ids[i].tolist() == best + [-1] * (k - len(best))
+            assert scores[i, : len(best)].tolist() == [dense[i, j] for j in best]
+            assert np.isneginf(scores[i, len(best):]).all()
+    assert (sparse_top_k(matrix, 4, None)[0][5] == -1).all()
