@@ -114,7 +114,7 @@ def test_sparse_top_k_lists_each_rows_best_stored_entries() -> None:
     may take either), never the row's own item nor an excluded one; a short row is padded."""
     import scipy.sparse as sp
 
-    from recsys.core.model import sparse_top_k
+    from recsys.core.families import sparse_top_k
 
     rng = np.random.default_rng(4)
     dense = np.where(rng.random((60, 60)) < 0.15, rng.integers(-3, 4, (60, 60)).astype(np.float32), 0.0)

@@ -11,7 +11,6 @@ with ``x`` the row's binary pairs. A user it was not trained on is scored the sa
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -127,7 +126,19 @@ def fit_rp3beta(matrix: sp.csr_matrix, alpha: float, beta: float, neighbours: in
     damp = np.zeros(n, dtype=np.float64)
     damp[item_degree > 0] = item_degree[item_degree > 0] ** -beta
     rows = max(1, BLOCK_ENTRIES // max(n, 1))
-    return _top_rows(lambda start, stop: (p_iu[start:stop] @ p_ui).toarray() * damp[None, :], n, rows, neighbours)
+    parts = []
+    for start in range(0, n, rows):  # the walk's products of a block of rows: sparse, as most pairs never meet
+        stop = min(start + rows, n)
+        block = sp.csr_matrix(p_iu[start:stop] @ p_ui)
+        block.data *= damp[block.indices]
+        block.eliminate_zeros()
+        ids, scores = sparse_top_k(block, neighbours, None, row_offset=start)
+        kept = ids >= 0
+        kept_rows, _ = np.nonzero(kept)
+        parts.append(sp.csr_matrix((scores[kept], (kept_rows, ids[kept])), shape=(stop - start, n)))
+    if not parts:
+        return sp.csr_matrix(np.zeros((0, 0), dtype=np.float32))
+    return sp.csr_matrix(sp.vstack(parts, format="csr"), dtype=np.float32)
 
 
 def _inverse(degree: np.ndarray) -> np.ndarray:
@@ -136,20 +147,49 @@ def _inverse(degree: np.ndarray) -> np.ndarray:
     return out
 
 
-def _top_rows(block_of: Callable[[int, int], np.ndarray], n: int, rows: int, keep: int) -> sp.csr_matrix:
-    """The n x n CSR matrix of each row's ``keep`` largest entries (non-negative), off the diagonal,
-    from dense blocks of rows ``block_of(start, stop)``."""
-    parts = []
-    for start in range(0, n, rows):
-        stop = min(start + rows, n)
-        dense = np.asarray(block_of(start, stop), dtype=np.float32)
-        dense[np.arange(stop - start), np.arange(start, stop)] = 0.0
-        if keep < n:
-            top = np.argpartition(-dense, keep - 1, axis=1)[:, :keep]
-            kept = np.zeros_like(dense)
-            np.put_along_axis(kept, top, np.take_along_axis(dense, top, axis=1), axis=1)
-            dense = kept
-        parts.append(sp.csr_matrix(dense))
-    out = sp.vstack(parts, format="csr") if parts else sp.csr_matrix(np.zeros((0, 0), dtype=np.float32))
-    out.eliminate_zeros()
-    return out.astype(np.float32)
+def sparse_top_k(
+    matrix: sp.csr_matrix, k: int, exclude_items: np.ndarray | None, row_offset: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
+    """Each row's ``k`` largest stored entries (an item a row does not link is never listed),
+    best first, ties by the lower item, leaving out the row's own item (row ``i`` is item
+    ``i + row_offset``: a block of a square matrix's rows) and ``exclude_items``. Returns
+    (ids int32, scores float32) of shape (rows, k), a short row padded with id -1 and -inf:
+    what :func:`recsys.core.model._top_k` gives of the rows widened with -inf, in time of the
+    stored entries instead of rows x items."""
+    n = matrix.shape[0]
+    ids = np.full((n, k), -1, dtype=np.int32)
+    scores = np.full((n, k), -np.inf, dtype=np.float32)
+    matrix = matrix.sorted_indices()  # a row's entries by item, so a stable sort breaks ties by item
+    row = np.repeat(np.arange(n, dtype=np.int64), np.diff(matrix.indptr))
+    col, value = matrix.indices.astype(np.int64), matrix.data.astype(np.float32)
+    keep = (col != row + row_offset) & np.isfinite(value)
+    if exclude_items is not None and len(exclude_items):
+        excluded = np.zeros(matrix.shape[1], dtype=bool)
+        excluded[np.asarray(exclude_items, dtype=np.int64)] = True
+        keep &= ~excluded[col]
+    row, col, value = row[keep], col[keep], value[keep]
+    if not len(row):
+        return ids, scores
+    values, items = _side_by_side(row, col, value, n)
+    if values.shape[1] > 2 * k:  # long rows: only the entries at or above each row's k-th best are sorted
+        kth = -np.partition(-values, k - 1, axis=1)[:, k - 1]
+        row, place = np.nonzero(values >= kth[:, None])  # by row, then by item: the stable order is kept
+        values, items = _side_by_side(row, items[row, place], values[row, place], n)
+    order = np.argsort(-values, axis=1, kind="stable")[:, :k]
+    taken = min(k, values.shape[1])
+    ids[:, :taken] = np.take_along_axis(items, order, axis=1)
+    scores[:, :taken] = np.take_along_axis(values, order, axis=1)
+    ids[np.isneginf(scores)] = -1
+    return ids, scores
+
+
+def _side_by_side(row: np.ndarray, col: np.ndarray, value: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Entries grouped by row (``row`` sorted) as two (n, longest row) arrays: their values
+    (-inf where a row is shorter) and their items (-1 there), in the entries' order."""
+    lengths = np.bincount(row, minlength=n)
+    place = np.arange(len(row)) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+    width = int(lengths.max()) if len(row) else 0
+    values = np.full((n, width), -np.inf, dtype=np.float32)
+    items = np.full((n, width), -1, dtype=np.int64)
+    values[row, place], items[row, place] = value, col
+    return values, items

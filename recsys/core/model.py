@@ -30,7 +30,7 @@ import pyarrow.compute as pc
 import scipy.sparse as sp
 
 from recsys.config import SIMILARITIES
-from recsys.core.families import ItemModel, binary, fit_ease, fit_rp3beta
+from recsys.core.families import ItemModel, binary, fit_ease, fit_rp3beta, sparse_top_k
 
 log = logging.getLogger(__name__)
 
@@ -805,35 +805,3 @@ def similar_items(model: Model, k: int, exclude_items: np.ndarray | None) -> tup
     return _top_k(score_rows, n, n, itself, k, exclude_items)
 
 
-def sparse_top_k(matrix: sp.csr_matrix, k: int, exclude_items: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
-    """:func:`_top_k` of a square sparse matrix's rows over their stored entries only (an item
-    a row does not link is never listed), the diagonal and ``exclude_items`` left out: the
-    same (ids, scores) as the dense top-k of those rows with -inf where nothing is stored, in
-    time of the stored entries (one sort) instead of rows x items."""
-    n = matrix.shape[0]
-    ids = np.full((n, k), -1, dtype=np.int32)
-    scores = np.full((n, k), -np.inf, dtype=np.float32)
-    matrix = matrix.sorted_indices()  # a row's entries by item, so a stable sort breaks ties by item
-    row = np.repeat(np.arange(n, dtype=np.int64), np.diff(matrix.indptr))
-    col, value = matrix.indices.astype(np.int64), matrix.data.astype(np.float32)
-    keep = (col != row) & np.isfinite(value)
-    if exclude_items is not None and len(exclude_items):
-        excluded = np.zeros(matrix.shape[1], dtype=bool)
-        excluded[np.asarray(exclude_items, dtype=np.int64)] = True
-        keep &= ~excluded[col]
-    row, col, value = row[keep], col[keep], value[keep]
-    if not len(row):
-        return ids, scores
-    # Each row's entries side by side (a row holds at most its neighbours), sorted row by row.
-    lengths = np.bincount(row, minlength=n)
-    place = np.arange(len(row)) - np.repeat(np.cumsum(lengths) - lengths, lengths)
-    width = int(lengths.max())
-    values = np.full((n, width), -np.inf, dtype=np.float32)
-    items = np.full((n, width), -1, dtype=np.int64)
-    values[row, place], items[row, place] = value, col
-    order = np.argsort(-values, axis=1, kind="stable")[:, :k]
-    taken = min(k, width)
-    ids[:, :taken] = np.take_along_axis(items, order, axis=1)
-    scores[:, :taken] = np.take_along_axis(values, order, axis=1)
-    ids[np.isneginf(scores)] = -1
-    return ids, scores
