@@ -25,7 +25,7 @@ from recsys.config import Settings
 from recsys.dev import dynamodb_local
 from recsys.dev.datagen import generate_store
 from tests.services import create_database, drop_database
-from tests.support import ONE_MODEL, SMALL
+from tests.support import ONE_MODEL, SMALL, SMALL_GRID
 
 
 @pytest.fixture(scope="session")
@@ -138,6 +138,7 @@ def recsys_env(store: Path, dynamodb_endpoint: str, tmp_path: Path, monkeypatch:
         # A day that has not landed fails the run within a minute instead of the 6 hours a night waits.
         "RECSYS_WAIT_TIMEOUT": "60s",
         "RECSYS_WAIT_POKE_SECONDS": "5",
+        **SMALL_GRID,
     }
     for key, value in values.items():
         monkeypatch.setenv(key, value)

@@ -135,6 +135,13 @@ SMALL = {"users": 3_000, "items": 300, "events": 60_000, "days": 35, "seed": 11,
 # One model per run, a good one for this store, and no lift required of it: for the tests of
 # what is served when, where the tuning is not under test (the default grid costs several seconds a run).
 ONE_MODEL = {"RECSYS_TUNING_GRID": "", "RECSYS_FACTORS": "16", "RECSYS_ALPHA": "10", "RECSYS_GATE_MIN_LIFT": "0"}
+# The whole-DAG tests' grid: one candidate of three families, so the screening, the promotion
+# and the gate run as at night at a tenth of the default grid's cost. Only the command-line
+# test runs the default grid (the one a new user's first `make run` tunes).
+SMALL_GRID = {"RECSYS_TUNING_GRID": "model=als;weighting=bm25;alpha=2;factors=16"
+                                    " | model=rp3beta;rp3_alpha=0.8;rp3_beta=0.3;neighbours=200"
+                                    " | model=itemknn;similarity=cosine;neighbours=100",
+              "RECSYS_TUNE_BLEND_WEIGHTS": "0.5"}
 
 
 def scan(client: Any, table: str, with_meta: bool = False) -> dict[str, dict]:

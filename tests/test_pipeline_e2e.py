@@ -21,7 +21,7 @@ import pytest
 from recsys.config import POPULAR_USER_ID, Settings, recommendations_uri, serving_table_uri
 from recsys.core.grid import tuning_candidates
 from recsys.io import lake
-from tests.support import ONE_MODEL, SmtpReceiver, WebhookReceiver, asset_events, lists_of, scan
+from tests.support import ONE_MODEL, SMALL_GRID, SmtpReceiver, WebhookReceiver, asset_events, lists_of, scan
 from tests.support import STORE_END as END
 
 pytestmark = pytest.mark.slow  # whole-DAG runs: make test, not make test-fast
@@ -226,7 +226,12 @@ def test_an_older_date_never_replaces_newer_lists_unless_forced(
     assert [e["run_date"] for e in asset_events(serving_table_uri(settings))] == [END.isoformat(), older.isoformat()]
 
 
-def test_command_line_run_and_lookup(store: Path, recsys_env: Settings, airflow_env: Path) -> None:
+def test_command_line_run_and_lookup(
+    store: Path, recsys_env: Settings, airflow_env: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name in SMALL_GRID:  # the default grid and blends, as a new user's first run tunes them
+        monkeypatch.delenv(name)
+    recsys_env = Settings.from_env()
     recsys = str(Path(sys.executable).with_name("recsys"))
     env = os.environ.copy()
     done = subprocess.run([recsys, "run", "--date", "latest"], env=env, capture_output=True, text=True, timeout=600)
