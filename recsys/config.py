@@ -484,7 +484,7 @@ class Settings(BaseSettings):
         ),
     )
     tune_budget_seconds: Int = Field(
-        default=600,
+        default=300,
         description="Seconds of candidate work tuning may spend (screening plus full evaluations, summed over the "
         "tune tasks); 0 = no budget: every candidate gets a full evaluation and nothing is screened",
         json_schema_extra=_meta(
