@@ -87,7 +87,7 @@ DEFAULT_ARGS = {
     # logical date D (a plain cron string would give a zero-length interval at D+1 00:00).
     # Or on the exporter's Asset: such a run has no logical date and processes the day before it.
     schedule=Asset(SOURCE_ASSET) if SOURCE_ASSET else CronDataIntervalTimetable("0 0 * * *", timezone="UTC"),
-    start_date=dt.datetime(2026, 1, 1, tzinfo=dt.UTC),
+    start_date=dt.datetime(2000, 1, 1, tzinfo=dt.UTC),  # any store's history: backfills and recsys run of old days
     catchup=False,
     max_active_runs=1,
     # One run at a time: a run that hangs must end before the next night's is due.

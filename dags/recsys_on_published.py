@@ -27,7 +27,7 @@ SERVING_TABLE_URI = asset_uris_from_env()[0]
 @dag(
     dag_id="recsys_on_published",
     schedule=[Asset(SERVING_TABLE_URI)],
-    start_date=dt.datetime(2026, 1, 1, tzinfo=dt.UTC),
+    start_date=dt.datetime(2000, 1, 1, tzinfo=dt.UTC),  # any store's history: backfills and recsys run of old days
     catchup=False,
     dagrun_timeout=dt.timedelta(hours=1),
     default_args={

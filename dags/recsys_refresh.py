@@ -48,7 +48,7 @@ DEFAULT_ARGS = {
 @dag(
     dag_id="recsys_refresh",
     schedule=CronDataIntervalTimetable(refresh_schedule_from_env(), timezone="UTC"),
-    start_date=dt.datetime(2026, 1, 1, tzinfo=dt.UTC),
+    start_date=dt.datetime(2000, 1, 1, tzinfo=dt.UTC),  # any store's history: backfills and recsys run of old days
     catchup=False,
     max_active_runs=1,
     dagrun_timeout=dt.timedelta(minutes=55),

@@ -95,3 +95,14 @@ def test_summarize_result_picks_the_counts_a_person_wants(result: object, summar
 def test_format_task_line_without_seconds_is_a_start() -> None:
     assert format_task_line("publish_shard", 2, "running") == "  publish_shard[2]   running"
     assert format_task_line("verify", -1, "success", 0.61, {}) == "  verify             success      0.6 s"
+
+
+def test_a_run_before_the_dags_start_date_is_refused_not_an_empty_success(airflow_env: Path) -> None:
+    """dag.test() of a date before start_date runs no task and reports success; the nightly
+    starts in 2000 so that any store's history can be run, and earlier is refused by name."""
+    from recsys.dev.dagrun import check_start, load_dag
+
+    dag = load_dag()
+    check_start(dag, dt.datetime(2017, 12, 24, tzinfo=dt.UTC))  # a real log's old day: runs
+    with pytest.raises(ValueError, match=r"recsys_nightly starts on 2000-01-01: a run for 1999-12-31 would run no task"):
+        check_start(dag, dt.datetime(1999, 12, 31, tzinfo=dt.UTC))

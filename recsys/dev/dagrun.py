@@ -118,6 +118,7 @@ def run_dag(
     ensure_publish_pool(settings)
     dag = load_dag()
     logical = dt.datetime.combine(day, dt.time(), tzinfo=dt.UTC)
+    check_start(dag, logical)
     log.info("running %s for %s (lake %s, table %s)", DAG_ID, day, settings.lake, settings.table)
     with _reporting_tasks(view) if view is not None else contextlib.nullcontext():
         return dag.test(logical_date=logical, run_conf=conf or {})
@@ -130,10 +131,19 @@ def run_refresh_dag(settings: Settings, until: dt.datetime, *, view: QuietView |
     migrate_airflow_db(settings)
     ensure_publish_pool(settings)
     dag = load_dag(REFRESH_DAG_ID)
+    check_start(dag, until)
     log.info("running %s up to %s (lake %s, table %s)", REFRESH_DAG_ID, until.isoformat(), settings.lake,
              settings.table)
     with _reporting_tasks(view) if view is not None else contextlib.nullcontext():
         return dag.test(logical_date=until, run_conf={"until": until.isoformat()})
+
+
+def check_start(dag: Any, logical: dt.datetime) -> None:
+    """Raise ValueError when ``logical`` is before the DAG's start_date: ``dag.test()`` would
+    then run no task at all and call the run a success."""
+    if dag.start_date is not None and logical < dag.start_date:
+        raise ValueError(f"{dag.dag_id} starts on {dag.start_date.date()}: a run for {logical.date()} would run no "
+                         f"task; its start_date in {dag.fileloc} must be on or before the first day you run")
 
 
 def task_result(dag_run: Any, task_id: str) -> Any:
