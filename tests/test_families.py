@@ -129,3 +129,34 @@ def test_sparse_top_k_lists_each_rows_best_stored_entries() -> None:
             assert scores[i, : len(best)].tolist() == [dense[i, j] for j in best]
             assert np.isneginf(scores[i, len(best):]).all()
     assert (sparse_top_k(matrix, 4, None)[0][5] == -1).all()
+
+
+def test_a_sparse_item_model_ranks_only_the_items_a_users_history_links_to() -> None:
+    """RP3beta and item-kNN lists come from the sparse product of the history row and W: the
+    linked items, best first (ties: the lower item), never a seen or excluded one; a user
+    whose history links to fewer than k such items gets the rest from the most touched items
+    (score 0), unseen and not excluded, while there are any."""
+    import scipy.sparse as sp
+
+    from recsys.core.families import binary
+
+    history = random_history(seed=5)
+    model = train_model(history, ModelParams(model="rp3beta", rp3_alpha=0.8, rp3_beta=0.3, neighbours=2))
+    assert isinstance(model, ItemModel) and sp.issparse(model.item_matrix)
+    rows = np.arange(history.shape[0])
+    seen = history[rows]
+    product = (binary(history) @ model.item_matrix).toarray()
+    for k in (2, 8):
+        ids, scores = recommend_users(model, rows, history, seen, k, np.array([4]))
+        touched = np.bincount(history.indices, minlength=9)
+        filled = 0
+        for user in rows:
+            linked = [j for j in range(9) if product[user, j] > 0 and seen[user, j] == 0 and j != 4]
+            best = sorted(linked, key=lambda j: (-product[user, j], j))[:k]
+            rest = sorted((j for j in range(9) if j not in best and seen[user, j] == 0 and j != 4),
+                          key=lambda j: (-touched[j], j))[: k - len(best)]
+            filled += len(rest)
+            assert ids[user].tolist() == best + rest + [-1] * (k - len(best) - len(rest))
+            assert scores[user, : len(best)] == pytest.approx(product[user, best], rel=1e-5)
+            assert (scores[user, len(best) : len(best) + len(rest)] == 0).all()
+        assert filled > 0 or k == 2  # with two neighbours a row, some histories link to fewer than 8 new items

@@ -148,11 +148,12 @@ def _inverse(degree: np.ndarray) -> np.ndarray:
 
 
 def sparse_top_k(
-    matrix: sp.csr_matrix, k: int, exclude_items: np.ndarray | None, row_offset: int = 0
+    matrix: sp.csr_matrix, k: int, exclude_items: np.ndarray | None, row_offset: int | None = 0
 ) -> tuple[np.ndarray, np.ndarray]:
     """Each row's ``k`` largest stored entries (an item a row does not link is never listed),
     best first, ties by the lower item, leaving out the row's own item (row ``i`` is item
-    ``i + row_offset``: a block of a square matrix's rows) and ``exclude_items``. Returns
+    ``i + row_offset``: a block of a square matrix's rows; None: rows are users, not items)
+    and ``exclude_items``. Returns
     (ids int32, scores float32) of shape (rows, k), a short row padded with id -1 and -inf:
     what :func:`recsys.core.model._top_k` gives of the rows widened with -inf, in time of the
     stored entries instead of rows x items."""
@@ -162,7 +163,7 @@ def sparse_top_k(
     matrix = matrix.sorted_indices()  # a row's entries by item, so a stable sort breaks ties by item
     row = np.repeat(np.arange(n, dtype=np.int64), np.diff(matrix.indptr))
     col, value = matrix.indices.astype(np.int64), matrix.data.astype(np.float32)
-    keep = (col != row + row_offset) & np.isfinite(value)
+    keep = np.isfinite(value) if row_offset is None else (col != row + row_offset) & np.isfinite(value)
     if exclude_items is not None and len(exclude_items):
         excluded = np.zeros(matrix.shape[1], dtype=bool)
         excluded[np.asarray(exclude_items, dtype=np.int64)] = True

@@ -39,6 +39,7 @@ BM25_FLOOR = 1e-3
 
 DEFAULT_BATCH_USERS = 20_000
 TOPK_BLOCK_SCORES = 8_000_000  # scores per top-k block (32 MB of float32), per thread
+SPARSE_BATCH_USERS = 5_000  # users per block of a sparse item model's products (each links some thousands of items)
 
 
 # The fields of ModelParams each family is fit with (``model`` is always kept).
@@ -600,7 +601,6 @@ def _top_k(
     exclude_items: np.ndarray | None,
     batch_users: int = DEFAULT_BATCH_USERS,
     threads: int = 0,
-    mostly_ties: bool = False,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Top-k items of the scores ``score_rows(start, stop)`` gives for rows start..stop-1 of n
     (a new float32 array: it is masked in place),
@@ -610,11 +610,6 @@ def _top_k(
     ``seen`` (rows aligned with the n rows) and ``exclude_items`` are never returned; nor is an
     item whose score is -inf. Returns (ids int32, scores float32), shape (n, k); a short list
     is padded with id -1.
-
-    ``mostly_ties``: most scores of a row are equal (the zeros of a sparse neighbourhood
-    model's product). numpy's introselect at kth = items - k slows down about 5x on such rows,
-    while selecting the k smallest of the negated scores does not (and is about 20% slower on
-    dense scores, hence the switch).
     """
     from concurrent.futures import ThreadPoolExecutor
 
@@ -639,10 +634,6 @@ def _top_k(
             scored[:, exclude] = -np.inf
         if k_eff == n_items:
             top = np.broadcast_to(np.arange(n_items), scored.shape)
-        elif mostly_ties:
-            np.negative(scored, out=scored)
-            top = np.argpartition(scored, k_eff - 1, axis=1)[:, :k_eff]
-            np.negative(scored, out=scored)
         else:
             top = np.argpartition(scored, n_items - k_eff, axis=1)[:, n_items - k_eff :]
         top_scores = np.take_along_axis(scored, top, axis=1)
@@ -719,13 +710,61 @@ def recommend_users(
     the model's columns, trained on or not: fold-in); a blend mixes both (:func:`_row_scorer`).
     Raises ValueError when an item model gets no matrix."""
     started = time.perf_counter()
-    mostly_ties = isinstance(model, ItemModel) and sp.issparse(model.item_matrix)
-    ids, scores = _top_k(_row_scorer(model, rows, matrix), len(rows), model_items(model), seen, k, exclude_items,
-                         mostly_ties=mostly_ties)
+    if isinstance(model, ItemModel) and sp.issparse(model.item_matrix):
+        ids, scores = _recommend_sparse(model, rows, matrix, seen, k, exclude_items)
+    else:
+        ids, scores = _top_k(_row_scorer(model, rows, matrix), len(rows), model_items(model), seen, k,
+                             exclude_items)
     seconds = time.perf_counter() - started
     log.info(
         "recommended top-%d for %d users in %.1f s (%.0f users/s)", k, len(ids), seconds, len(ids) / max(seconds, 1e-9)
     )
+    return ids, scores
+
+
+def _recommend_sparse(
+    model: ItemModel,
+    rows: np.ndarray,
+    matrix: sp.csr_matrix | None,
+    seen: sp.csr_matrix,
+    k: int,
+    exclude_items: np.ndarray | None,
+    batch_users: int = SPARSE_BATCH_USERS,
+) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`recommend_users` of a sparse item model (RP3beta, item-kNN): a user's scores are
+    the sparse product of their history row and W, so only the items their history links to
+    are ranked (:func:`recsys.core.families.sparse_top_k`), never every item of the catalog.
+    A user whose history links to fewer than ``k`` unseen active items has the rest of the
+    list filled, score 0, with the items most users of ``matrix`` touched (the dense top-k
+    filled it with unlinked items of score 0 by item number), unseen and active."""
+    if matrix is None:
+        raise ValueError(f"{model.model} scores users from their history rows: pass the users x items matrix")
+    n, n_items = len(rows), model.n_items
+    ids = np.full((n, k), -1, dtype=np.int32)
+    scores = np.full((n, k), -np.inf, dtype=np.float32)
+    history = binary(matrix[rows])
+    keep_item = np.ones(n_items, dtype=np.float32)
+    if exclude_items is not None and len(exclude_items):
+        keep_item[np.asarray(exclude_items, dtype=np.int64)] = 0.0
+    for start in range(0, n, batch_users):
+        stop = min(start + batch_users, n)
+        block = sp.csr_matrix(history[start:stop] @ model.item_matrix, dtype=np.float32)
+        block.data *= keep_item[block.indices]
+        overlap = block.multiply(binary(seen[start:stop]))
+        block = sp.csr_matrix(block - overlap)  # a seen item's score is taken out exactly
+        block.eliminate_zeros()
+        ids[start:stop], scores[start:stop] = sparse_top_k(block, k, None, row_offset=None)
+    short = np.flatnonzero(ids[:, k - 1] < 0) if k else np.zeros(0, dtype=np.int64)
+    if len(short):
+        popular = np.argsort(-np.bincount(matrix.indices, minlength=n_items), kind="stable")
+        popular = popular[keep_item[popular] > 0]
+        for row in short:
+            listed = ids[row][ids[row] >= 0]
+            taken = np.concatenate([listed, seen.indices[seen.indptr[row] : seen.indptr[row + 1]]])
+            head = popular[: k + len(taken)]
+            extra = head[~np.isin(head, taken)][: k - len(listed)]
+            ids[row, len(listed) : len(listed) + len(extra)] = extra
+            scores[row, len(listed) : len(listed) + len(extra)] = 0.0
     return ids, scores
 
 
