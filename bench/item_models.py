@@ -1,13 +1,19 @@
-"""The ``item#`` lists of a neighbourhood model (RP3beta, item-kNN): recsys's top-k over the
-stored entries of the neighbour matrix against, in the same run, implicit's own
-``ItemItemRecommender.similar_items`` for every item (the library's call) and the dense
-top-k of the rows (what recsys did before: every row widened to all items).
+"""Sparse item models (item-kNN, RP3beta) at growing catalogs, two tables (stdout):
 
-The neighbour matrix is an item-kNN fit (implicit, cosine, ``--neighbours`` a row) on a seeded
-random store of ``--users`` users with ``--per-user`` items each over ``--items`` items, so all
-three list the same neighbours. Prints a table (stdout).
+1. ``item#`` lists: recsys's top-k over the stored entries of the neighbour matrix against, in
+   the same run, implicit's own ``ItemItemRecommender.similar_items`` for every item (the
+   library's call) and the dense top-k of the rows (what recsys did before: every row widened
+   to all items). The neighbour matrix is an item-kNN fit (implicit, cosine, ``--neighbours``
+   a row), so all three list the same neighbours.
+2. users' lists: ``recommend_users`` of an RP3beta model (the sparse product of the history
+   and W, top-k of the linked items) against implicit's ``recommend`` of the item-kNN model
+   for the same users (the library's batch call) and the dense top-k of the same scores
+   (every user scored over the whole catalog, as recsys did before).
 
-    .venv/bin/python bench/similar_items.py --items 2465,24650
+The store is seeded and random: ``--users`` users with ``--per-user`` items each, by a 1/rank
+popularity over ``--items`` items.
+
+    .venv/bin/python bench/item_models.py --items 2465,24650
 """
 
 from __future__ import annotations
@@ -37,6 +43,7 @@ def main() -> None:
     parser.add_argument("--users", type=int, default=100_000)
     parser.add_argument("--per-user", type=int, default=10)
     parser.add_argument("--neighbours", type=int, default=200)
+    parser.add_argument("--scored-users", type=int, default=50_000, help="users whose lists table 2 makes")
     parser.add_argument("-k", type=int, default=20)
     args = parser.parse_args()
     setup_logging()
@@ -44,10 +51,11 @@ def main() -> None:
     from threadpoolctl import threadpool_limits
 
     from recsys.core.families import ItemModel
-    from recsys.core.model import _top_k, similar_items
+    from recsys.core.model import ModelParams, _row_scorer, _top_k, recommend_users, similar_items, train_model
 
     print("| items | neighbour non-zeros | recsys s | implicit similar_items s | ratio | dense top-k s | ratio |")
     print("|---:|---:|---:|---:|---:|---:|---:|")
+    users_rows = []
     for items in (int(x) for x in args.items.split(",")):
         matrix = store(args.users, items, args.per_user, seed=items)
         knn = CosineRecommender(K=args.neighbours)
@@ -75,6 +83,24 @@ def main() -> None:
         before = time.perf_counter() - started
         print(f"| {items:,} | {neighbours.nnz:,} | {ours:.3f} | {library:.3f} | {library / ours:.1f}x "
               f"| {before:.3f} | {before / ours:.1f}x |")
+
+        rows = np.arange(min(args.scored_users, args.users))
+        rp3 = train_model(matrix, ModelParams(model="rp3beta", rp3_alpha=0.8, rp3_beta=0.3, neighbours=args.neighbours))
+        started = time.perf_counter()
+        recommend_users(rp3, rows, matrix, matrix[rows], args.k, None)
+        ours = time.perf_counter() - started
+        started = time.perf_counter()
+        knn.recommend(rows, matrix[rows], N=args.k, filter_already_liked_items=True)
+        library = time.perf_counter() - started
+        started = time.perf_counter()
+        _top_k(_row_scorer(rp3, rows, matrix), len(rows), items, matrix[rows], args.k, None)
+        before = time.perf_counter() - started
+        users_rows.append(f"| {items:,} | {len(rows):,} | {ours:.2f} | {library:.2f} | {library / ours:.1f}x "
+                          f"| {before:.2f} | {before / ours:.1f}x |")
+    print("\n| items | users | recsys recommend_users (RP3beta) s | implicit recommend (item-kNN) s | ratio "
+          "| dense top-k s | ratio |")
+    print("|---:|---:|---:|---:|---:|---:|---:|")
+    print("\n".join(users_rows))
 
 
 if __name__ == "__main__":
