@@ -81,6 +81,11 @@ def test_write_read_exists_and_json_side_files(s3_lake: str) -> None:
     assert lake.read_lake_json(s3_lake, "models/champion.json") is None
     lake.write_lake_json(s3_lake, "models/champion.json", {"model_version": "v1"})
     assert lake.read_lake_json(s3_lake, "models/champion.json") == {"model_version": "v1"}
+    assert lake.list_lake_json(s3_lake, "refresh/runs") == []
+    for name in ("2026-03-01T130000Z.json", "2026-03-01T120000Z.json"):
+        lake.write_lake_json(s3_lake, f"refresh/runs/{name}", {"users": 1})
+    lake.write_lake_json(s3_lake, "refresh/runs/deeper/x.json", {})
+    assert lake.list_lake_json(s3_lake, "refresh/runs") == ["2026-03-01T120000Z.json", "2026-03-01T130000Z.json"]
 
     with pytest.raises(lake.LakeError, match="fetch_partition"):
         lake.partition_dir(s3_lake, "confidence", DAY)

@@ -139,11 +139,14 @@ def test_refresh_lists_the_active_users_only_and_a_newer_nightly_wins(
     quarantine = pq.read_table(lake.partition_file(settings.lake, "refresh/quarantine", NEXT))
     assert sorted(quarantine["reason"].to_pylist()) == ["missing_event_ts", "unknown_event_type"]
     assert "2 of " in out and " new rows quarantined" in out
+    record = lake.read_lake_json(settings.lake, "refresh/runs/2026-06-01T120000Z.json")  # for the nightly report
+    assert (record["users"], record["new_users"], record["quarantined"]) == (len(active), 1, 2)
+    assert record["served_run_date"] == END.isoformat() and set(record["seconds"]) == {
+        "collect_events", "score_active", "publish_refresh"}
 
     newcomer = get_recommendations(dynamodb_client, settings.table, NEWCOMER)
     assert newcomer["source"] == "user" and newcomer["refreshed_at"] and len(newcomer["items"]) == settings.k
     assert newcomer["model_version"] == night.version
-
     # A newer nightly wrote the shopper's list meanwhile: the next refresh leaves it as it is.
     newer = {**after[shopper], "model_version": {"S": f"{NEXT.isoformat()}-newer000"}}
     newer.pop("refreshed_at")
@@ -240,6 +243,11 @@ def test_a_nightly_that_lands_after_a_refresh_replaces_the_refreshed_lists(
         assert "refreshed_at" not in item and "refreshed_until" not in item, f"{user} kept the refresh's stamp"
         assert lists_of({user: item})[user] == expected[user]
     assert not [u for u, i in after.items() if "refreshed_at" in i]
+    # D+1's report lists the refresh runs that wrote lists, newest first: the one above leads.
+    report = (lake.partition_dir(settings.lake, "reports", NEXT) / "report.html").read_text()
+    runs = report.partition("Hourly refresh: the last runs")[2]
+    assert runs.index("2026-06-01T16:00:00+00:00") < runs.index("2026-06-01T12:00:00+00:00")
+    assert f"<td>2026-06-01T16:00:00+00:00</td><td>{END.isoformat()}</td><td>{len(refreshed):,}</td>" in runs
 
     # The refresh's lists of night D, written after D+1 is served: the stage stops, and the
     # conditional writes themselves leave every D+1 list alone.
