@@ -5,6 +5,7 @@ first hours of the next day added to the source folder."""
 from __future__ import annotations
 
 import datetime as dt
+import json
 import os
 import uuid
 from collections.abc import Iterator
@@ -147,6 +148,20 @@ def test_refresh_lists_the_active_users_only_and_a_newer_nightly_wins(
     newcomer = get_recommendations(dynamodb_client, settings.table, NEWCOMER)
     assert newcomer["source"] == "user" and newcomer["refreshed_at"] and len(newcomer["items"]) == settings.k
     assert newcomer["model_version"] == night.version
+    # The storefront's two read paths pass the stamp on, and only on a refreshed list.
+    from fastapi.testclient import TestClient
+
+    from recsys.dev.cli import main
+    from recsys.serving.api import create_app
+
+    stamp = after[NEWCOMER]["refreshed_at"]["S"]
+    assert main(["lookup", NEWCOMER, "--json"]) == 0
+    assert json.loads(capfd.readouterr().out)["refreshed_at"] == stamp
+    quiet = sorted(u for u in set(before) - active if not u.startswith(("__", "item#")))[0]
+    with TestClient(create_app(settings, timeout=2.0)) as client:
+        assert client.get(f"/v1/users/{NEWCOMER}/recommendations").json()["refreshed_at"] == stamp
+        assert client.get(f"/v1/users/{quiet}/recommendations").json().get("refreshed_at") is None
+
     # A newer nightly wrote the shopper's list meanwhile: the next refresh leaves it as it is.
     newer = {**after[shopper], "model_version": {"S": f"{NEXT.isoformat()}-newer000"}}
     newer.pop("refreshed_at")
