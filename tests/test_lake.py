@@ -243,6 +243,8 @@ def test_whole_dag_and_a_refresh_on_an_s3_lake(
     stored = keys(s3_lake)
     for dataset in (datasets.REFRESH_EVENTS, datasets.REFRESH_QUARANTINE, datasets.REFRESH_LISTS):
         assert f"{dataset}/dt={next_day.isoformat()}/_manifest.json" in stored, f"{dataset} not committed to S3"
+    record = lake.read_lake_json(s3_lake, f"{datasets.REFRESH_RUNS}/{next_day.isoformat()}T120000Z.json")
+    assert record and record["users"] == len(set(moved["user_id"].to_pylist()))  # the report's run list, on S3
     assert lake.read_partition(s3_lake, datasets.REFRESH_QUARANTINE, next_day)["reason"].to_pylist() == [
         "unknown_event_type"]
     assert lake.read_partition(s3_lake, datasets.REFRESH_EVENTS, next_day).num_rows == moved.num_rows
