@@ -23,6 +23,7 @@ REFRESH_EVENTS = "refresh/interactions"  # collect_events: the new events that p
 REFRESH_QUARANTINE = "refresh/quarantine"  # collect_events: the new rows that did not, with their reasons
 REFRESH_LISTS = "refresh/lists"  # score_active: the active users' lists
 REFRESH_META = "_refresh.json"  # in those partitions: the served night, the run's end, counts
+REFRESH_RUNS = "refresh/runs"  # publish_refresh: one <end>.json per run that wrote (the nightly report lists them)
 
 DATA_FILE = "part-0.parquet"  # the data file of a partition that has one
 MANIFEST = "_manifest.json"  # an S3 partition's commit record

@@ -80,6 +80,23 @@ def test_refresh_dag_shape_and_its_publish_takes_the_whole_dynamodb_pool(dagbag)
     assert all(t.pool != settings.publish_pool for t in dag.tasks if t.task_id != "publish_refresh")
 
 
+def test_the_refresh_publish_takes_as_many_slots_as_the_settings_give_the_pool(
+    airflow_env: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Not the defaults: the pool and its slots come from RECSYS_PUBLISH_POOL(_SLOTS) when the
+    files are parsed, in what the dag-processor stores too (the scheduler reads that)."""
+    from airflow.dag_processing.dagbag import DagBag
+    from airflow.serialization.serialized_objects import DagSerialization
+
+    monkeypatch.setenv("RECSYS_PUBLISH_POOL", "recsys_writes")
+    monkeypatch.setenv("RECSYS_PUBLISH_POOL_SLOTS", "7")
+    bag = DagBag(dag_folder=str(DAGS))
+    assert bag.import_errors == {}
+    for dag_id, task_id, slots in (("recsys_refresh", "publish_refresh", 7), ("recsys_nightly", "publish_shard", 1)):
+        stored = DagSerialization.from_dict(DagSerialization.to_dict(bag.get_dag(dag_id))).get_task(task_id)
+        assert (stored.pool, stored.pool_slots) == ("recsys_writes", slots), f"{dag_id}.{task_id}"
+
+
 def test_the_nightly_updates_the_serving_table_and_recommendations_assets(dagbag) -> None:  # type: ignore[no-untyped-def]
     from recsys.config import asset_uris_from_env
 

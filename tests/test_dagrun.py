@@ -25,6 +25,11 @@ def test_ensure_publish_pool_creates_it_once_and_keeps_an_operators_size(airflow
     Pool.create_or_update_pool(name, 6, "resized by an operator", False)
     line = ensure_publish_pool(Settings.from_env({**env, "RECSYS_PUBLISH_POOL_SLOTS": "2"}))
     assert line.startswith(f"Airflow pool {name} exists with 6 slot(s)") and "only sizes a new pool" in line
+    assert "publish_refresh, which asks for that many slots, can run beside a publish shard" in line
+    assert "RECSYS_PUBLISH_POOL_SLOTS=6" in line
+    line = ensure_publish_pool(Settings.from_env({**env, "RECSYS_PUBLISH_POOL_SLOTS": "8"}))
+    assert "publish_refresh, which asks for that many slots, is never scheduled" in line
+    assert f"airflow pools set {name} 8" in line
     assert Pool.get_pool(name).slots == 6  # type: ignore[union-attr]
 
 

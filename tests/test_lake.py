@@ -14,6 +14,7 @@ from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 import pytest
 
 from recsys import datasets
@@ -80,6 +81,11 @@ def test_write_read_exists_and_json_side_files(s3_lake: str) -> None:
     assert lake.read_lake_json(s3_lake, "models/champion.json") is None
     lake.write_lake_json(s3_lake, "models/champion.json", {"model_version": "v1"})
     assert lake.read_lake_json(s3_lake, "models/champion.json") == {"model_version": "v1"}
+    assert lake.list_lake_json(s3_lake, "refresh/runs") == []
+    for name in ("2026-03-01T130000Z.json", "2026-03-01T120000Z.json"):
+        lake.write_lake_json(s3_lake, f"refresh/runs/{name}", {"users": 1})
+    lake.write_lake_json(s3_lake, "refresh/runs/deeper/x.json", {})
+    assert lake.list_lake_json(s3_lake, "refresh/runs") == ["2026-03-01T120000Z.json", "2026-03-01T130000Z.json"]
 
     with pytest.raises(lake.LakeError, match="fetch_partition"):
         lake.partition_dir(s3_lake, "confidence", DAY)
@@ -173,15 +179,21 @@ def test_s3_errors_name_the_fix(s3_lake: str) -> None:
         lake.partition_exists("s3:///lake", "interactions", DAY)
 
 
-@pytest.mark.slow  # a whole-DAG run
-def test_whole_dag_on_an_s3_lake(
-    recsys_env: Settings, s3_lake: str, dynamodb_client: Any, airflow_env: Path, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.slow  # whole-DAG runs
+def test_whole_dag_and_a_refresh_on_an_s3_lake(
+    recsys_env: Settings, s3_lake: str, store: Path, dynamodb_client: Any, airflow_env: Path, tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from recsys.dev.dagrun import run_dag
+    from recsys.dev.dagrun import run_dag, run_refresh_dag
 
+    # A source folder of its own (the store's files linked), so the refresh's new file stays out of the store.
+    source = tmp_path / "source"
+    source.mkdir()
+    for path in sorted((store / "interactions").iterdir()):
+        (source / path.name).symlink_to(path)
     # One untuned model, as in test_postgres_source: quick, and it need only beat popularity here.
-    for key, value in {"RECSYS_LAKE": s3_lake, "RECSYS_TUNING_GRID": "", "RECSYS_FACTORS": "16", "RECSYS_ALPHA": "10",
-                       "RECSYS_GATE_MIN_LIFT": "0"}.items():
+    for key, value in {"RECSYS_LAKE": s3_lake, "RECSYS_SOURCE": str(source), "RECSYS_TUNING_GRID": "",
+                       "RECSYS_FACTORS": "16", "RECSYS_ALPHA": "10", "RECSYS_GATE_MIN_LIFT": "0"}.items():
         monkeypatch.setenv(key, value)
     settings = Settings.from_env()
     assert settings.lake == s3_lake
@@ -211,3 +223,39 @@ def test_whole_dag_on_an_s3_lake(
     meta = scan(dynamodb_client, settings.table, with_meta=True)["__meta__"]
     assert meta["model_version"]["S"] == metrics["model_version"]
     assert not (Path(settings.home) / "lake").exists(), "nothing was written to a local lake"
+
+    # The hourly refresh on the same lake: it reads the night's champion, model and window events
+    # from S3, and commits its partitions there (the new events, the quarantined row, the lists).
+    next_day = END + dt.timedelta(days=1)
+    until = dt.datetime.combine(next_day, dt.time(12), tzinfo=dt.UTC)
+    last = pq.read_table(store / "interactions" / f"events-{END.isoformat()}.parquet")
+    last = last.filter(pc.less(last["event_ts"], pa.scalar(until - dt.timedelta(days=1)))).slice(0, 300)
+    moved = last.set_column(last.schema.get_field_index("event_ts"), "event_ts",
+                            pc.add(last["event_ts"], pa.scalar(dt.timedelta(days=1))))
+    moved = moved.set_column(moved.schema.get_field_index("event_id"), "event_id",
+                             pa.array([f"m-{i}" for i in range(moved.num_rows)]))
+    bad = moved.slice(0, 1).set_column(moved.schema.get_field_index("event_type"), "event_type", pa.array(["Teleport"]))
+    bad = bad.set_column(bad.schema.get_field_index("event_id"), "event_id", pa.array(["bad-1"]))
+    pq.write_table(pa.concat_tables([moved, bad.cast(moved.schema)]), source / f"morning-{next_day.isoformat()}.parquet")
+    refresh_run = run_refresh_dag(settings, until)
+    assert str(refresh_run.state).endswith("success"), {ti.task_id: str(ti.state)
+                                                        for ti in refresh_run.get_task_instances()}
+    stored = keys(s3_lake)
+    for dataset in (datasets.REFRESH_EVENTS, datasets.REFRESH_QUARANTINE, datasets.REFRESH_LISTS):
+        assert f"{dataset}/dt={next_day.isoformat()}/_manifest.json" in stored, f"{dataset} not committed to S3"
+    record = lake.read_lake_json(s3_lake, f"{datasets.REFRESH_RUNS}/{next_day.isoformat()}T120000Z.json")
+    assert record and record["users"] == len(set(moved["user_id"].to_pylist()))  # the report's run list, on S3
+    assert lake.read_partition(s3_lake, datasets.REFRESH_QUARANTINE, next_day)["reason"].to_pylist() == [
+        "unknown_event_type"]
+    assert lake.read_partition(s3_lake, datasets.REFRESH_EVENTS, next_day).num_rows == moved.num_rows
+    summary = lake.read_partition_json(s3_lake, datasets.REFRESH_LISTS, next_day, datasets.REFRESH_META)
+    assert summary["model_version"] == metrics["model_version"] and summary["until"] == until.isoformat()
+    lists = lake.read_partition(s3_lake, datasets.REFRESH_LISTS, next_day)
+    active = set(moved["user_id"].to_pylist())
+    assert set(lists["user_id"].to_pylist()) == active
+    after = scan(dynamodb_client, settings.table)
+    assert {u for u, i in after.items() if "refreshed_at" in i} == active
+    assert all(after[u]["model_version"]["S"] == metrics["model_version"] for u in active)
+    for user in set(served) - active:
+        assert after[user] == served[user], f"{user} changed without new events"
+    assert not (Path(settings.home) / "lake").exists(), "the refresh wrote to a local lake"

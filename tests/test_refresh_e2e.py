@@ -5,6 +5,7 @@ first hours of the next day added to the source folder."""
 from __future__ import annotations
 
 import datetime as dt
+import json
 import os
 import uuid
 from collections.abc import Iterator
@@ -19,7 +20,7 @@ import pytest
 
 from recsys.config import POPULAR_USER_ID, Settings
 from recsys.dev.datagen import generate_store
-from recsys.io import lake
+from recsys.io import dynamodb, lake
 from tests.support import SMALL, lists_of, scan
 from tests.support import STORE_END as END
 
@@ -139,10 +140,27 @@ def test_refresh_lists_the_active_users_only_and_a_newer_nightly_wins(
     quarantine = pq.read_table(lake.partition_file(settings.lake, "refresh/quarantine", NEXT))
     assert sorted(quarantine["reason"].to_pylist()) == ["missing_event_ts", "unknown_event_type"]
     assert "2 of " in out and " new rows quarantined" in out
+    record = lake.read_lake_json(settings.lake, "refresh/runs/2026-06-01T120000Z.json")  # for the nightly report
+    assert (record["users"], record["new_users"], record["quarantined"]) == (len(active), 1, 2)
+    assert record["served_run_date"] == END.isoformat() and set(record["seconds"]) == {
+        "collect_events", "score_active", "publish_refresh"}
 
     newcomer = get_recommendations(dynamodb_client, settings.table, NEWCOMER)
     assert newcomer["source"] == "user" and newcomer["refreshed_at"] and len(newcomer["items"]) == settings.k
     assert newcomer["model_version"] == night.version
+    # The storefront's two read paths pass the stamp on, and only on a refreshed list.
+    from fastapi.testclient import TestClient
+
+    from recsys.dev.cli import main
+    from recsys.serving.api import create_app
+
+    stamp = after[NEWCOMER]["refreshed_at"]["S"]
+    assert main(["lookup", NEWCOMER, "--json"]) == 0
+    assert json.loads(capfd.readouterr().out)["refreshed_at"] == stamp
+    quiet = sorted(u for u in set(before) - active if not u.startswith(("__", "item#")))[0]
+    with TestClient(create_app(settings, timeout=2.0)) as client:
+        assert client.get(f"/v1/users/{NEWCOMER}/recommendations").json()["refreshed_at"] == stamp
+        assert client.get(f"/v1/users/{quiet}/recommendations").json().get("refreshed_at") is None
 
     # A newer nightly wrote the shopper's list meanwhile: the next refresh leaves it as it is.
     newer = {**after[shopper], "model_version": {"S": f"{NEXT.isoformat()}-newer000"}}
@@ -191,3 +209,70 @@ def test_the_refresh_skips_while_a_nightly_publish_finishes(night: Night, dynamo
         assert published == {"published": False, "reason": collected["skipped"]}
     finally:
         dynamodb_client.put_item(TableName=settings.table, Item=meta)
+
+
+def test_a_nightly_that_lands_after_a_refresh_replaces_the_refreshed_lists(
+    night: Night, dynamodb_client: Any, capfd: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Night D, a refresh through the real DAG, then the real nightly of D+1: every refreshed list
+    is replaced by D+1's (its model, no refresh stamp), and the refresh's lists, written late,
+    change none of them. Last in the module: it moves the served night to D+1."""
+    from recsys.dev.dagrun import run_dag
+    from recsys.stages.refresh import publish_refresh
+
+    monkeypatch.setenv("RECSYS_WAIT_TIMEOUT", "60s")  # D+1 has landed: never wait the night's 6 hours
+    settings = Settings.from_env()
+    morning = night.source / f"morning-{NEXT.isoformat()}.parquet"
+    if not morning.exists():  # run alone: the first test's morning file is not there
+        before = scan(dynamodb_client, settings.table)
+        pq.write_table(morning_events(night, lists_of({u: i for u, i in before.items() if "items" in i}))[0], morning)
+    # The rest of D+1 (END's afternoon moved a day on): the day lands (an event after 23:00).
+    day = pq.read_table(night.store / "interactions" / f"events-{END.isoformat()}.parquet")
+    day = day.filter(pc.greater_equal(day["event_ts"], pa.scalar(dt.datetime.combine(END, dt.time(12), tzinfo=dt.UTC))))
+    ts = pc.add(day["event_ts"], pa.scalar(dt.timedelta(days=1)))
+    afternoon = day.set_column(day.schema.get_field_index("event_ts"), "event_ts", ts).set_column(
+        day.schema.get_field_index("event_id"), "event_id", pa.array([f"a-{i}" for i in range(day.num_rows)]))
+    pq.write_table(afternoon, night.source / f"afternoon-{NEXT.isoformat()}.parquet")
+
+    until = NOON + dt.timedelta(hours=4)  # after every earlier refresh of the module: its writes all land
+    code, out = refresh(until, capfd)
+    assert code == 0, out
+    refreshed = {u: i for u, i in scan(dynamodb_client, settings.table).items() if "refreshed_at" in i}
+    assert NEWCOMER in refreshed and len(refreshed) > 100
+    assert all(i["refreshed_until"]["S"] == "2026-06-01T16:00:00Z" and i["model_version"]["S"] == night.version
+               for i in refreshed.values())
+
+    assert str(run_dag(settings, NEXT).state).endswith("success"), "the nightly of D+1 did not run"
+    meta = lake.read_json(lake.partition_dir(settings.lake, "recommendations", NEXT) / "_meta.json")
+    newer = str(meta["model_version"])
+    assert newer.startswith(NEXT.isoformat()) and newer != night.version
+    after = scan(dynamodb_client, settings.table, with_meta=True)
+    assert after["__meta__"]["model_version"]["S"] == newer
+    recs = pq.read_table(lake.partition_file(settings.lake, "recommendations", NEXT))
+    expected: dict[str, list[str]] = {}
+    for row in recs.sort_by([("user_id", "ascending"), ("rank", "ascending")]).to_pylist():
+        expected.setdefault(row["user_id"], []).append(row["item_id"])
+    for user in refreshed:
+        item = after[user]
+        assert item["model_version"]["S"] == newer, f"{user} still holds {item['model_version']['S']}"
+        assert "refreshed_at" not in item and "refreshed_until" not in item, f"{user} kept the refresh's stamp"
+        assert lists_of({user: item})[user] == expected[user]
+    assert not [u for u, i in after.items() if "refreshed_at" in i]
+    # D+1's report lists the refresh runs that wrote lists, newest first: the one above leads.
+    report = (lake.partition_dir(settings.lake, "reports", NEXT) / "report.html").read_text()
+    runs = report.partition("Hourly refresh: the last runs")[2]
+    assert runs.index("2026-06-01T16:00:00+00:00") < runs.index("2026-06-01T12:00:00+00:00")
+    assert f"<td>2026-06-01T16:00:00+00:00</td><td>{END.isoformat()}</td><td>{len(refreshed):,}</td>" in runs
+
+    # The refresh's lists of night D, written after D+1 is served: the stage stops, and the
+    # conditional writes themselves leave every D+1 list alone.
+    scored = lake.read_json(lake.partition_dir(settings.lake, "refresh/lists", NEXT) / "_refresh.json")
+    assert scored["model_version"] == night.version and scored["until"] == until.isoformat()
+    late = publish_refresh(settings, NEXT, scored)
+    assert late["published"] is False and f"serves the newer night {NEXT.isoformat()}" in late["reason"]
+    lists = pq.read_table(lake.partition_file(settings.lake, "refresh/lists", NEXT))
+    stats = dynamodb.publish_refreshed(
+        dynamodb_client, settings.table, lists, model_version=night.version, served_run_date=END,
+        refreshed_at=until, until=until, expires_at=int(until.timestamp()) + 86_400)
+    assert (stats["items"], stats["kept_newer"]) == (0, dynamodb.count_users(lists))
+    assert scan(dynamodb_client, settings.table, with_meta=True) == after

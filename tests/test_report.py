@@ -84,6 +84,29 @@ def test_report_shows_metrics_grid_and_history(settings: Settings) -> None:
     assert "<polyline" in page and "2026-03-01" in page  # the chart of past nights starts at the first
 
 
+def test_report_lists_the_newest_refresh_runs_newest_first(settings: Settings) -> None:
+    assert "No refresh run has written lists yet" in Path(
+        write_report(settings, dt.date(2026, 3, 2), metrics(0.25, 0.08), model_version="v", gate_error=None)
+    ).read_text()
+    start = dt.datetime(2026, 3, 2, 1, tzinfo=dt.UTC)
+    for hour in range(30):  # more than the report shows
+        until = start + dt.timedelta(hours=hour)
+        lake.write_lake_json(settings.lake, f"refresh/runs/{until:%Y-%m-%dT%H%M%SZ}.json", {
+            "until": until.isoformat(), "served_run_date": "2026-03-01", "users": 1000 + hour, "new_users": hour,
+            "kept_newer": 0, "new_rows": 5000 + hour, "quarantined": 2,
+            "seconds": {"collect_events": 7.5, "score_active": 1.25, "publish_refresh": 20.0 + hour}})
+    (Path(settings.lake) / "refresh" / "runs" / ".2026-03-03T120000Z.json.0a1b2c3d").write_text("{")  # half-written
+    page = Path(write_report(settings, dt.date(2026, 3, 3), metrics(0.25, 0.08), model_version="v",
+                             gate_error=None)).read_text()
+    assert "Hourly refresh: the last runs" in page and "No refresh run" not in page
+    newest = ("<tr><td>2026-03-03T06:00:00+00:00</td><td>2026-03-01</td><td>1,029</td><td>29</td><td>0</td>"
+              "<td>2 of 5,029</td><td>7.5</td><td>1.2</td><td>49.0</td><td>57.8</td></tr>")
+    assert newest in page
+    shown = [line for line in page.split("<tr>") if "</td><td>2026-03-01</td>" in line]
+    assert len(shown) == 24 and shown[0].startswith("<td>2026-03-03T06:00") and shown[-1].startswith(
+        "<td>2026-03-02T07:00")
+
+
 def test_failed_gate_report_says_why(settings: Settings) -> None:
     page = write_report(settings, dt.date(2026, 3, 2), metrics(0.05, 0.08), model_version=None,
                         gate_error="NDCG@20 0.0500 is below popularity's 0.0800")

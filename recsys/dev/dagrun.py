@@ -78,8 +78,13 @@ def ensure_publish_pool(settings: Settings) -> str:
         if pool is not None:
             line = f"Airflow pool {settings.publish_pool} exists with {pool.slots} slot(s)"
             if pool.slots != settings.publish_pool_slots:
-                line += (f" (RECSYS_PUBLISH_POOL_SLOTS={settings.publish_pool_slots} only sizes a new pool; "
-                         f"resize with 'airflow pools set {settings.publish_pool} N \"...\"')")
+                # publish_refresh asks for RECSYS_PUBLISH_POOL_SLOTS slots, fixed when the DAG is parsed.
+                effect = ("is never scheduled" if pool.slots < settings.publish_pool_slots
+                          else "can run beside a publish shard")
+                line += (f" (RECSYS_PUBLISH_POOL_SLOTS={settings.publish_pool_slots} only sizes a new pool, and "
+                         f"recsys_refresh's publish_refresh, which asks for that many slots, {effect}: resize with "
+                         f"'airflow pools set {settings.publish_pool} {settings.publish_pool_slots} \"...\"' or "
+                         f"set RECSYS_PUBLISH_POOL_SLOTS={pool.slots})")
         else:
             Pool.create_or_update_pool(
                 settings.publish_pool,
@@ -89,7 +94,7 @@ def ensure_publish_pool(settings: Settings) -> str:
                 session=session,
             )
             line = f"Airflow pool {settings.publish_pool} created with {settings.publish_pool_slots} slot(s)"
-    log.info("%s", line)
+    log.log(logging.WARNING if "only sizes a new pool" in line else logging.INFO, "%s", line)
     return line
 
 

@@ -466,6 +466,18 @@ def read_lake_json(lake: str | Path, relpath: str) -> Any | None:
     return read_json(path) if path.exists() else None
 
 
+def list_lake_json(lake: str | Path, folder: str) -> list[str]:
+    """The names of the JSON objects directly under ``folder`` of the lake root (single objects
+    written by :func:`write_lake_json`), sorted; empty when there are none."""
+    if is_s3(lake):
+        keys, _ = _list(lake, f"{folder.rstrip('/')}/", delimiter="/")
+        names = [k.rpartition("/")[2] for k in keys]
+    else:
+        root = Path(lake) / folder
+        names = [p.name for p in root.iterdir() if p.is_file()] if root.is_dir() else []
+    return sorted(n for n in names if n.endswith(".json") and not n.startswith("."))
+
+
 def _json_bytes(content: Any) -> bytes:
     return (json.dumps(content, indent=2, sort_keys=True, default=str) + "\n").encode()
 

@@ -42,6 +42,14 @@ def past_metrics(settings: Settings, until: dt.date, nights: int = 60) -> list[d
     return found
 
 
+def recent_refreshes(settings: Settings, runs: int = 24) -> list[dict[str, Any]]:
+    """The records of up to ``runs`` of the newest hourly refresh runs that wrote lists
+    (``refresh/runs/<end>.json``, written by publish_refresh), newest first."""
+    names = lake.list_lake_json(settings.lake, datasets.REFRESH_RUNS)[-runs:]
+    found = [lake.read_lake_json(settings.lake, f"{datasets.REFRESH_RUNS}/{name}") for name in reversed(names)]
+    return [record for record in found if record]
+
+
 def write_report(
     settings: Settings, day: dt.date, metrics: dict[str, Any], *, model_version: str | None, gate_error: str | None
 ) -> str:
@@ -94,6 +102,8 @@ Candidates were fit on the training part: {metrics.get('train_users', 0):,} user
 <p>Gate: NDCG@{k} needs ≥ {gate.get('required_over_popularity', 0):.4f} (popularity + {settings.gate_min_lift:.0%})
 {_champion_text(champion, gate, settings)}.</p>
 {_churn_text(metrics.get("churn"), k)}
+<h2>Hourly refresh: the last runs</h2>
+{_refresh_text(recent_refreshes(settings))}
 <h2>Tuning candidates (best first)</h2>
 {_tuning_text(metrics.get("tuning"), grid)}
 {_bar_chart([g.get('ndcg_at_k', 0.0) for g in grid], [str(i + 1) for i in range(len(grid))], f"NDCG@{k} per candidate", metrics['popularity']['ndcg_at_k'])}
@@ -125,6 +135,30 @@ def _champion_text(champion: dict[str, Any], gate: dict[str, Any], settings: Set
     return (f"and ≥ {required:.4f}: the served champion {name}, {basis}, − {settings.gate_max_drop:.0%} "
             f"(re-scored on tonight's hold-out: {champion['ndcg_at_k']:.4f}; {when_served}; its window held "
             f"{champion.get('holdout_days_trained_on', 0)} of tonight's hold-out days)")
+
+
+def _refresh_text(runs: list[dict[str, Any]]) -> str:
+    """The table of the newest refresh runs: when, with which night, users written, seconds."""
+    if not runs:
+        return "<p>No refresh run has written lists yet (DAG <code>recsys_refresh</code>).</p>"
+
+    def secs(value: Any) -> str:
+        return "—" if value is None else f"{float(value):.1f}"
+
+    rows = "".join(
+        f"<tr><td>{html.escape(str(r.get('until')))}</td><td>{html.escape(str(r.get('served_run_date')))}</td>"
+        f"<td>{r.get('users', 0):,}</td><td>{r.get('new_users', 0):,}</td><td>{r.get('kept_newer', 0):,}</td>"
+        f"<td>{r.get('quarantined', 0):,} of {r.get('new_rows', 0):,}</td>"
+        + "".join(f"<td>{secs((r.get('seconds') or {}).get(task))}</td>"
+                  for task in ("collect_events", "score_active", "publish_refresh"))
+        + f"<td>{secs(sum(float(v) for v in (r.get('seconds') or {}).values() if v is not None))}</td></tr>"
+        for r in runs
+    )
+    return ("<p>Newest first: the lists of the shoppers active since the served night, rewritten with its model "
+            "(users written; new: unknown to that night; kept: left as a newer run wrote them).</p>"
+            "<table><tr><th>events up to</th><th>night</th><th>users</th><th>new</th><th>kept</th>"
+            "<th>rows quarantined</th><th>collect s</th><th>score s</th><th>publish s</th><th>total s</th></tr>"
+            f"{rows}</table>")
 
 
 def _tuning_text(tuning: dict[str, Any] | None, grid: list[dict[str, Any]]) -> str:

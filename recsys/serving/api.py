@@ -91,7 +91,8 @@ class ScoredItem(BaseModel):
 
 
 _ID = "unique per answer; logged with the user, model version and items, so a click can be tied to this list"
-_REFRESHED = "when the list was last rewritten unchanged; only present when the table stores it"
+_REFRESHED = ("when the hourly refresh last rewrote the list from the events since its night (same "
+              "`model_version`); absent on a list as the nightly wrote it")
 
 
 class Recommendations(BaseModel):

@@ -223,7 +223,8 @@ def score_active(settings: Settings, day: dt.date, collected: dict[str, Any]) ->
     ``refresh/lists/dt=<day>`` (see :func:`recsys.core.refresh.refresh_lists`).
 
     Returns {"users", "new_users", "unscored_users", "rows", "model_version", "seconds",
-    "users_per_second"} (or what collect_events skipped). Raises LookupError when the served
+    "users_per_second", and collect_events' "new_rows", "quarantined", "collect_seconds"} (or
+    what collect_events skipped). Raises LookupError when the served
     model cannot be loaded or was replaced since collect_events.
     """
     if collected.get("skipped"):
@@ -245,7 +246,8 @@ def score_active(settings: Settings, day: dt.date, collected: dict[str, Any]) ->
     weights = {t for t, w in champion.params["event_weights"].items() if w}
     kept = kept.filter(pc.is_in(kept["event_type"], value_set=pa.array(sorted(weights), pa.string())))
     summary = {"model_version": champion.params["model_version"], "served_run_date": served_day.isoformat(),
-               "until": until.isoformat()}
+               "until": until.isoformat(), "new_rows": collected.get("rows", 0),
+               "quarantined": collected.get("quarantined", 0), "collect_seconds": collected.get("seconds")}
     if kept.num_rows == 0:
         lists = RECOMMENDATIONS_SCHEMA.empty_table()
         counts = {"users": 0, "new_users": 0, "unscored_users": 0}
@@ -296,9 +298,27 @@ def publish_refresh(settings: Settings, day: dt.date, scored: dict[str, Any]) ->
     written = stats.pop("written_users")
     checked = _read_back(settings, client, recs, written, scored["model_version"], until)
     seconds = time.perf_counter() - started
-    return {"published": True, **stats, "checked": checked, "users": scored["users"],
-            "new_users": scored["new_users"], "refreshed_at": now.isoformat(), "until": until.isoformat(),
-            "model_version": scored["model_version"], "seconds": round(seconds, 2)}
+    result = {"published": True, **stats, "checked": checked, "users": scored["users"],
+              "new_users": scored["new_users"], "refreshed_at": now.isoformat(), "until": until.isoformat(),
+              "model_version": scored["model_version"], "seconds": round(seconds, 2)}
+    _record_run(settings, scored, result)
+    return result
+
+
+def _record_run(settings: Settings, scored: dict[str, Any], published: dict[str, Any]) -> None:
+    """``refresh/runs/<end>.json``: what one run wrote and how long each task took, for the
+    nightly report (:func:`recsys.io.report.recent_refreshes`). Named after the run's end, so a
+    rerun of the same end replaces its record."""
+    until = dt.datetime.fromisoformat(published["until"]).astimezone(dt.UTC)
+    record = {"until": published["until"], "refreshed_at": published["refreshed_at"],
+              "served_run_date": scored["served_run_date"], "model_version": published["model_version"],
+              "users": published["items"], "new_users": published["new_users"],
+              "kept_newer": published["kept_newer"], "unscored_users": scored.get("unscored_users", 0),
+              "new_rows": scored.get("new_rows", 0), "quarantined": scored.get("quarantined", 0),
+              "seconds": {"collect_events": scored.get("collect_seconds"), "score_active": scored.get("seconds"),
+                          "publish_refresh": published["seconds"]}}
+    where = lake.write_lake_json(settings.lake, f"{datasets.REFRESH_RUNS}/{until:%Y-%m-%dT%H%M%SZ}.json", record)
+    log.info("refresh: run recorded in %s", where)
 
 
 def _read_back(settings: Settings, client: Any, recs: pa.Table, written: list[str], version: str,
