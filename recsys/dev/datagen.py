@@ -10,7 +10,7 @@ recommender needs to prove itself on:
 * long-tailed popularity: Zipf-like within each category, categories of uneven appeal;
 * long-tailed user activity, events grouped into sessions spread over the days;
 * product lines: each category's items are cut at random (not by popularity) into lines
-  of 4–8 items, a few hundred lines over the default catalog;
+  of 4–8 items (a short last run joins the line before it), 406 over the default catalog;
 * planted taste of high rank, as in a real shop's log: each user prefers one or two
   categories and keeps returning to a personal pool made of a few whole product lines in
   them (drawn by the line's popularity, damped so the tail's lines are chosen too). A user
