@@ -9,13 +9,17 @@ recommender needs to prove itself on:
   by the same user a little earlier;
 * long-tailed popularity: Zipf-like within each category, categories of uneven appeal;
 * long-tailed user activity, events grouped into sessions spread over the days;
-* planted taste: each user prefers one or two categories and keeps returning to a
-  personal pool of items in them, so the items a user touches in the last days can be
-  predicted from the earlier days far better than by a global popularity list;
-* item-to-item structure, as in a real shop's log: within a session a shopper often goes
-  on to an item co-viewed with the one before (a variant of the same product line, or a
-  complement from another category), which a low-rank taste model does not capture and an
-  item-to-item model does;
+* product lines: each category's items are cut at random (not by popularity) into lines
+  of 4–8 items (a short last run joins the line before it), 406 over the default catalog;
+* planted taste of high rank, as in a real shop's log: each user prefers one or two
+  categories and keeps returning to a personal pool made of a few whole product lines in
+  them (drawn by the line's popularity, damped so the tail's lines are chosen too). A user
+  who touched some items of a line goes on to touch its others later, so the items a user
+  touches in the last days follow from the earlier days through item-to-item co-occurrence
+  (which item models learn), far less through the user's categories alone (which a
+  low-rank factor model holds), and far better than by a global popularity list;
+* item-to-item structure within sessions: a shopper often goes on to an item co-viewed with
+  the one before (another item of its product line, or a complement from another category);
 * a little drift: some shoppers take up a new category partway through the period.
 
 Everything is drawn from one ``numpy.random.default_rng(seed)`` stream in a fixed order,
@@ -56,18 +60,23 @@ CATEGORY_NAMES: tuple[str, ...] = (
 
 INACTIVE_SHARE = 0.03
 ZIPF_EXPONENT = 1.2  # within-category popularity: rank r gets weight 1 / r**s
-POOL_SIZE_RANGE = (20, 60)
-POOL_POPULARITY_EXPONENT = 0.5
+# Product lines: each category's items cut at random (not by popularity) into lines of a few
+# items; a shopper's pool is whole lines, so the items of a line are touched by the same people.
+LINE_SIZE_RANGE = (4, 8)
+SEED_LINES_RANGE = (2, 6)  # lines per pool, split over the preferred categories by their weights
+LINE_POPULARITY_EXPONENT = 0.25  # seed lines are drawn by (the line's popularity) ** this
 # Where a view's item comes from. Pool + category keep ~85% of a user's events in their
-# preferred categories; exploration is what keeps a pure taste model from being perfect.
-SOURCE_SHARES = {"pool": 0.70, "category": 0.12, "explore": 0.18}
+# preferred categories; exploration is what keeps a pure taste model from being perfect. A pick
+# by the category's popularity is the low-rank part of a taste, which a few factors hold; the
+# pool's lines are the high-rank part, learnt from co-occurrence, so it gets most of the picks.
+SOURCE_SHARES = {"pool": 0.78, "category": 0.04, "explore": 0.18}
 EXPLORE_UNIFORM_SHARE = 0.3  # part of exploration that ignores popularity (reaches the tail)
 MEAN_EVENTS_PER_SESSION = 4.0
 # Co-viewed items: a view that follows another of the same user within CO_VIEW_GAP_SECONDS is,
 # with this probability, one of that item's co-viewed items instead of an independent pick.
 CO_VIEW_SHARE = 0.4
 CO_VIEW_GAP_SECONDS = 30 * 60
-LINE_NEIGHBOURS = 3  # co-viewed variants: the items next to it in its product line (its category's rank order)
+LINE_NEIGHBOURS = 3  # co-viewed variants: the items after it in its product line
 COMPLEMENTS = 1  # co-viewed complements: popular items of one other category
 DRIFT_SHARE = 0.25  # shoppers who take up a new category at a random time of the period
 MEAN_SESSION_SECONDS = 15 * 60.0
@@ -93,6 +102,7 @@ class Catalog:
     category_weight: np.ndarray  # float64 per category, sums to 1
     active: np.ndarray  # bool per item
     category_names: list[str]
+    line: np.ndarray  # int64 per item: its product line, numbered across the catalog, lines within a category
 
 
 @dataclass(frozen=True)
@@ -233,7 +243,28 @@ def make_catalog(rng: np.random.Generator, items: int, categories: int) -> Catal
     names = [
         CATEGORY_NAMES[c] if categories <= len(CATEGORY_NAMES) else f"category-{c:02d}" for c in range(categories)
     ]
-    return Catalog(category, popularity, within, category_weight, active, names)
+    return Catalog(category, popularity, within, category_weight, active, names, _product_lines(rng, category))
+
+
+def _product_lines(rng: np.random.Generator, category: np.ndarray) -> np.ndarray:
+    """Each item's product line: its category's items, in a random order independent of
+    popularity, cut into runs of LINE_SIZE_RANGE items (a short last run joins the one before;
+    a category smaller than a line is one line). Returns the line number per item."""
+    line = np.empty(category.size, dtype=np.int64)
+    low, high = LINE_SIZE_RANGE
+    next_line = 0
+    for c in range(int(category.max()) + 1):
+        members = rng.permutation(np.flatnonzero(category == c))
+        n = members.size
+        if n == 0:
+            continue
+        ends = np.cumsum(rng.integers(low, high + 1, size=n // low + 1))
+        cuts = ends[ends < n]
+        if cuts.size and n - cuts[-1] < low:
+            cuts = cuts[:-1]
+        line[members] = next_line + np.searchsorted(cuts, np.arange(n), side="right")
+        next_line += cuts.size + 1
+    return line
 
 
 def catalog_table(catalog: Catalog) -> pa.Table:
@@ -275,7 +306,8 @@ def generate_events(
     drifted = _drift(rng, catalog.category_weight, prefs, view_user, view_ts, first_date, days)
     view_item = _draw_view_items(rng, catalog, view_user, prefs, pref_weight, pool_ptr, pool_item, pool_cum,
                                  drifted)
-    view_item = _co_view(rng, co_viewed_items(rng, catalog), view_user, view_item, view_ts)
+    view_item = _co_view(rng, co_viewed_items(rng, catalog), catalog.within_category, view_user, view_item,
+                         view_ts)
 
     # The funnel: each later stage picks distinct events of the stage before and follows
     # them on the same user and item after a short delay.
@@ -335,36 +367,46 @@ def _preferred_categories(
 def _personal_pools(
     rng: np.random.Generator, catalog: Catalog, prefs: np.ndarray, pref_weight: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Each user's pool of favourite items, drawn without replacement by popularity.
+    """Each user's pool of favourite items: every item of a few seed product lines per
+    preferred category, the lines drawn without replacement by their popularity damped by
+    LINE_POPULARITY_EXPONENT (so the tail's lines are chosen too).
 
     Returns CSR-like arrays: ``pool_ptr`` (users + 1 offsets), ``pool_item`` and
     ``pool_cum``, the running sum of the user's pick weights, going from ``u`` to ``u + 1``
     over user ``u``'s entries so that one ``searchsorted`` serves every user at once.
     """
     users = prefs.shape[0]
-    total_size = np.asarray(rng.integers(POOL_SIZE_RANGE[0], POOL_SIZE_RANGE[1] + 1, size=users))
-    slot_size = np.maximum(1, np.rint(total_size[:, None] * pref_weight)).astype(np.int64)
-    slot_size[pref_weight == 0] = 0
+    total_lines = np.asarray(rng.integers(SEED_LINES_RANGE[0], SEED_LINES_RANGE[1] + 1, size=users))
+    slot_lines = np.maximum(1, np.rint(total_lines[:, None] * pref_weight)).astype(np.int64)
+    slot_lines[pref_weight == 0] = 0
+    by_line = np.argsort(catalog.line, kind="stable")  # items grouped by line
+    line_size = np.bincount(catalog.line)
+    line_ptr = np.concatenate(([0], np.cumsum(line_size)))
+    line_weight = np.bincount(catalog.line, weights=catalog.within_category)
+    line_category = catalog.category[by_line[line_ptr[:-1]]]
     entry_user, entry_item, entry_weight = [], [], []
     for c in range(catalog.category_weight.size):
-        members = np.flatnonzero(catalog.category == c)
-        slot_user, slot = np.nonzero((prefs == c) & (slot_size > 0))
-        if slot_user.size == 0:
+        lines = np.flatnonzero(line_category == c)
+        slot_user, slot = np.nonzero((prefs == c) & (slot_lines > 0))
+        if slot_user.size == 0 or lines.size == 0:
             continue
-        k = np.minimum(slot_size[slot_user, slot], members.size)
-        top = _gumbel_top_k(rng, np.log(catalog.within_category[members]), slot_user.size, int(k.max()))
+        k = np.minimum(slot_lines[slot_user, slot], lines.size)
+        top = _gumbel_top_k(rng, LINE_POPULARITY_EXPONENT * np.log(line_weight[lines]), slot_user.size, int(k.max()))
         keep = np.arange(top.shape[1])[None, :] < k[:, None]
-        picked = members[top][keep]
-        # A user favours the popular items of their pool, each to a personal degree. Where the
-        # pool is most of its category, membership no longer favours popular items, so the
-        # pick weights lean on popularity more to keep the long tail.
-        owner = np.repeat(slot_user, k)
-        exponent = POOL_POPULARITY_EXPONENT + (1.0 - POOL_POPULARITY_EXPONENT) * np.repeat(k / members.size, k)
-        affinity = catalog.within_category[picked] ** exponent * rng.gamma(1.5, 1.0, size=picked.size)
-        per_slot = np.repeat(np.add.reduceat(affinity, np.concatenate(([0], np.cumsum(k)[:-1]))), k)
-        entry_user.append(owner)
+        seed = lines[top][keep]  # (slot, line) pairs, slot by slot
+        seed_slot = np.repeat(np.arange(slot_user.size), k)
+        # Every member of every seed line: a run of line_size entries per seed line.
+        size = line_size[seed]
+        first = np.repeat(np.cumsum(size) - size, size)
+        picked = by_line[np.repeat(line_ptr[seed], size) + np.arange(int(size.sum())) - first]
+        entry_slot = np.repeat(seed_slot, size)
+        # A user favours the popular items of their pool, each to a personal degree. The seed
+        # lines hardly favour popular items, so the pick weights keep the catalog's long tail.
+        affinity = catalog.within_category[picked] * rng.gamma(1.5, 1.0, size=picked.size)
+        per_slot = np.bincount(entry_slot, weights=affinity, minlength=slot_user.size)[entry_slot]
+        entry_user.append(slot_user[entry_slot])
         entry_item.append(picked)
-        entry_weight.append(affinity / per_slot * np.repeat(pref_weight[slot_user, slot], k))
+        entry_weight.append(affinity / per_slot * pref_weight[slot_user, slot][entry_slot])
     owner_all = np.concatenate(entry_user)
     order = np.argsort(owner_all, kind="stable")
     owner_all = owner_all[order]
@@ -457,39 +499,39 @@ def _draw_view_items(
 
 
 def co_viewed_items(rng: np.random.Generator, catalog: Catalog) -> np.ndarray:
-    """Each item's co-viewed items, (items, LINE_NEIGHBOURS + COMPLEMENTS): the items around it
-    in its product line (its category in popularity order: the two before it and the one after,
-    reflected at the ends of the line) and popular items of one other category, its category's complement (drawn by
-    that category's popularity). An item alone in its category lists itself as its variants."""
-    items, categories = catalog.category.size, catalog.category_weight.size
-    order = np.lexsort((-catalog.within_category, catalog.category))  # by category, then popularity
-    sizes = np.bincount(catalog.category, minlength=categories)
-    starts = np.concatenate(([0], np.cumsum(sizes)[:-1]))
-    position = np.empty(items, dtype=np.int64)
-    position[order] = np.arange(items) - np.repeat(starts, sizes)
-    cat = catalog.category
-    neighbours = np.empty((items, LINE_NEIGHBOURS + COMPLEMENTS), dtype=np.int64)
-    for column, step in enumerate((-1, -2, 1)[:LINE_NEIGHBOURS]):
-        # At either end of a line the step is reflected (never a wrap from the head to the tail).
-        moved = position + step
-        moved = np.where((moved < 0) | (moved >= sizes[cat]), position - step, moved)
-        neighbours[:, column] = order[starts[cat] + np.clip(moved, 0, sizes[cat] - 1)]
+    """Each item's co-viewed items, (items, LINE_NEIGHBOURS + COMPLEMENTS): the items after it
+    in its product line (cyclically, so every line-mate is someone's variant; a line shorter
+    than LINE_NEIGHBOURS + 1 repeats some, an item alone in its line lists itself) and popular
+    items of one other category, its category's complement (drawn by that category's popularity)."""
+    categories = catalog.category_weight.size
+    by_line = np.argsort(catalog.line, kind="stable")
+    line_size = np.bincount(catalog.line)
+    line_start = np.concatenate(([0], np.cumsum(line_size)[:-1]))
+    position = np.empty(catalog.line.size, dtype=np.int64)
+    position[by_line] = np.arange(catalog.line.size) - np.repeat(line_start, line_size)
+    size, start = line_size[catalog.line], line_start[catalog.line]
+    neighbours = np.empty((catalog.line.size, LINE_NEIGHBOURS + COMPLEMENTS), dtype=np.int64)
+    for column in range(LINE_NEIGHBOURS):
+        neighbours[:, column] = by_line[start + (position + 1 + column) % size]
     complement_of = (np.arange(categories) + 1 + rng.integers(0, max(categories - 1, 1), size=categories)) % categories
+    sizes = np.bincount(catalog.category, minlength=categories)
     by_category = np.argsort(catalog.category, kind="stable")
     cat_ptr = np.concatenate(([0], np.cumsum(sizes)))
     cat_cum = _segment_cumsum(catalog.within_category[by_category], catalog.category[by_category], categories)
     for column in range(LINE_NEIGHBOURS, LINE_NEIGHBOURS + COMPLEMENTS):
-        neighbours[:, column] = by_category[_pick_in_segments(rng, cat_cum, cat_ptr, complement_of[cat])]
+        neighbours[:, column] = by_category[_pick_in_segments(rng, cat_cum, cat_ptr, complement_of[catalog.category])]
     return neighbours
 
 
 def _co_view(
-    rng: np.random.Generator, neighbours: np.ndarray, view_user: np.ndarray, view_item: np.ndarray,
-    view_ts: np.ndarray,
+    rng: np.random.Generator, neighbours: np.ndarray, appeal: np.ndarray, view_user: np.ndarray,
+    view_item: np.ndarray, view_ts: np.ndarray,
 ) -> np.ndarray:
     """The views with co-viewing: a view that follows one of the same user within
     CO_VIEW_GAP_SECONDS becomes, with probability CO_VIEW_SHARE, a co-viewed item of the item
-    drawn for the view before it (one step from the independent picks, so no long chains)."""
+    drawn for the view before it (one step from the independent picks, so no long chains),
+    chosen among its co-viewed items by their ``appeal`` (an item's popularity within its
+    category: a line's popular variants draw more of the co-views, which keeps the long tail)."""
     order = np.lexsort((view_ts, view_user))
     user, item, ts = view_user[order], view_item[order], view_ts[order]
     follows = np.zeros(user.size, dtype=bool)
@@ -497,8 +539,10 @@ def _co_view(
     switch = follows & (rng.random(user.size) < CO_VIEW_SHARE)
     previous = np.concatenate(([0], item[:-1]))
     picked = item.copy()
-    column = rng.integers(0, neighbours.shape[1], size=int(switch.sum()))
-    picked[switch] = neighbours[previous[switch], column]
+    choices = neighbours[previous[switch]]
+    cum = np.cumsum(appeal[choices], axis=1)
+    column = (cum < rng.random((choices.shape[0], 1)) * cum[:, -1:]).sum(axis=1)
+    picked[switch] = choices[np.arange(choices.shape[0]), np.minimum(column, choices.shape[1] - 1)]
     out = np.empty_like(view_item)
     out[order] = picked
     return out
