@@ -158,6 +158,13 @@ def test_the_triggerer_waits_for_a_day_that_lands_late_and_the_run_goes_on(
         run_id = api.post(f"/api/v2/dags/{dag_id}/dagRuns", {"logical_date": f"{day.isoformat()}T00:00:00Z"})["dag_run_id"]
         task = f"/api/v2/dags/{dag_id}/dagRuns/{run_id}/taskInstances/wait_for_data"
         wait_for("the sensor to defer", lambda: api.get(task)["state"] == "deferred", 240, every=1)
+        # The worker that deferred must be gone before the trigger fires: when it fires first, the
+        # executor's late "success" for that first workload races the resumed task and Airflow marks
+        # it failed (seen on a loaded machine, where the worker took 12 s to exit). At night the
+        # trigger checks every 300 s, far after the worker's exit.
+        scheduler_log = config.stack_dir / "scheduler.log"
+        wait_for("the deferring worker to exit", lambda: "final_state=deferred" in scheduler_log.read_text(
+            errors="replace"), 120, every=1)
         time.sleep(3)  # a poke or two in the triggerer finds the day incomplete
         assert api.get(task)["state"] == "deferred"
         (source / "events-2.csv").write_text(header + "u3,i3,View,2026-06-01T23:55:00Z\n")
