@@ -131,13 +131,18 @@ def standardise_rows(scores: np.ndarray) -> np.ndarray:
     return scores
 
 
+def history_rows(model: ItemModel, rows: np.ndarray, matrix: sp.csr_matrix | None) -> sp.csr_matrix:
+    """The history rows ``matrix[rows]`` an item model scores; raises ValueError without a matrix."""
+    if matrix is None:
+        raise ValueError(f"{model.model} scores users from their history rows: pass the users x items matrix")
+    return matrix[rows]
+
+
 def _row_scorer(model: Model, rows: np.ndarray, matrix: sp.csr_matrix | None) -> Callable[[int, int], np.ndarray]:
     """``score(start, stop)``: the dense float32 scores (a new array) of the users at
     ``rows[start:stop]``, for any family."""
     if isinstance(model, ItemModel):
-        if matrix is None:
-            raise ValueError(f"{model.model} scores users from their history rows: pass the users x items matrix")
-        history = matrix[rows]
+        history = history_rows(model, rows, matrix)
         item_model = model
         return lambda start, stop: item_model.score(history[start:stop])
     if isinstance(model, Factors):
@@ -737,12 +742,11 @@ def _recommend_sparse(
     A user whose history links to fewer than ``k`` unseen active items has the rest of the
     list filled, score 0, with the items most users of ``matrix`` touched (the dense top-k
     filled it with unlinked items of score 0 by item number), unseen and active."""
-    if matrix is None:
-        raise ValueError(f"{model.model} scores users from their history rows: pass the users x items matrix")
+    history = binary(history_rows(model, rows, matrix))
+    assert matrix is not None  # history_rows raised otherwise
     n, n_items = len(rows), model.n_items
     ids = np.full((n, k), -1, dtype=np.int32)
     scores = np.full((n, k), -np.inf, dtype=np.float32)
-    history = binary(matrix[rows])
     keep_item = np.ones(n_items, dtype=np.float32)
     if exclude_items is not None and len(exclude_items):
         keep_item[np.asarray(exclude_items, dtype=np.int64)] = 0.0
@@ -842,5 +846,3 @@ def similar_items(model: Model, k: int, exclude_items: np.ndarray | None) -> tup
 
     itself = sp.identity(n, dtype=np.float32, format="csr")
     return _top_k(score_rows, n, n, itself, k, exclude_items)
-
-
