@@ -271,7 +271,8 @@ def test_the_budget_cuts_the_costliest_candidates_before_screening(settings: Set
     estimates = screening["estimates"]
     assert set(estimates) == {fingerprint(c) for c in found}
     cheap = estimates[fingerprint(next(c for c in found if c.get("iterations") == 300))]
-    assert estimates[fingerprint(expensive)]["screen"] == pytest.approx(10 * cheap["screen"], rel=0.01)
+    # screening.json rounds to 0.01 s: ten times a rounded figure is off by up to 0.05 s.
+    assert estimates[fingerprint(expensive)]["screen"] == pytest.approx(10 * cheap["screen"], abs=0.056)
     # ALS's full evaluation fits three times the screening's users: about three times the cost.
     assert 2.0 < cheap["full"] / cheap["screen"] < 4.0
     unscreened = [c["params"] for c in screening["cut"]]
